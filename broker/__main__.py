@@ -1,0 +1,223 @@
+"""``python -m broker``: serve, or administer a running broker.
+
+python -m broker [--host 127.0.0.1] [--port 7878] [--log-level info] ...
+python -m broker stats | status JOB_ID | submit TASK --args JSON [--wait]
+python -m broker failed | retry JOB_ID|--all | purge-failed
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from broker.client import Client, JobFailed
+from broker.config import BrokerConfig
+from broker.manager import ManagerConfig
+from broker.server import Broker
+from protocol.errors import JobwireError
+from protocol.stream import DEFAULT_PORT
+
+ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m broker",
+        description="Serve jobwire's broker. Admin commands: "
+        + ", ".join(ADMIN_COMMANDS)
+        + " (python -m broker COMMAND --help).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--result-ttl", type=float, default=3600.0, help="seconds results are kept")
+    parser.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
+    parser.add_argument("--lease", type=float, default=60.0, help="default lease in seconds")
+    parser.add_argument("--retry-backoff", type=float, default=1.0, help="backoff base, seconds")
+    parser.add_argument("--retry-backoff-max", type=float, default=300.0, help="backoff cap")
+    parser.add_argument("--max-failed", type=int, default=10_000, help="failed jobs kept")
+    parser.add_argument("--max-jobs", type=int, default=None, help="unfinished jobs held at most")
+    parser.add_argument("--max-frame", type=int, default=1024 * 1024, help="largest frame, bytes")
+    parser.add_argument("--max-connections", type=int, default=10_000)
+    parser.add_argument("--handshake-timeout", type=float, default=5.0)
+    parser.add_argument("--idle-timeout", type=float, default=300.0)
+    parser.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
+    return parser
+
+
+def admin_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT")
+    common.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
+    parser = argparse.ArgumentParser(prog="python -m broker", description="Administer a broker.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=description, parents=[common])
+
+    command("stats", "queues, running jobs, workers, counters")
+    status = command("status", "one job's state")
+    status.add_argument("job_id")
+    submit = command("submit", "submit one job")
+    submit.add_argument("task")
+    submit.add_argument("--args", default="[]", help="JSON array of positional arguments")
+    submit.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    submit.add_argument("--queue", default="default")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--delay", type=float, default=0.0)
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    failed = command("failed", "list failed jobs")
+    failed.add_argument("--limit", type=int, default=None)
+    retry = command("retry", "put failed jobs back in their queues")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?")
+    which.add_argument("--all", action="store_true")
+    command("purge-failed", "empty the failed list")
+    return parser
+
+
+def install_uvloop() -> None:
+    """Use uvloop when it is installed: the CLIs own their loop, so they may choose it."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(config: BrokerConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await Broker(config).serve_until(stop)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def print_stats(stats: dict[str, Any]) -> None:
+    print(f"{'queue':<20} {'queued':>8} {'delayed':>8} {'running':>8}")
+    for name, counts in stats["queues"].items():
+        print(f"{name:<20} {counts['queued']:>8} {counts['delayed']:>8} {counts['running']:>8}")
+    print(
+        f"workers {stats['workers']}  clients {stats['clients']}  running {stats['running']}  "
+        f"succeeded {stats['succeeded']}  failed {stats['failed']}  "
+        f"failed list {stats['failed_list']}  submitted {stats['submitted']}"
+    )
+
+
+async def run_admin(args: argparse.Namespace, token: str | None) -> int:
+    async with Client(args.connect, token=token, name="admin") as client:
+        command: str = args.command
+        if command == "stats":
+            print_stats(await client.stats())
+        elif command == "status":
+            print_json(await client.status(args.job_id))
+        elif command == "submit":
+            job = await client.submit(
+                args.task,
+                json.loads(args.args),
+                json.loads(args.kwargs),
+                queue=args.queue,
+                priority=args.priority,
+                delay=args.delay,
+            )
+            print(job.id)
+            if args.wait:
+                try:
+                    print_json(await job.result())
+                except JobFailed as exc:
+                    print(str(exc), file=sys.stderr)
+                    if exc.traceback:
+                        print(exc.traceback, file=sys.stderr)
+                    return 1
+        elif command == "failed":
+            failed_jobs = await client.failed(args.limit)
+            for failed_job in failed_jobs:
+                last = failed_job["errors"][-1] if failed_job["errors"] else {}
+                print(
+                    f"{failed_job['id']}  {failed_job['task']}  queue={failed_job['queue']}  "
+                    f"attempts={failed_job['attempts']}  "
+                    f"{last.get('type', '')}: {last.get('message', '')}"
+                )
+            print(f"{len(failed_jobs)} failed job(s)")
+        elif command == "retry":
+            count = await client.retry(None if args.all else [args.job_id])
+            print(f"retried {count} job(s)")
+        elif command == "purge-failed":
+            print(f"purged {await client.purge_failed()} job(s)")
+    return 0
+
+
+def run(coroutine_factory: Callable[[], Awaitable[int]]) -> int:
+    async def main() -> int:
+        return await coroutine_factory()
+
+    return asyncio.run(main())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    token_env = os.environ.get("BROKER_TOKEN") or None
+    if argv and argv[0] in ADMIN_COMMANDS:
+        args = admin_parser().parse_args(argv)
+        configure_logging("warning")
+        try:
+            return run(lambda: run_admin(args, args.token or token_env))
+        except (JobwireError, OSError, json.JSONDecodeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    args = serve_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    config = BrokerConfig(
+        host=args.host,
+        port=args.port,
+        manager=ManagerConfig(
+            result_ttl=args.result_ttl,
+            max_attempts=args.max_attempts,
+            lease=args.lease,
+            backoff_base=args.retry_backoff,
+            backoff_cap=args.retry_backoff_max,
+            max_failed=args.max_failed,
+            max_jobs=args.max_jobs,
+        ),
+        max_frame=args.max_frame,
+        max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout,
+        idle_timeout=args.idle_timeout,
+        token=args.token or token_env,
+    )
+    install_uvloop()
+
+    async def serve_and_exit() -> int:
+        await serve(config)
+        return 0
+
+    try:
+        return run(serve_and_exit)
+    except OSError as exc:
+        logging.getLogger("broker").error("cannot serve: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

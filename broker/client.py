@@ -1,0 +1,402 @@
+"""The async client that producers embed: submit jobs, await their results.
+
+One :class:`Client` multiplexes any number of concurrent calls over one
+connection. Results are pushed by the broker (``DONE``), never polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
+from protocol.framing import DEFAULT_MAX_FRAME
+from protocol.messages import Op, Role
+from protocol.stream import DEFAULT_CONNECT_TIMEOUT, Connection, Message, open_connection
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+# Marks an outcome future whose connection dropped; a plain value rather than
+# an exception, so an outcome nobody awaits never logs "exception never retrieved".
+LOST = "LOST"
+
+SUBMIT_FIELDS = frozenset(
+    {
+        "task",
+        "args",
+        "kwargs",
+        "queue",
+        "priority",
+        "delay",
+        "max_attempts",
+        "timeout",
+        "lease",
+        "job_id",
+    }
+)
+
+
+class JobFailed(JobwireError):
+    """The job ended without a result: its task raised, timed out, or was lost for good.
+
+    ``error_type``, ``error_message`` and ``traceback`` are the remote error's.
+    """
+
+    def __init__(self, job_id: str, error_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"job {job_id} failed: {error_type}: {message}")
+        self.job_id = job_id
+        self.error_type = error_type
+        self.error_message = message
+        self.traceback = traceback
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled before it finished."""
+
+
+def encode_payload(args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> bytes:
+    """A job's arguments as the msgpack bytes the worker decodes: ``[args, kwargs]``."""
+    payload: bytes = _packb([list(args), dict(kwargs) if kwargs else {}])
+    return payload
+
+
+def job_spec(
+    task: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    delay: float = 0,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    lease: float | None = None,
+    job_id: str | None = None,
+) -> Message:
+    """The wire form of one job to submit (only the fields that differ from the defaults)."""
+    if not isinstance(task, str) or not task:
+        raise ValueError("task must be a non-empty string")
+    spec: Message = {"task": task, "payload": encode_payload(args, kwargs)}
+    if queue != "default":
+        spec["queue"] = queue
+    if priority:
+        spec["priority"] = priority
+    if delay:
+        spec["delay"] = delay
+    if max_attempts is not None:
+        spec["max_attempts"] = max_attempts
+    if timeout is not None:
+        spec["timeout"] = timeout
+    if lease is not None:
+        spec["lease"] = lease
+    if job_id is not None:
+        spec["id"] = job_id
+    return spec
+
+
+class Job:
+    """A handle on a job the broker holds. ``await job.result()`` waits for it."""
+
+    __slots__ = ("_client", "_outcome", "id")
+
+    def __init__(
+        self, client: Client, job_id: str, outcome: asyncio.Future[Message] | None = None
+    ) -> None:
+        self._client = client
+        self.id = job_id
+        # Resolved with the broker's DONE message (or a LOST marker).
+        self._outcome = outcome
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    async def _outcome_future(self) -> asyncio.Future[Message]:
+        future = self._outcome
+        if future is None or (future.done() and future.result()["op"] == LOST):
+            future = self._outcome = (await self._client._watch([self.id]))[self.id]
+        return future
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The task's return value; raises :class:`JobFailed` (or :class:`JobCancelled`).
+
+        ``timeout`` bounds the wait (``TimeoutError``); the job itself goes on.
+        Raises :class:`ConnectionLost` if the connection drops while waiting.
+        """
+        future = await self._outcome_future()
+        # shield: a caller's timeout must not cancel the future the handle keeps
+        async with asyncio.timeout(timeout):
+            outcome = await asyncio.shield(future)
+        return unpack_outcome(outcome)
+
+    async def status(self) -> dict[str, Any]:
+        return await self._client.status(self.id)
+
+    async def cancel(self) -> bool:
+        return await self._client.cancel(self.id)
+
+
+def unpack_outcome(outcome: Message) -> Any:
+    """A DONE message to the task's return value, or the matching exception."""
+    state = outcome.get("state")
+    if state == "succeeded":
+        return msgpack.unpackb(outcome["result"], raw=False, strict_map_key=False)
+    if outcome["op"] == LOST:
+        raise ConnectionLost("connection to the broker lost while waiting for a job's result")
+    error = outcome.get("error") or {}
+    error_class = JobCancelled if state == "cancelled" else JobFailed
+    raise error_class(
+        outcome["id"],
+        error.get("type", "Error"),
+        error.get("message", str(state)),
+        error.get("traceback", ""),
+    )
+
+
+class Client:
+    """``async with Client("127.0.0.1:7878") as client: ...``"""
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:7878",
+        *,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        name: str = "",
+        max_frame: int = DEFAULT_MAX_FRAME,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.address = address
+        self._token = token
+        self._ssl = ssl
+        self._name = name
+        self._max_frame = max_frame
+        self._connect_timeout = connect_timeout
+        self._connection: Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        # Outcomes (DONE messages) by job id: a future per job being waited for.
+        self._outcomes: dict[str, asyncio.Future[Message]] = {}
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        await self._ensure_connection()
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    async def _ensure_connection(self) -> Connection:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            return connection
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            connection = self._connection
+            if connection is not None and connection.is_open:
+                return connection
+            connection, _ = await open_connection(
+                self.address,
+                {"role": Role.CLIENT, "name": self._name},
+                on_push=self._on_push,
+                token=self._token,
+                ssl=self._ssl,
+                max_frame=self._max_frame,
+                timeout=self._connect_timeout,
+            )
+            connection.closed.add_done_callback(lambda _: self._connection_closed(connection))
+            self._connection = connection
+            return connection
+
+    def _connection_closed(self, connection: Connection) -> None:
+        if self._connection is connection:
+            self._connection = None
+        outcomes, self._outcomes = self._outcomes, {}
+        for job_id, future in outcomes.items():
+            if not future.done():
+                future.set_result({"op": LOST, "id": job_id})
+
+    async def _call(self, message: Message) -> Message:
+        connection = await self._ensure_connection()
+        return await connection.call(message)
+
+    def _on_push(self, message: Message) -> None:
+        if message["op"] == Op.DONE:
+            future = self._outcomes.pop(message["id"], None)
+            if future is not None and not future.done():
+                future.set_result(message)
+
+    # -- submitting ---------------------------------------------------------------
+
+    async def submit(
+        self,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        lease: float | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Submit one job; returns its :class:`Job` handle once the broker has accepted it."""
+        spec = job_spec(
+            task,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            lease=lease,
+            job_id=job_id,
+        )
+        return (await self._submit_specs([spec]))[0]
+
+    async def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Submit many jobs in one round trip; each dict has ``submit``'s parameter names."""
+        specs = []
+        for i, job in enumerate(jobs):
+            unknown = set(job) - SUBMIT_FIELDS
+            if unknown:
+                raise ValueError(f"job {i}: unknown keys {sorted(unknown)}")
+            if "task" not in job:
+                raise ValueError(f"job {i}: 'task' is required")
+            specs.append(job_spec(**job))
+        if not specs:
+            return []
+        return await self._submit_specs(specs)
+
+    async def _submit_specs(self, specs: list[Message]) -> list[Job]:
+        reply = await self._call({"op": Op.SUBMIT, "jobs": specs, "watch": True})
+        ids: list[str] = reply["ids"]
+        loop = asyncio.get_running_loop()
+        outcomes = self._outcomes
+        jobs = []
+        for job_id in ids:
+            future = outcomes.get(job_id)
+            if future is None:
+                future = outcomes[job_id] = loop.create_future()
+            jobs.append(Job(self, job_id, future))
+        return jobs
+
+    def job(self, job_id: str) -> Job:
+        """The handle of a job submitted earlier, by anyone."""
+        return Job(self, job_id)
+
+    # -- results ------------------------------------------------------------------
+
+    async def _watch(self, job_ids: list[str]) -> dict[str, asyncio.Future[Message]]:
+        """A future per id that the broker's DONE push will resolve.
+
+        Raises :class:`NotFound` if the broker knows none of some id.
+        """
+        loop = asyncio.get_running_loop()
+        outcomes = self._outcomes
+        futures: dict[str, asyncio.Future[Message]] = {}
+        missing = []
+        for job_id in job_ids:
+            future = outcomes.get(job_id)
+            if future is None:
+                future = outcomes[job_id] = loop.create_future()
+                missing.append(job_id)
+            futures[job_id] = future
+        if missing:
+            try:
+                reply = await self._call({"op": Op.WATCH, "ids": missing})
+            except BaseException:
+                for job_id in missing:
+                    outcomes.pop(job_id, None)
+                raise
+            unknown: list[str] = reply.get("unknown") or []
+            for job_id in unknown:
+                outcomes.pop(job_id, None)
+            if unknown:
+                raise NotFound("NOT_FOUND", f"no job {unknown[0]!r}")
+        return futures
+
+    async def as_completed(self, jobs: Iterable[Job]) -> AsyncIterator[Job]:
+        """Yield each job as it finishes, in finishing order."""
+        waiting: dict[asyncio.Future[Message], Job] = {}
+        for job in jobs:
+            waiting[await job._outcome_future()] = job
+        pending: set[asyncio.Future[Message]] = set(waiting)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                if future.result()["op"] == LOST:
+                    raise ConnectionLost("connection to the broker lost")
+                yield waiting[future]
+
+    # -- asking -------------------------------------------------------------------
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        """The job's state, attempts, errors and times (raises :class:`NotFound`)."""
+        reply = await self._call({"op": Op.STATUS, "id": job_id})
+        job: dict[str, Any] = reply["job"]
+        return job
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued, delayed or running job; False if it had already finished."""
+        reply = await self._call({"op": Op.CANCEL, "id": job_id})
+        return bool(reply["cancelled"])
+
+    async def stats(self) -> dict[str, Any]:
+        reply = await self._call({"op": Op.STATS})
+        stats: dict[str, Any] = reply["stats"]
+        return stats
+
+    async def failed(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The failed-job list, newest first."""
+        message: Message = {"op": Op.FAILED}
+        if limit is not None:
+            message["limit"] = limit
+        reply = await self._call(message)
+        jobs: list[dict[str, Any]] = reply["jobs"]
+        return jobs
+
+    async def retry(self, job_ids: Iterable[str] | None = None) -> int:
+        """Put failed jobs (all of them when ``job_ids`` is None) back in their queues."""
+        message: Message = {"op": Op.RETRY}
+        if job_ids is None:
+            message["all"] = True
+        else:
+            message["ids"] = list(job_ids)
+        reply = await self._call(message)
+        return int(reply["retried"])
+
+    async def purge_failed(self) -> int:
+        reply = await self._call({"op": Op.PURGE_FAILED})
+        return int(reply["purged"])
+
+    async def ping(self) -> None:
+        await self._call({"op": Op.PING})
+
+
+__all__ = ["Client", "Job", "JobCancelled", "JobFailed", "RemoteError"]

@@ -1,0 +1,125 @@
+"""The job record and its states."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    DELAYED = "delayed"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# Only the last few errors of a job are kept, so a job with a huge
+# max_attempts cannot grow without bound.
+MAX_ERRORS_KEPT = 25
+
+
+class Job:
+    """One job as the broker holds it.
+
+    ``payload`` and ``result`` are the msgpack bytes the peers sent: the
+    broker never decodes them. ``attempts`` counts deliveries to a worker;
+    the current attempt number is the fencing token a worker's report must
+    carry, so a report from an attempt whose lease was lost is ignored.
+    """
+
+    __slots__ = (
+        "attempts",
+        "created_at",
+        "errors",
+        "finished_at",
+        "id",
+        "key",
+        "lease",
+        "lease_deadline",
+        "max_attempts",
+        "owner",
+        "payload",
+        "priority",
+        "queue",
+        "result",
+        "run_at",
+        "started_at",
+        "state",
+        "task",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        job_id: str,
+        task: str,
+        payload: bytes,
+        queue: str,
+        priority: int,
+        key: int,
+        max_attempts: int,
+        timeout: float | None,
+        lease: float,
+        created_at: float,
+    ) -> None:
+        self.id = job_id
+        self.task = task
+        self.payload = payload
+        self.queue = queue
+        self.priority = priority
+        # Heap order within a queue: higher priority first, then submission order.
+        self.key = key
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.lease = lease
+        self.created_at = created_at
+        self.state = JobState.QUEUED
+        self.attempts = 0
+        self.run_at = created_at
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.lease_deadline = 0.0
+        self.owner: Any = None
+        self.result: bytes | None = None
+        self.errors: list[dict[str, Any]] | None = None
+
+    def add_error(self, error: dict[str, Any]) -> None:
+        if self.errors is None:
+            self.errors = []
+        self.errors.append(error)
+        if len(self.errors) > MAX_ERRORS_KEPT:
+            del self.errors[0]
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        return self.errors[-1] if self.errors else None
+
+    def describe(self) -> dict[str, Any]:
+        """The job as ``STATUS`` and ``FAILED`` report it (no payload, no result)."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "state": self.state.value,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+            "lease": self.lease,
+            "created_at": self.created_at,
+            "run_at": self.run_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "errors": list(self.errors or ()),
+        }
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.task} {self.state.value} attempt {self.attempts}>"

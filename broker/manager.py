@@ -1,0 +1,579 @@
+"""The job lifecycle: enqueue, reserve, ack, fail, retry, cancel, reap expired.
+
+:class:`JobManager` is a plain synchronous object. It owns every job, the
+ready heaps, the delayed and lease timers and the finished-job results. It
+knows nothing of sockets or event loops: time is passed in as ``now``
+(seconds since the epoch), and its effects on the outside world go through
+the :class:`Consumer` sinks and the ``on_finished`` callback the server
+gives it. That makes every transition unit-testable with plain calls.
+
+Workers appear here as :class:`Consumer` objects: the queues they serve, how
+many more jobs they can take (``credit``), and the jobs they hold.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from broker.jobs import Job, JobState
+
+log = logging.getLogger("broker.manager")
+
+# Heap key = -priority * PRIORITY_STRIDE + sequence: one int compares faster
+# than a tuple, and sequences never reach the stride.
+PRIORITY_STRIDE = 2**64
+
+
+@dataclass(slots=True)
+class ManagerConfig:
+    result_ttl: float = 3600.0
+    max_attempts: int = 3
+    lease: float = 60.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    max_failed: int = 10_000
+    # Most unfinished (queued, delayed, running) jobs held at once; None: no limit.
+    max_jobs: int | None = None
+
+
+class Sink(Protocol):
+    """Where a consumer's effects go (the worker's session in the server)."""
+
+    def deliver(self, job: Job) -> None: ...
+
+    def revoke(self, job: Job) -> None: ...
+
+
+class Consumer:
+    """A worker connection as the manager sees it."""
+
+    __slots__ = ("credit", "jobs", "name", "queues", "sink")
+
+    def __init__(self, sink: Sink, queues: Iterable[str], name: str = "") -> None:
+        self.sink = sink
+        self.queues = tuple(dict.fromkeys(queues))
+        self.name = name
+        self.credit = 0
+        self.jobs: dict[str, Job] = {}
+
+    def __repr__(self) -> str:
+        return f"<Consumer {self.name or id(self)} credit={self.credit} jobs={len(self.jobs)}>"
+
+
+class QueueFullError(Exception):
+    """Accepting the jobs would pass ``max_jobs``."""
+
+
+class QueueCounts:
+    __slots__ = ("delayed", "queued", "running")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.delayed = 0
+        self.running = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"queued": self.queued, "delayed": self.delayed, "running": self.running}
+
+
+class JobManager:
+    def __init__(
+        self,
+        config: ManagerConfig | None = None,
+        *,
+        on_finished: Callable[[Job], None] | None = None,
+        rng: random.Random | None = None,
+        id_prefix: str | None = None,
+    ) -> None:
+        self.config = config or ManagerConfig()
+        self.on_finished = on_finished
+        self._rng = rng or random.Random()
+        self._id_prefix = id_prefix if id_prefix is not None else os.urandom(5).hex()
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._tiebreak = itertools.count()
+        self.jobs: dict[str, Job] = {}
+        self._ready: dict[str, list[tuple[int, Job]]] = {}
+        self._waiting: dict[str, dict[Consumer, None]] = {}
+        self._delayed: list[tuple[float, int, Job]] = []
+        self._leases: list[tuple[float, int, Job, int]] = []
+        self._results: deque[tuple[float, Job]] = deque()
+        self._failed: OrderedDict[str, Job] = OrderedDict()
+        self.queues: dict[str, QueueCounts] = {}
+        self.consumers: set[Consumer] = set()
+        self.unfinished = 0
+        # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
+        self.task_defaults: dict[str, dict[str, Any]] = {}
+        self.counters = {
+            "submitted": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "retried": 0,
+            "requeued": 0,
+            "expired": 0,
+            "late_reports": 0,
+        }
+
+    # -- submitting ---------------------------------------------------------
+
+    def announce_tasks(self, tasks: dict[Any, Any]) -> str | None:
+        """Record workers' per-task defaults; return a message if they are malformed.
+
+        They apply to jobs submitted from now on that leave those fields unset.
+        """
+        checked: dict[str, dict[str, Any]] = {}
+        for name, defaults in tasks.items():
+            if not isinstance(name, str) or not isinstance(defaults, dict):
+                return "expected a map of task name to map"
+            entry: dict[str, Any] = {}
+            attempts = defaults.get("max_attempts")
+            if attempts is not None:
+                if type(attempts) is not int or not 1 <= attempts <= 1_000_000:
+                    return f"{name}.max_attempts must be an integer in 1..1000000"
+                entry["max_attempts"] = attempts
+            lease = defaults.get("lease")
+            if lease is not None:
+                if type(lease) not in (int, float) or not 0 < lease <= 10 * 365 * 86400:
+                    return f"{name}.lease must be a positive number of seconds"
+                entry["lease"] = float(lease)
+            checked[name] = entry
+        self.task_defaults.update(checked)
+        return None
+
+    def check_capacity(self, count: int) -> None:
+        limit = self.config.max_jobs
+        if limit is not None and self.unfinished + count > limit:
+            raise QueueFullError(
+                f"the broker holds {self.unfinished} unfinished jobs; "
+                f"{count} more would pass the limit of {limit}"
+            )
+
+    def submit(
+        self,
+        task: str,
+        payload: bytes,
+        now: float,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        lease: float | None = None,
+        job_id: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Accept a job; return it and whether it is new.
+
+        A ``job_id`` the manager still knows returns the existing job
+        unchanged (idempotent submit). Raises :class:`QueueFullError`.
+        """
+        if job_id is not None:
+            existing = self.jobs.get(job_id)
+            if existing is not None:
+                return existing, False
+        else:
+            job_id = f"{self._id_prefix}-{next(self._ids):x}"
+        self.check_capacity(1)
+        if max_attempts is None or lease is None:
+            defaults = self.task_defaults.get(task)
+            if defaults is not None:
+                max_attempts = max_attempts or defaults.get("max_attempts")
+                lease = lease or defaults.get("lease")
+        job = Job(
+            job_id,
+            task,
+            payload,
+            queue,
+            priority,
+            -priority * PRIORITY_STRIDE + next(self._seq),
+            max(1, max_attempts or self.config.max_attempts),
+            timeout or None,
+            lease or self.config.lease,
+            now,
+        )
+        self.jobs[job_id] = job
+        self.unfinished += 1
+        self.counters["submitted"] += 1
+        counts = self.queues.get(queue)
+        if counts is None:
+            counts = self.queues[queue] = QueueCounts()
+        if delay > 0:
+            self._delay(job, now + delay, counts)
+        else:
+            counts.queued += 1
+            self._make_ready(job, now)
+        return job, True
+
+    def _delay(self, job: Job, run_at: float, counts: QueueCounts) -> None:
+        job.state = JobState.DELAYED
+        job.run_at = run_at
+        counts.delayed += 1
+        heapq.heappush(self._delayed, (run_at, next(self._tiebreak), job))
+
+    def _make_ready(self, job: Job, now: float) -> None:
+        """Hand a queued job to a waiting consumer, or put it on its queue's heap.
+
+        The caller has set ``job.state`` to QUEUED (or left it there) and
+        counted it in its queue's ``queued``.
+        """
+        job.state = JobState.QUEUED
+        waiting = self._waiting.get(job.queue)
+        if waiting:
+            consumer = next(iter(waiting))
+            self._reserve(job, consumer, now)
+            if consumer.credit > 0:
+                # Round robin: the consumer goes to the back of the line.
+                del waiting[consumer]
+                waiting[consumer] = None
+            else:
+                self._stop_waiting(consumer)
+            return
+        heap = self._ready.get(job.queue)
+        if heap is None:
+            heap = self._ready[job.queue] = []
+        heapq.heappush(heap, (job.key, job))
+
+    # -- consumers ------------------------------------------------------------
+
+    def attach(self, consumer: Consumer) -> None:
+        self.consumers.add(consumer)
+
+    def detach(self, consumer: Consumer, now: float, reason: str) -> None:
+        """The consumer is gone: every job it held goes back to its queue."""
+        self._stop_waiting(consumer)
+        self.consumers.discard(consumer)
+        consumer.credit = 0
+        for job in list(consumer.jobs.values()):
+            self._lose_lease(job, now, reason)
+
+    def grant(self, consumer: Consumer, n: int, now: float) -> None:
+        """The consumer can take ``n`` more jobs."""
+        consumer.credit += n
+        self._feed(consumer, now)
+
+    def quiet(self, consumer: Consumer) -> None:
+        """The consumer takes no more jobs (until it grants credit again)."""
+        consumer.credit = 0
+        self._stop_waiting(consumer)
+
+    def _feed(self, consumer: Consumer, now: float) -> None:
+        ready = self._ready
+        while consumer.credit > 0:
+            best: tuple[int, Job] | None = None
+            best_heap: list[tuple[int, Job]] | None = None
+            for queue in consumer.queues:
+                heap = ready.get(queue)
+                if not heap:
+                    continue
+                while heap and heap[0][1].state is not JobState.QUEUED:
+                    heapq.heappop(heap)  # cancelled while queued
+                if heap and (best is None or heap[0][0] < best[0]):
+                    best = heap[0]
+                    best_heap = heap
+            if best is None or best_heap is None:
+                for queue in consumer.queues:
+                    waiting = self._waiting.get(queue)
+                    if waiting is None:
+                        waiting = self._waiting[queue] = {}
+                    waiting[consumer] = None
+                return
+            heapq.heappop(best_heap)
+            self._reserve(best[1], consumer, now)
+
+    def _stop_waiting(self, consumer: Consumer) -> None:
+        for queue in consumer.queues:
+            waiting = self._waiting.get(queue)
+            if waiting is not None:
+                waiting.pop(consumer, None)
+
+    def _reserve(self, job: Job, consumer: Consumer, now: float) -> None:
+        job.state = JobState.RUNNING
+        job.attempts += 1
+        job.owner = consumer
+        job.started_at = now
+        deadline = now + job.lease
+        job.lease_deadline = deadline
+        counts = self.queues[job.queue]
+        counts.queued -= 1
+        counts.running += 1
+        consumer.credit -= 1
+        consumer.jobs[job.id] = job
+        heapq.heappush(self._leases, (deadline, next(self._tiebreak), job, job.attempts))
+        consumer.sink.deliver(job)
+
+    # -- reports from workers -------------------------------------------------
+
+    def _held(self, consumer: Consumer, job_id: str, attempt: int, what: str) -> Job | None:
+        """The job if this consumer holds this attempt of it; else log and None."""
+        job = consumer.jobs.get(job_id)
+        if job is not None and job.attempts == attempt and job.state is JobState.RUNNING:
+            return job
+        self.counters["late_reports"] += 1
+        current = self.jobs.get(job_id)
+        log.info(
+            "ignored %s of job %s attempt %d from %s: %s",
+            what,
+            job_id,
+            attempt,
+            consumer.name or "a worker",
+            "job unknown"
+            if current is None
+            else f"job is {current.state.value} at attempt {current.attempts}",
+        )
+        return None
+
+    def _release_hold(self, job: Job) -> None:
+        owner: Consumer = job.owner
+        del owner.jobs[job.id]
+        job.owner = None
+        self.queues[job.queue].running -= 1
+
+    def ack(self, consumer: Consumer, job_id: str, attempt: int, result: bytes, now: float) -> bool:
+        job = self._held(consumer, job_id, attempt, "success")
+        if job is None:
+            return False
+        self._release_hold(job)
+        job.result = result
+        self._finish(job, JobState.SUCCEEDED, now)
+        return True
+
+    def fail(
+        self,
+        consumer: Consumer,
+        job_id: str,
+        attempt: int,
+        error: dict[str, Any],
+        now: float,
+        retry_in: float | None = None,
+    ) -> bool:
+        """A failed attempt: retry after backoff (or ``retry_in``) while attempts remain."""
+        job = self._held(consumer, job_id, attempt, "failure")
+        if job is None:
+            return False
+        self._release_hold(job)
+        self._failed_attempt(job, dict(error, attempt=attempt, at=now), now, retry_in)
+        return True
+
+    def release(self, consumer: Consumer, job_id: str, attempt: int, now: float) -> bool:
+        """The worker hands a job back unrun: it goes back to its queue, attempt not counted."""
+        job = self._held(consumer, job_id, attempt, "release")
+        if job is None:
+            return False
+        self._release_hold(job)
+        job.attempts -= 1
+        self.queues[job.queue].queued += 1
+        self._make_ready(job, now)
+        return True
+
+    def heartbeat(self, consumer: Consumer, job_ids: Iterable[str], now: float) -> int:
+        """Renew the leases of the listed jobs this consumer holds; return how many."""
+        renewed = 0
+        for job_id in job_ids:
+            job = consumer.jobs.get(job_id)
+            if job is not None:
+                job.lease_deadline = now + job.lease
+                renewed += 1
+        return renewed
+
+    def _failed_attempt(
+        self, job: Job, error: dict[str, Any], now: float, retry_in: float | None
+    ) -> None:
+        job.add_error(error)
+        if job.attempts >= job.max_attempts:
+            self._finish(job, JobState.FAILED, now)
+            return
+        if retry_in is None:
+            retry_in = self.backoff(job.attempts)
+        self.counters["retried"] += 1
+        counts = self.queues[job.queue]
+        if retry_in > 0:
+            self._delay(job, now + retry_in, counts)
+        else:
+            counts.queued += 1
+            self._make_ready(job, now)
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next attempt: exponential, capped, jittered over its upper half."""
+        ceiling: float = min(
+            self.config.backoff_cap, self.config.backoff_base * 2 ** min(attempts - 1, 60)
+        )
+        jitter: float = self._rng.uniform(0.5, 1.0)
+        return ceiling * jitter
+
+    def _lose_lease(self, job: Job, now: float, reason: str) -> None:
+        owner: Consumer = job.owner
+        self._release_hold(job)
+        self.counters["requeued"] += 1
+        if job.attempts >= job.max_attempts:
+            log.warning(
+                "job %s lost its worker (%s) on its last attempt %d: failed",
+                job.id,
+                reason,
+                job.attempts,
+            )
+            job.add_error(
+                {
+                    "type": "JobLost",
+                    "message": f"the worker lost the job: {reason}",
+                    "traceback": "",
+                    "attempt": job.attempts,
+                    "at": now,
+                }
+            )
+            self._finish(job, JobState.FAILED, now)
+        else:
+            log.warning(
+                "requeued job %s after attempt %d: %s (worker %s)",
+                job.id,
+                job.attempts,
+                reason,
+                owner.name or "?",
+            )
+            self.queues[job.queue].queued += 1
+            self._make_ready(job, now)
+
+    # -- finishing --------------------------------------------------------------
+
+    def _finish(self, job: Job, state: JobState, now: float) -> None:
+        job.state = state
+        job.finished_at = now
+        self.unfinished -= 1
+        if state is JobState.FAILED:
+            self.counters["failed"] += 1
+            self._failed[job.id] = job
+            while len(self._failed) > self.config.max_failed:
+                dropped_id, _ = self._failed.popitem(last=False)
+                del self.jobs[dropped_id]
+                log.warning(
+                    "dropped failed job %s: the failed list holds at most %d",
+                    dropped_id,
+                    self.config.max_failed,
+                )
+        else:
+            self.counters["succeeded" if state is JobState.SUCCEEDED else "cancelled"] += 1
+            self._results.append((now + self.config.result_ttl, job))
+        if self.on_finished is not None:
+            self.on_finished(job)
+
+    def cancel(self, job_id: str, now: float) -> bool | None:
+        """Cancel a queued, delayed or running job. None: unknown id; False: already finished."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        state = job.state
+        counts = self.queues[job.queue]
+        if state is JobState.QUEUED:
+            counts.queued -= 1  # its heap entry is skipped when reached
+        elif state is JobState.DELAYED:
+            counts.delayed -= 1
+        elif state is JobState.RUNNING:
+            owner: Consumer = job.owner
+            self._release_hold(job)
+            owner.sink.revoke(job)
+        else:
+            return False
+        self._finish(job, JobState.CANCELLED, now)
+        return True
+
+    # -- time ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Run every timer that is due: delayed jobs, expired leases, expired results."""
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, job = heapq.heappop(delayed)
+            if job.state is JobState.DELAYED:
+                counts = self.queues[job.queue]
+                counts.delayed -= 1
+                counts.queued += 1
+                self._make_ready(job, now)
+        leases = self._leases
+        while leases and leases[0][0] <= now:
+            _, _, job, attempt = heapq.heappop(leases)
+            if job.state is not JobState.RUNNING or job.attempts != attempt:
+                continue
+            if job.lease_deadline > now:
+                # Renewed by a heartbeat since this entry was pushed.
+                heapq.heappush(leases, (job.lease_deadline, next(self._tiebreak), job, attempt))
+                continue
+            owner: Consumer = job.owner
+            owner.sink.revoke(job)
+            self._lose_lease(job, now, f"lease of {job.lease:g}s expired")
+        results = self._results
+        while results and results[0][0] <= now:
+            _, job = results.popleft()
+            if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
+                del self.jobs[job.id]
+                self.counters["expired"] += 1
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to do."""
+        candidates = []
+        if self._delayed:
+            candidates.append(self._delayed[0][0])
+        if self._leases:
+            candidates.append(self._leases[0][0])
+        if self._results:
+            candidates.append(self._results[0][0])
+        return min(candidates) if candidates else None
+
+    # -- the failed list ---------------------------------------------------------
+
+    def failed_jobs(self, limit: int | None = None) -> list[Job]:
+        """Failed jobs, newest first."""
+        jobs = reversed(self._failed.values())
+        return list(itertools.islice(jobs, limit))
+
+    def retry_failed(self, job_ids: Iterable[str] | None, now: float) -> int:
+        """Put failed jobs (all when ``job_ids`` is None) back in their queues, attempts reset."""
+        ids = list(self._failed) if job_ids is None else list(job_ids)
+        ids = [job_id for job_id in ids if job_id in self._failed]
+        self.check_capacity(len(ids))
+        for job_id in ids:
+            job = self._failed.pop(job_id)
+            job.attempts = 0
+            job.finished_at = None
+            self.unfinished += 1
+            self.queues[job.queue].queued += 1
+            self._make_ready(job, now)
+        return len(ids)
+
+    def purge_failed(self) -> int:
+        count = len(self._failed)
+        for job_id in self._failed:
+            del self.jobs[job_id]
+        self._failed.clear()
+        return count
+
+    # -- questions ---------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def queues_idle(self, queues: Iterable[str]) -> bool:
+        """No job queued, delayed or running on any of these queues."""
+        for queue in queues:
+            counts = self.queues.get(queue)
+            if counts is not None and (counts.queued or counts.delayed or counts.running):
+                return False
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "queues": {name: counts.as_dict() for name, counts in sorted(self.queues.items())},
+            "jobs": len(self.jobs),
+            "unfinished": self.unfinished,
+            "running": sum(counts.running for counts in self.queues.values()),
+            "failed_list": len(self._failed),
+            "consumers": len(self.consumers),
+            **self.counters,
+        }

@@ -1,0 +1,170 @@
+"""The asyncio server: owns the listener, the sessions, the watchers and the timer.
+
+:class:`Broker` is the state that every :class:`~broker.session.Session`
+shares, passed to each one (no globals). It can run inside any asyncio
+program::
+
+    broker = Broker(BrokerConfig(port=0))
+    await broker.start()
+    ...  # broker.port is the real port
+    await broker.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from broker.config import BrokerConfig
+from broker.jobs import Job
+from broker.manager import JobManager
+from broker.session import Session, done_message
+from protocol.framing import encode_frame
+from protocol.messages import Op, Role
+
+log = logging.getLogger("broker")
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig | None = None) -> None:
+        self.config = config or BrokerConfig()
+        self.manager = JobManager(self.config.manager, on_finished=self._job_finished)
+        self.sessions: set[Session] = set()
+        self.burst_sessions: set[Session] = set()
+        self.watchers: dict[str, list[Session]] = {}
+        self.shutting_down = False
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._sessions_gone: asyncio.Event | None = None
+        self.started_at = time.time()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the broker is not started"
+        return self._loop
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with ``port=0``)."""
+        assert self._server is not None, "the broker is not started"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: Session(self),
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self.arm_timer()
+        log.info("listening on %s:%d", self.config.host, self.port)
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop accepting, tell everyone, flush, and close within ``shutdown_grace``."""
+        if self._server is None:
+            return
+        self.shutting_down = True
+        self._server.close()
+        goodbye = encode_frame({"op": Op.SHUTDOWN})
+        for session in list(self.sessions):
+            session.send_frame(goodbye)
+            session.close()
+        if self.sessions:
+            self._sessions_gone = asyncio.Event()
+            try:
+                async with asyncio.timeout(self.config.shutdown_grace):
+                    await self._sessions_gone.wait()
+            except TimeoutError:
+                log.warning("%d connections did not close in time; aborting", len(self.sessions))
+                for session in list(self.sessions):
+                    session.abort()
+        await self._server.wait_closed()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._server = None
+        log.info("stopped")
+
+    def session_closed(self, session: Session) -> None:
+        if self._sessions_gone is not None and not self.sessions:
+            self._sessions_gone.set()
+
+    # -- watchers -----------------------------------------------------------
+
+    def watch(self, session: Session, job_id: str) -> None:
+        watchers = self.watchers.get(job_id)
+        if watchers is None:
+            self.watchers[job_id] = [session]
+        elif session not in watchers:
+            watchers.append(session)
+        session.watching.add(job_id)
+
+    def forget_watcher(self, session: Session) -> None:
+        for job_id in session.watching:
+            watchers = self.watchers.get(job_id)
+            if watchers is not None:
+                if session in watchers:
+                    watchers.remove(session)
+                if not watchers:
+                    del self.watchers[job_id]
+        session.watching.clear()
+
+    def _job_finished(self, job: Job) -> None:
+        watchers = self.watchers.pop(job.id, None)
+        if watchers:
+            frame = encode_frame(done_message(job))
+            for session in watchers:
+                session.watching.discard(job.id)
+                session.send_frame(frame)
+        if self.burst_sessions:
+            for session in list(self.burst_sessions):
+                session.check_burst_empty()
+
+    # -- time -----------------------------------------------------------------
+
+    def arm_timer(self) -> None:
+        """Make sure the timer fires by the manager's next deadline."""
+        deadline = self.manager.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer_deadline is not None and self._timer_deadline <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_deadline = deadline
+        self._timer = self.loop.call_later(max(0.0, deadline - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        try:
+            self.manager.tick(time.time())
+        finally:
+            self.arm_timer()
+
+    # -- questions ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.manager.stats()
+        stats["workers"] = sum(1 for s in self.sessions if s.role == Role.WORKER)
+        stats["clients"] = sum(1 for s in self.sessions if s.role == Role.CLIENT)
+        stats["connections"] = len(self.sessions)
+        stats["uptime"] = time.time() - self.started_at
+        return stats

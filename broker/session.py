@@ -1,0 +1,523 @@
+"""One connection to the broker: decode frames, check them, run the handler.
+
+A :class:`Session` is an ``asyncio.Protocol``. Everything it does is
+synchronous: frames in, calls into the :class:`~broker.manager.JobManager`,
+frames out. Output is coalesced: whatever a loop turn produces for a peer
+leaves in one ``write``. Handlers are looked up by op in one table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from broker.jobs import Job, JobState
+from broker.manager import Consumer, QueueFullError
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.framing import FrameDecoder, encode_frame
+from protocol.messages import PROTOCOL_VERSION, Op, Role, request_id, validate_request
+from protocol.stream import auth_proof
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+
+log = logging.getLogger("broker.session")
+
+Message = dict[str, Any]
+
+SERVER_NAME = "jobwire"
+NONCE_SIZE = 16
+
+# Ops each role may send once the handshake is done.
+CLIENT_OPS = frozenset(
+    {
+        Op.PING,
+        Op.SUBMIT,
+        Op.WATCH,
+        Op.STATUS,
+        Op.CANCEL,
+        Op.STATS,
+        Op.FAILED,
+        Op.RETRY,
+        Op.PURGE_FAILED,
+    }
+)
+WORKER_OPS = frozenset(
+    {Op.PING, Op.STATS, Op.READY, Op.ACK, Op.FAIL, Op.RELEASE, Op.HEARTBEAT, Op.QUIET}
+)
+# Deliveries are cut into JOBS frames whose payloads add up to at most this
+# share of the peer's frame limit, so the envelope always fits too.
+DELIVERY_BATCH_SHARE = 2
+
+
+def done_message(job: Job) -> Message:
+    """The DONE push announcing a finished job's outcome."""
+    message: Message = {"op": Op.DONE, "id": job.id, "state": job.state.value}
+    if job.state is JobState.SUCCEEDED:
+        message["result"] = job.result
+    else:
+        error = job.last_error
+        if job.state is JobState.CANCELLED:
+            message["error"] = {"type": "Cancelled", "message": "the job was cancelled"}
+        elif error is not None:
+            message["error"] = {
+                "type": error["type"],
+                "message": error["message"],
+                "traceback": error.get("traceback") or "",
+            }
+    return message
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.manager = broker.manager
+        self.loop = broker.loop
+        self.decoder = FrameDecoder(self.config.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.role: str | None = None
+        self.name = ""
+        self.nonce = os.urandom(NONCE_SIZE)
+        self.consumer: Consumer | None = None
+        self.burst = False
+        self.empty_sent = False
+        self.watching: set[str] = set()
+        self._out: list[bytes] = []
+        self._deliveries: list[Job] = []
+        self._flush_scheduled = False
+        self._reading_paused = False
+        self._closing = False
+        self._last_seen = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._handlers: dict[str, Callable[[Message, float], None]] = {
+            Op.HELLO: self._on_hello,
+            Op.PING: self._on_ping,
+            Op.SUBMIT: self._on_submit,
+            Op.WATCH: self._on_watch,
+            Op.STATUS: self._on_status,
+            Op.CANCEL: self._on_cancel,
+            Op.STATS: self._on_stats,
+            Op.FAILED: self._on_failed,
+            Op.RETRY: self._on_retry,
+            Op.PURGE_FAILED: self._on_purge_failed,
+            Op.READY: self._on_ready,
+            Op.ACK: self._on_ack,
+            Op.FAIL: self._on_fail,
+            Op.RELEASE: self._on_release,
+            Op.HEARTBEAT: self._on_heartbeat,
+            Op.QUIET: self._on_quiet,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Session {self.role or 'new'} {self.name or self.peer}>"
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        transport.set_write_buffer_limits(high=self.config.output_pause_bytes)
+        self.broker.sessions.add(self)
+        if len(self.broker.sessions) > self.config.max_connections:
+            self.fail_connection(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"the broker serves at most {self.config.max_connections} connections",
+            )
+            return
+        if self.broker.shutting_down:
+            self.fail_connection(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
+            return
+        self.send(
+            {
+                "op": Op.WELCOME,
+                "version": PROTOCOL_VERSION,
+                "server": SERVER_NAME,
+                "nonce": self.nonce,
+                "auth": self.config.token is not None,
+            }
+        )
+        self._timer = self.loop.call_later(self.config.handshake_timeout, self._check_timeouts)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last_seen = time.monotonic()
+        try:
+            messages = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail_connection(exc.code, exc.message)
+            return
+        now = time.time()
+        for message in messages:
+            self.handle(message, now)
+            if self._closing:
+                break
+        self.broker.arm_timer()
+
+    def handle(self, message: Any, now: float) -> None:
+        """Run one decoded message; reply with an error rather than raise."""
+        try:
+            op = validate_request(message)
+        except ProtocolError as exc:
+            if self.role is None:
+                self.fail_connection(exc.code, exc.message, request_id(message))
+            else:
+                self.reply_error(request_id(message), exc.code, exc.message)
+            return
+        if self.role is None and op != Op.HELLO:
+            self.fail_connection(
+                ErrorCode.HANDSHAKE_REQUIRED, f"{op} before the HELLO handshake", message.get("rid")
+            )
+            return
+        if self.role is not None:
+            allowed = WORKER_OPS if self.role == Role.WORKER else CLIENT_OPS
+            if op not in allowed:
+                self.reply_error(
+                    message.get("rid"), ErrorCode.FORBIDDEN, f"a {self.role} may not send {op}"
+                )
+                return
+        try:
+            self._handlers[op](message, now)
+        except QueueFullError as exc:
+            self.reply_error(message.get("rid"), ErrorCode.QUEUE_FULL, str(exc))
+        except Exception:
+            log.exception("bug: handling %s from %s failed", op, self)
+            self.reply_error(message.get("rid"), ErrorCode.INTERNAL, f"internal error in {op}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.broker.sessions.discard(self)
+        self.broker.forget_watcher(self)
+        if self.consumer is not None:
+            self.manager.detach(self.consumer, time.time(), "worker connection closed")
+            self.broker.burst_sessions.discard(self)
+            self.broker.arm_timer()
+            log.info("worker %s disconnected", self.name or self.peer)
+        self.transport = None
+        self.broker.session_closed(self)
+
+    def pause_writing(self) -> None:
+        # The peer reads slower than we produce: stop reading its requests
+        # until it has caught up, so it cannot make us buffer more.
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # -- output -----------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        self.send_frame(encode_frame(message))
+
+    def send_frame(self, frame: bytes) -> None:
+        if self.transport is None or self._closing:
+            return
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._deliveries:
+            self._encode_deliveries()
+        transport = self.transport
+        if not self._out or transport is None:
+            return
+        out = self._out
+        self._out = []
+        transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if transport.get_write_buffer_size() > self.config.output_drop_bytes:
+            log.warning(
+                "dropping %s: it reads too slowly (%d bytes waiting)",
+                self,
+                transport.get_write_buffer_size(),
+            )
+            self._closing = True
+            transport.abort()
+
+    def _encode_deliveries(self) -> None:
+        budget = self.config.max_frame // DELIVERY_BATCH_SHARE
+        batch: list[Message] = []
+        size = 0
+        for job in self._deliveries:
+            if job.owner is not self.consumer or job.state is not JobState.RUNNING:
+                continue  # revoked or cancelled before it left
+            if batch and size + len(job.payload) > budget:
+                self._out.append(encode_frame({"op": Op.JOBS, "jobs": batch}))
+                batch, size = [], 0
+            batch.append(
+                {
+                    "id": job.id,
+                    "task": job.task,
+                    "payload": job.payload,
+                    "queue": job.queue,
+                    "attempt": job.attempts,
+                    "max_attempts": job.max_attempts,
+                    "lease": job.lease,
+                    "timeout": job.timeout,
+                }
+            )
+            size += len(job.payload)
+        if batch:
+            self._out.append(encode_frame({"op": Op.JOBS, "jobs": batch}))
+        self._deliveries = []
+
+    def reply(self, rid: int, fields: Message | None = None) -> None:
+        message: Message = {"op": Op.OK, "rid": rid}
+        if fields:
+            message.update(fields)
+        self.send(message)
+
+    def reply_error(self, rid: int | None, code: ErrorCode, text: str) -> None:
+        log.info("%s: %s %s", self, code.value, text)
+        self.send({"op": Op.ERR, "rid": rid, "code": code.value, "message": text})
+
+    def fail_connection(self, code: ErrorCode, text: str, rid: int | None = None) -> None:
+        """Send a last error and close: the peer broke the protocol or may not stay."""
+        log.warning("closing %s: %s %s", self, code.value, text)
+        if self.transport is None or self._closing:
+            return
+        self.send({"op": Op.ERR, "rid": rid, "code": code.value, "message": text})
+        self.flush()
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.flush()
+            self._closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self._closing = True
+            self.transport.abort()
+
+    # -- consumer sink (called by the manager) --------------------------------------
+
+    def deliver(self, job: Job) -> None:
+        self.empty_sent = False
+        self._deliveries.append(job)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def revoke(self, job: Job) -> None:
+        self.send({"op": Op.REVOKE, "id": job.id, "attempt": job.attempts})
+
+    # -- timeouts ---------------------------------------------------------------
+
+    def _check_timeouts(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        if self.role is None:
+            self.fail_connection(
+                ErrorCode.TIMEOUT,
+                f"no handshake within {self.config.handshake_timeout:g} seconds",
+            )
+            return
+        idle = time.monotonic() - self._last_seen
+        if idle >= self.config.idle_timeout:
+            self.fail_connection(
+                ErrorCode.TIMEOUT, f"nothing received for {self.config.idle_timeout:g} seconds"
+            )
+            return
+        self._timer = self.loop.call_later(self.config.idle_timeout - idle, self._check_timeouts)
+
+    # -- handlers ---------------------------------------------------------------
+
+    def _on_hello(self, message: Message, now: float) -> None:
+        rid = message["rid"]
+        if self.role is not None:
+            self.fail_connection(ErrorCode.BAD_REQUEST, "a second HELLO", rid)
+            return
+        if message["version"] != PROTOCOL_VERSION:
+            self.fail_connection(
+                ErrorCode.VERSION_MISMATCH,
+                f"this broker speaks protocol version {PROTOCOL_VERSION}, not {message['version']}",
+                rid,
+            )
+            return
+        token = self.config.token
+        if token is not None:
+            proof = message.get("auth")
+            if proof is None or not hmac.compare_digest(proof, auth_proof(token, self.nonce)):
+                self.fail_connection(ErrorCode.AUTH_FAILED, "authentication failed", rid)
+                return
+        role = message["role"]
+        if role not in (Role.CLIENT, Role.WORKER):
+            self.fail_connection(ErrorCode.BAD_REQUEST, f"unknown role {role!r}", rid)
+            return
+        self.role = role
+        self.name = message.get("name") or ""
+        if role == Role.WORKER:
+            self.consumer = Consumer(self, message.get("queues") or ["default"], self.name)
+            self.manager.attach(self.consumer)
+            tasks = message.get("tasks")
+            if tasks:
+                error = self.manager.announce_tasks(tasks)
+                if error is not None:
+                    self.fail_connection(ErrorCode.BAD_REQUEST, f"HELLO.tasks: {error}", rid)
+                    return
+            self.burst = bool(message.get("burst"))
+            if self.burst:
+                self.broker.burst_sessions.add(self)
+            log.info(
+                "worker %s connected from %s, queues %s",
+                self.name or "?",
+                self.peer,
+                ",".join(self.consumer.queues),
+            )
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.config.idle_timeout, self._check_timeouts)
+        self.reply(rid, {"server": SERVER_NAME, "idle_timeout": self.config.idle_timeout})
+
+    def _on_ping(self, message: Message, now: float) -> None:
+        self.reply(message["rid"])
+
+    def _on_submit(self, message: Message, now: float) -> None:
+        rid = message["rid"]
+        if self.broker.shutting_down:
+            self.reply_error(rid, ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
+            return
+        specs = message["jobs"]
+        manager = self.manager
+        manager.check_capacity(len(specs))
+        submit = manager.submit
+        ids: list[str] = []
+        already_done: list[Job] = []
+        watch = message.get("watch", False)
+        for spec in specs:
+            job, _ = submit(
+                spec["task"],
+                spec["payload"],
+                now,
+                queue=spec.get("queue") or "default",
+                priority=spec.get("priority") or 0,
+                delay=spec.get("delay") or 0.0,
+                max_attempts=spec.get("max_attempts"),
+                timeout=spec.get("timeout"),
+                lease=spec.get("lease"),
+                job_id=spec.get("id"),
+            )
+            ids.append(job.id)
+            if watch:
+                if job.state.finished:
+                    already_done.append(job)
+                else:
+                    self.broker.watch(self, job.id)
+        self.reply(rid, {"ids": ids})
+        for job in already_done:
+            self.send(done_message(job))
+
+    def _on_watch(self, message: Message, now: float) -> None:
+        unknown: list[str] = []
+        already_done: list[Job] = []
+        for job_id in message["ids"]:
+            job = self.manager.get(job_id)
+            if job is None:
+                unknown.append(job_id)
+            elif job.state.finished:
+                already_done.append(job)
+            else:
+                self.broker.watch(self, job_id)
+        self.reply(message["rid"], {"unknown": unknown})
+        for job in already_done:
+            self.send(done_message(job))
+
+    def _on_status(self, message: Message, now: float) -> None:
+        job = self.manager.get(message["id"])
+        if job is None:
+            self.reply_error(message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}")
+            return
+        self.reply(message["rid"], {"job": job.describe()})
+
+    def _on_cancel(self, message: Message, now: float) -> None:
+        outcome = self.manager.cancel(message["id"], now)
+        if outcome is None:
+            self.reply_error(message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}")
+            return
+        self.reply(message["rid"], {"cancelled": outcome})
+
+    def _on_stats(self, message: Message, now: float) -> None:
+        self.reply(message["rid"], {"stats": self.broker.stats()})
+
+    def _on_failed(self, message: Message, now: float) -> None:
+        jobs = self.manager.failed_jobs(message.get("limit"))
+        self.reply(message["rid"], {"jobs": [job.describe() for job in jobs]})
+
+    def _on_retry(self, message: Message, now: float) -> None:
+        ids = message.get("ids")
+        if ids is None and not message.get("all"):
+            self.reply_error(message["rid"], ErrorCode.BAD_REQUEST, "RETRY needs 'ids' or 'all'")
+            return
+        count = self.manager.retry_failed(None if message.get("all") else ids, now)
+        self.reply(message["rid"], {"retried": count})
+
+    def _on_purge_failed(self, message: Message, now: float) -> None:
+        self.reply(message["rid"], {"purged": self.manager.purge_failed()})
+
+    def _on_ready(self, message: Message, now: float) -> None:
+        assert self.consumer is not None
+        if not self.broker.shutting_down:
+            self.manager.grant(self.consumer, message["n"], now)
+        self.check_burst_empty()
+
+    def _on_ack(self, message: Message, now: float) -> None:
+        assert self.consumer is not None
+        self.manager.ack(self.consumer, message["id"], message["attempt"], message["result"], now)
+
+    def _on_fail(self, message: Message, now: float) -> None:
+        assert self.consumer is not None
+        self.manager.fail(
+            self.consumer,
+            message["id"],
+            message["attempt"],
+            message["error"],
+            now,
+            message.get("retry_in"),
+        )
+
+    def _on_release(self, message: Message, now: float) -> None:
+        assert self.consumer is not None
+        self.manager.release(self.consumer, message["id"], message["attempt"], now)
+
+    def _on_heartbeat(self, message: Message, now: float) -> None:
+        assert self.consumer is not None
+        self.manager.heartbeat(self.consumer, message["ids"], now)
+
+    def _on_quiet(self, message: Message, now: float) -> None:
+        assert self.consumer is not None
+        self.manager.quiet(self.consumer)
+
+    def check_burst_empty(self) -> None:
+        """Tell a burst worker with nothing left to do that its queues are empty."""
+        consumer = self.consumer
+        if (
+            self.burst
+            and consumer is not None
+            and not self.empty_sent
+            and not consumer.jobs
+            and self.manager.queues_idle(consumer.queues)
+        ):
+            self.empty_sent = True
+            self.send({"op": Op.EMPTY})

@@ -1,0 +1,83 @@
+"""Error codes and exception classes, split by who is to blame.
+
+- ``ProtocolError``: the *peer* sent something that breaks the protocol
+  (bad frame, bad message, wrong handshake). It carries a stable ``code``.
+  The codec and the message validator promise to raise nothing else on any
+  input, however malformed.
+- ``RemoteError``: the broker understood the request and refused it (an
+  error reply: unknown job, queue full, ...). Usually the *caller's* doing.
+- ``ConnectionLost``: the connection went away while something waited on it.
+- Anything else escaping this package is a bug in jobwire.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes sent on the wire in ``ERR`` replies.
+
+    The string values are part of the protocol: never rename one.
+    """
+
+    # The peer's fault: the connection is closed after the error is sent.
+    BAD_FRAME = "BAD_FRAME"
+    FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+    VERSION_MISMATCH = "VERSION_MISMATCH"
+    HANDSHAKE_REQUIRED = "HANDSHAKE_REQUIRED"
+    AUTH_FAILED = "AUTH_FAILED"
+    TIMEOUT = "TIMEOUT"
+    # The request's fault: the connection stays open, since framing is intact.
+    BAD_REQUEST = "BAD_REQUEST"
+    UNKNOWN_OP = "UNKNOWN_OP"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    QUEUE_FULL = "QUEUE_FULL"
+    # The broker's situation.
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    INTERNAL = "INTERNAL"
+
+
+class JobwireError(Exception):
+    """Base class of every exception jobwire raises on purpose."""
+
+
+class ProtocolError(JobwireError):
+    """The peer broke the protocol. ``code`` is an :class:`ErrorCode`."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RemoteError(JobwireError):
+    """The broker answered a request with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NotFound(RemoteError):
+    """The broker does not know the job id (never existed, or expired)."""
+
+
+class QueueFull(RemoteError):
+    """The broker holds as many jobs as it may (``--max-jobs``)."""
+
+
+class ConnectionLost(JobwireError, ConnectionError):
+    """The connection closed while a call waited on it; the call's outcome is unknown."""
+
+
+def remote_error(code: str, message: str) -> RemoteError:
+    """The most specific :class:`RemoteError` subclass for an error reply's code."""
+    if code == ErrorCode.NOT_FOUND:
+        return NotFound(code, message)
+    if code == ErrorCode.QUEUE_FULL:
+        return QueueFull(code, message)
+    return RemoteError(code, message)

@@ -1,0 +1,333 @@
+"""The message schema: every operation, its fields, and one validator.
+
+Every frame holds a msgpack map with a string ``op``. Requests that expect a
+reply carry ``rid``, an unsigned integer the sender chooses; the reply (``OK``
+or ``ERR``) echoes it. Notifications (worker reports, broker pushes) carry no
+``rid`` and get no reply. ``docs/PROTOCOL.md`` is the prose version of the
+tables below; the tables are what is enforced.
+
+Job arguments and results travel as ``payload``/``result`` fields of msgpack
+``bin`` type holding msgpack-encoded bytes, so the broker stores and forwards
+them without decoding them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+from protocol.errors import ErrorCode, ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+
+MAX_NAME_LENGTH: Final = 200
+MAX_ID_LENGTH: Final = 200
+MAX_TEXT_LENGTH: Final = 64 * 1024
+MAX_LIST_LENGTH: Final = 100_000
+MAX_SECONDS: Final = 10 * 365 * 24 * 3600.0
+MAX_UINT: Final = 2**63 - 1
+
+
+class Op:
+    """Operation names, as they appear in the ``op`` field."""
+
+    # broker -> peer
+    WELCOME: Final = "WELCOME"
+    OK: Final = "OK"
+    ERR: Final = "ERR"
+    JOBS: Final = "JOBS"
+    DONE: Final = "DONE"
+    REVOKE: Final = "REVOKE"
+    EMPTY: Final = "EMPTY"
+    SHUTDOWN: Final = "SHUTDOWN"
+    # any peer -> broker, request with rid
+    HELLO: Final = "HELLO"
+    PING: Final = "PING"
+    # producer requests
+    SUBMIT: Final = "SUBMIT"
+    WATCH: Final = "WATCH"
+    STATUS: Final = "STATUS"
+    CANCEL: Final = "CANCEL"
+    STATS: Final = "STATS"
+    FAILED: Final = "FAILED"
+    RETRY: Final = "RETRY"
+    PURGE_FAILED: Final = "PURGE_FAILED"
+    # worker notifications
+    READY: Final = "READY"
+    ACK: Final = "ACK"
+    FAIL: Final = "FAIL"
+    RELEASE: Final = "RELEASE"
+    HEARTBEAT: Final = "HEARTBEAT"
+    QUIET: Final = "QUIET"
+
+
+class Role:
+    CLIENT: Final = "client"
+    WORKER: Final = "worker"
+
+
+class Kind(Enum):
+    STR = "string"
+    NAME = "name"  # non-empty string of at most MAX_NAME_LENGTH
+    ID = "id"  # non-empty string of at most MAX_ID_LENGTH
+    TEXT = "text"  # string of at most MAX_TEXT_LENGTH
+    INT = "integer"
+    UINT = "unsigned integer"
+    SECONDS = "non-negative number"
+    BOOL = "boolean"
+    BIN = "binary"
+    NAMES = "array of names"
+    IDS = "array of ids"
+    MAP = "map"
+    ANY = "any value"
+    JOB_SPECS = "array of job specs"
+    ERROR = "error map"
+    DELIVERIES = "array of deliveries"
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    kind: Kind
+    required: bool = False
+
+
+def _fields(*fields: Field) -> dict[str, Field]:
+    return {f.name: f for f in fields}
+
+
+RID = Field("rid", Kind.UINT, required=True)
+
+JOB_SPEC: Final = _fields(
+    Field("task", Kind.NAME, required=True),
+    Field("payload", Kind.BIN, required=True),
+    Field("queue", Kind.NAME),
+    Field("priority", Kind.INT),
+    Field("delay", Kind.SECONDS),
+    Field("max_attempts", Kind.UINT),
+    Field("timeout", Kind.SECONDS),
+    Field("lease", Kind.SECONDS),
+    Field("id", Kind.ID),
+)
+
+ERROR_INFO: Final = _fields(
+    Field("type", Kind.TEXT, required=True),
+    Field("message", Kind.TEXT, required=True),
+    Field("traceback", Kind.TEXT),
+)
+
+DELIVERY: Final = _fields(
+    Field("id", Kind.ID, required=True),
+    Field("task", Kind.NAME, required=True),
+    Field("payload", Kind.BIN, required=True),
+    Field("queue", Kind.NAME, required=True),
+    Field("attempt", Kind.UINT, required=True),
+    Field("max_attempts", Kind.UINT, required=True),
+    Field("lease", Kind.SECONDS, required=True),
+    Field("timeout", Kind.SECONDS),
+)
+
+# What a peer may send the broker.
+REQUESTS: Final[dict[str, dict[str, Field]]] = {
+    Op.HELLO: _fields(
+        RID,
+        Field("version", Kind.UINT, required=True),
+        Field("role", Kind.NAME, required=True),
+        Field("name", Kind.TEXT),
+        Field("auth", Kind.BIN),
+        Field("queues", Kind.NAMES),
+        Field("burst", Kind.BOOL),
+        Field("tasks", Kind.MAP),
+    ),
+    Op.PING: _fields(RID),
+    Op.SUBMIT: _fields(
+        RID, Field("jobs", Kind.JOB_SPECS, required=True), Field("watch", Kind.BOOL)
+    ),
+    Op.WATCH: _fields(RID, Field("ids", Kind.IDS, required=True)),
+    Op.STATUS: _fields(RID, Field("id", Kind.ID, required=True)),
+    Op.CANCEL: _fields(RID, Field("id", Kind.ID, required=True)),
+    Op.STATS: _fields(RID),
+    Op.FAILED: _fields(RID, Field("limit", Kind.UINT)),
+    Op.RETRY: _fields(RID, Field("ids", Kind.IDS), Field("all", Kind.BOOL)),
+    Op.PURGE_FAILED: _fields(RID),
+    Op.READY: _fields(Field("n", Kind.UINT, required=True)),
+    Op.ACK: _fields(
+        Field("id", Kind.ID, required=True),
+        Field("attempt", Kind.UINT, required=True),
+        Field("result", Kind.BIN, required=True),
+    ),
+    Op.FAIL: _fields(
+        Field("id", Kind.ID, required=True),
+        Field("attempt", Kind.UINT, required=True),
+        Field("error", Kind.ERROR, required=True),
+        Field("retry_in", Kind.SECONDS),
+    ),
+    Op.RELEASE: _fields(
+        Field("id", Kind.ID, required=True), Field("attempt", Kind.UINT, required=True)
+    ),
+    Op.HEARTBEAT: _fields(Field("ids", Kind.IDS, required=True)),
+    Op.QUIET: _fields(),
+}
+
+# What the broker may send a peer.
+PUSHES: Final[dict[str, dict[str, Field]]] = {
+    Op.WELCOME: _fields(
+        Field("version", Kind.UINT, required=True),
+        Field("server", Kind.TEXT, required=True),
+        Field("nonce", Kind.BIN, required=True),
+        Field("auth", Kind.BOOL, required=True),
+    ),
+    Op.OK: _fields(RID),
+    Op.ERR: _fields(
+        Field("rid", Kind.UINT),
+        Field("code", Kind.NAME, required=True),
+        Field("message", Kind.TEXT, required=True),
+    ),
+    Op.JOBS: _fields(Field("jobs", Kind.DELIVERIES, required=True)),
+    Op.DONE: _fields(
+        Field("id", Kind.ID, required=True),
+        Field("state", Kind.NAME, required=True),
+        Field("result", Kind.BIN),
+        Field("error", Kind.ERROR),
+    ),
+    Op.REVOKE: _fields(
+        Field("id", Kind.ID, required=True), Field("attempt", Kind.UINT, required=True)
+    ),
+    Op.EMPTY: _fields(),
+    Op.SHUTDOWN: _fields(),
+}
+
+# OK replies carry fields that depend on the request; they are checked by
+# whoever made the request, so unknown keys are allowed in OK only.
+_OPEN_ENDED: Final = frozenset({Op.OK})
+
+
+def _bad(where: str, message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_REQUEST, f"{where}: {message}")
+
+
+def _type_name(value: Any) -> str:
+    return "nil" if value is None else type(value).__name__
+
+
+def _check_value(where: str, kind: Kind, value: Any) -> None:
+    if kind is Kind.ANY:
+        return
+    if kind is Kind.BOOL:
+        if type(value) is not bool:
+            raise _bad(where, f"expected boolean, got {_type_name(value)}")
+        return
+    if kind in (Kind.INT, Kind.UINT):
+        if type(value) is not int:
+            raise _bad(where, f"expected {kind.value}, got {_type_name(value)}")
+        if kind is Kind.UINT and not 0 <= value <= MAX_UINT:
+            raise _bad(where, f"expected {kind.value}, got {value}")
+        if kind is Kind.INT and not -MAX_UINT <= value <= MAX_UINT:
+            raise _bad(where, f"integer {value} out of range")
+        return
+    if kind is Kind.SECONDS:
+        if type(value) not in (int, float):
+            raise _bad(where, f"expected number, got {_type_name(value)}")
+        if not (0 <= value <= MAX_SECONDS) or math.isnan(value):
+            raise _bad(where, f"expected a number of seconds in 0..{MAX_SECONDS:.0f}")
+        return
+    if kind is Kind.BIN:
+        if type(value) is not bytes:
+            raise _bad(where, f"expected binary, got {_type_name(value)}")
+        return
+    if kind in (Kind.STR, Kind.NAME, Kind.ID, Kind.TEXT):
+        if type(value) is not str:
+            raise _bad(where, f"expected string, got {_type_name(value)}")
+        limit = {Kind.NAME: MAX_NAME_LENGTH, Kind.ID: MAX_ID_LENGTH}.get(kind, MAX_TEXT_LENGTH)
+        if len(value) > limit:
+            raise _bad(where, f"string longer than {limit} characters")
+        if kind in (Kind.NAME, Kind.ID) and not value:
+            raise _bad(where, "must not be empty")
+        return
+    if kind in (Kind.NAMES, Kind.IDS):
+        _check_list(where, value)
+        item = Kind.NAME if kind is Kind.NAMES else Kind.ID
+        for i, element in enumerate(value):
+            _check_value(f"{where}[{i}]", item, element)
+        return
+    if kind is Kind.MAP:
+        if type(value) is not dict:
+            raise _bad(where, f"expected map, got {_type_name(value)}")
+        return
+    if kind is Kind.ERROR:
+        _check_map(where, ERROR_INFO, value)
+        return
+    if kind in (Kind.JOB_SPECS, Kind.DELIVERIES):
+        _check_list(where, value)
+        schema = JOB_SPEC if kind is Kind.JOB_SPECS else DELIVERY
+        for i, element in enumerate(value):
+            _check_map(f"{where}[{i}]", schema, element)
+        return
+    raise AssertionError(f"unhandled kind {kind}")  # pragma: no cover
+
+
+def _check_list(where: str, value: Any) -> None:
+    if type(value) is not list:
+        raise _bad(where, f"expected array, got {_type_name(value)}")
+    if len(value) > MAX_LIST_LENGTH:
+        raise _bad(where, f"array longer than {MAX_LIST_LENGTH}")
+
+
+def _check_map(where: str, schema: dict[str, Field], value: Any, open_ended: bool = False) -> None:
+    if type(value) is not dict:
+        raise _bad(where, f"expected map, got {_type_name(value)}")
+    for key, element in value.items():
+        field = schema.get(key)
+        if field is None:
+            if open_ended:
+                continue
+            raise _bad(where, f"unknown field {key!r}")
+        if element is None and not field.required:
+            continue
+        _check_value(f"{where}.{key}", field.kind, element)
+    for field in schema.values():
+        if field.required and value.get(field.name) is None:
+            raise _bad(where, f"missing required field {field.name!r}")
+
+
+_OP_FIELD: Final = Field("op", Kind.NAME, required=True)
+_REQUESTS_WITH_OP: Final = {op: {"op": _OP_FIELD, **schema} for op, schema in REQUESTS.items()}
+_PUSHES_WITH_OP: Final = {op: {"op": _OP_FIELD, **schema} for op, schema in PUSHES.items()}
+
+
+def _validate(message: Any, table: dict[str, dict[str, Field]], what: str) -> str:
+    if type(message) is not dict:
+        raise _bad(what, f"expected a map, got {_type_name(message)}")
+    op = message.get("op")
+    if type(op) is not str:
+        raise _bad(what, "missing string field 'op'")
+    schema = table.get(op)
+    if schema is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:MAX_NAME_LENGTH]!r}")
+    _check_map(op, schema, message, op in _OPEN_ENDED)
+    return op
+
+
+def validate_request(message: Any) -> str:
+    """Check a message a peer sent the broker; return its op.
+
+    Raises only :class:`ProtocolError`: ``UNKNOWN_OP`` for an op the broker
+    does not have, ``BAD_REQUEST`` naming the field for anything else.
+    """
+    return _validate(message, _REQUESTS_WITH_OP, "request")
+
+
+def validate_push(message: Any) -> str:
+    """Check a message the broker sent a peer; return its op."""
+    return _validate(message, _PUSHES_WITH_OP, "message")
+
+
+def request_id(message: Any) -> int | None:
+    """The ``rid`` of a message if it has a usable one, for replying to a bad request."""
+    if type(message) is dict:
+        rid = message.get("rid")
+        if type(rid) is int and 0 <= rid <= MAX_UINT:
+            return rid
+    return None

@@ -1,0 +1,245 @@
+"""The asyncio adapter over the sans-I/O core, shared by the client and the worker.
+
+:class:`Connection` is an ``asyncio.Protocol``: bytes in go through
+:class:`~protocol.framing.FrameDecoder` and the push validator; replies
+resolve the future of the request with the same ``rid``; everything else
+goes to the ``on_push`` callback, synchronously, in arrival order. Frames
+sent within one turn of the event loop leave in one ``write``.
+
+This is the only module of :mod:`protocol` that knows asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import logging
+import ssl as ssl_module
+from collections.abc import Callable
+from typing import Any, cast
+
+from protocol.errors import ConnectionLost, ErrorCode, ProtocolError, remote_error
+from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from protocol.messages import PROTOCOL_VERSION, Op, validate_push
+
+log = logging.getLogger("protocol.stream")
+
+Message = dict[str, Any]
+PushHandler = Callable[[Message], None]
+
+DEFAULT_PORT = 7878
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``"host:port"``, ``"host"`` or ``"[v6]:port"`` to ``(host, port)``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        host, port = address, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"bad port in address {address!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in address {address!r}")
+    return host, number
+
+
+def auth_proof(token: str, nonce: bytes) -> bytes:
+    """What a peer answers to the broker's nonce: HMAC-SHA256 keyed by the token."""
+    return hmac.new(token.encode(), nonce, hashlib.sha256).digest()
+
+
+class Connection(asyncio.Protocol):
+    """One framed connection to the broker, from the peer's side."""
+
+    def __init__(self, on_push: PushHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME):
+        self._on_push = on_push
+        self._decoder = FrameDecoder(max_frame)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._rids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._welcome: asyncio.Future[Message] = self._loop.create_future()
+        self.closed: asyncio.Future[Exception | None] = self._loop.create_future()
+        self.close_reason: Exception | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+            for message in messages:
+                validate_push(message)
+                self._dispatch(message)
+        except ProtocolError as exc:
+            log.error("broker broke the protocol: %s", exc)
+            self.abort(exc)
+
+    def _dispatch(self, message: Message) -> None:
+        op = message["op"]
+        if op in (Op.OK, Op.ERR):
+            rid = message.get("rid")
+            future = self._pending.pop(rid, None) if rid is not None else None
+            if future is None:
+                if op == Op.ERR:
+                    # An error tied to no request: the broker is about to close.
+                    self.close_reason = remote_error(message["code"], message["message"])
+                    log.warning("broker error: %s", self.close_reason)
+                return
+            if not future.done():
+                future.set_result(message)
+        elif op == Op.WELCOME:
+            if not self._welcome.done():
+                self._welcome.set_result(message)
+        elif self._on_push is not None:
+            self._on_push(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self.close_reason or exc
+        error = ConnectionLost(f"connection to the broker lost{f': {reason}' if reason else ''}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        if not self._welcome.done():
+            self._welcome.set_exception(error)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(error)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    # -- sending ----------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def send(self, message: Message) -> None:
+        """Queue one frame; frames queued in one loop turn leave in one write."""
+        if self._transport is None:
+            raise ConnectionLost("connection to the broker is closed")
+        self._out.append(encode_frame(message))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self._transport is not None:
+            self._transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def request(self, message: Message) -> asyncio.Future[Message]:
+        """Send a request with a fresh ``rid``; the future gets the OK or ERR reply."""
+        rid = next(self._rids)
+        message["rid"] = rid
+        future: asyncio.Future[Message] = self._loop.create_future()
+        self.send(message)
+        self._pending[rid] = future
+        return future
+
+    async def call(self, message: Message) -> Message:
+        """Send a request and return its OK reply; an ERR reply raises :class:`RemoteError`."""
+        if self._write_paused:
+            await self.drain()
+        reply = await self.request(message)
+        if reply["op"] == Op.ERR:
+            raise remote_error(reply["code"], reply["message"])
+        return reply
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if not self._write_paused:
+            return
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+        await asyncio.shield(self._drained)
+
+    def abort(self, reason: Exception | None = None) -> None:
+        if reason is not None and self.close_reason is None:
+            self.close_reason = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def close(self) -> None:
+        """Flush what is queued, close, and wait until the transport is gone."""
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+        await asyncio.shield(self.closed)
+
+    # -- opening ----------------------------------------------------------------
+
+    async def handshake(self, hello: Message, token: str | None, timeout: float) -> Message:
+        """Wait for WELCOME, answer HELLO (with the auth proof if asked), return the OK reply."""
+        async with asyncio.timeout(timeout):
+            welcome = await self._welcome
+            if welcome["version"] != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    ErrorCode.VERSION_MISMATCH,
+                    f"broker speaks protocol version {welcome['version']}, "
+                    f"this peer speaks {PROTOCOL_VERSION}",
+                )
+            message = {"op": Op.HELLO, "version": PROTOCOL_VERSION, **hello}
+            if welcome["auth"]:
+                if token is None:
+                    raise remote_error(
+                        ErrorCode.AUTH_FAILED, "the broker requires a token and none was given"
+                    )
+                message["auth"] = auth_proof(token, welcome["nonce"])
+            return await self.call(message)
+
+
+async def open_connection(
+    address: str,
+    hello: Message,
+    *,
+    on_push: PushHandler | None = None,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> tuple[Connection, Message]:
+    """Connect to the broker at ``address`` and complete the handshake.
+
+    Returns the connection and the broker's reply to HELLO. Raises
+    ``OSError`` when the broker cannot be reached, ``TimeoutError``,
+    :class:`ProtocolError` or :class:`RemoteError` (bad token, version).
+    """
+    host, port = parse_address(address)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        _, connection = await loop.create_connection(
+            lambda: Connection(on_push, max_frame), host, port, ssl=ssl
+        )
+    try:
+        reply = await connection.handshake(hello, token, timeout)
+    except BaseException:
+        connection.abort()
+        raise
+    return connection, reply

@@ -1,0 +1,103 @@
+"""``python -m worker [MODULE ...] [--connect HOST:PORT] [--concurrency 4] ...``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from worker.registry import TaskRegistry, default_registry
+from worker.runtime import Worker
+from worker.tasks import builtin_registry
+
+log = logging.getLogger("worker")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m worker",
+        description="Run jobwire tasks. With no MODULE, serves the built-in tasks "
+        "(echo, sleep, fail, add, noop).",
+    )
+    p.add_argument(
+        "modules", nargs="*", metavar="MODULE", help="modules whose @task functions to serve"
+    )
+    p.add_argument("--connect", default="127.0.0.1:7878", help="broker HOST:PORT")
+    p.add_argument("--concurrency", type=int, default=4, help="jobs run at once")
+    p.add_argument("--queues", default=None, help="comma-separated queues (default: default)")
+    p.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM")
+    p.add_argument("--name", default=None, help="name shown in the broker's logs")
+    p.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def load_registry(modules: Sequence[str]) -> TaskRegistry:
+    if not modules:
+        return builtin_registry
+    sys.path.insert(0, os.getcwd())
+    for module in modules:
+        importlib.import_module(module)
+    return default_registry
+
+
+async def serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            worker.stop()
+        else:
+            log.warning("second signal: stopping now")
+            worker.stop_now()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    await worker.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        registry = load_registry(args.modules)
+    except ImportError as exc:
+        log.error("cannot import task module: %s", exc)
+        return 2
+    queues = [q for q in (args.queues or "").split(",") if q] or None
+    worker = Worker(
+        args.connect,
+        registry=registry,
+        concurrency=args.concurrency,
+        queues=queues,
+        burst=args.burst,
+        token=args.token or os.environ.get("BROKER_TOKEN") or None,
+        name=args.name or f"{socket.gethostname()}:{os.getpid()}",
+        grace=args.grace,
+    )
+    try:
+        import uvloop  # noqa: PLC0415
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover
+        pass
+    asyncio.run(serve(worker))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
