@@ -17,7 +17,13 @@ import msgpack
 from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME
 from protocol.messages import Op, Role
-from protocol.stream import DEFAULT_CONNECT_TIMEOUT, Connection, Message, open_connection
+from protocol.stream import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Connection,
+    Message,
+    ReplyHook,
+    open_connection,
+)
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -238,9 +244,9 @@ class Client:
             if not future.done():
                 future.set_result({"op": LOST, "id": job_id})
 
-    async def _call(self, message: Message) -> Message:
+    async def _call(self, message: Message, on_reply: ReplyHook | None = None) -> Message:
         connection = await self._ensure_connection()
-        return await connection.call(message)
+        return await connection.call(message, on_reply)
 
     def _on_push(self, message: Message) -> None:
         if message["op"] == Op.DONE:
@@ -294,16 +300,19 @@ class Client:
         return await self._submit_specs(specs)
 
     async def _submit_specs(self, specs: list[Message]) -> list[Job]:
-        reply = await self._call({"op": Op.SUBMIT, "jobs": specs, "watch": True})
-        ids: list[str] = reply["ids"]
         loop = asyncio.get_running_loop()
         outcomes = self._outcomes
-        jobs = []
-        for job_id in ids:
-            future = outcomes.get(job_id)
-            if future is None:
-                future = outcomes[job_id] = loop.create_future()
-            jobs.append(Job(self, job_id, future))
+        jobs: list[Job] = []
+
+        def expect_outcomes(reply: Message) -> None:
+            # Runs before the frames after the reply: a DONE may be among them.
+            for job_id in reply["ids"]:
+                future = outcomes.get(job_id)
+                if future is None:
+                    future = outcomes[job_id] = loop.create_future()
+                jobs.append(Job(self, job_id, future))
+
+        await self._call({"op": Op.SUBMIT, "jobs": specs, "watch": True}, expect_outcomes)
         return jobs
 
     def job(self, job_id: str) -> Job:

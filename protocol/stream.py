@@ -28,6 +28,8 @@ log = logging.getLogger("protocol.stream")
 
 Message = dict[str, Any]
 PushHandler = Callable[[Message], None]
+# Runs synchronously when a reply arrives, before any later frame is handled.
+ReplyHook = Callable[[Message], None]
 
 DEFAULT_PORT = 7878
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -62,7 +64,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._rids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Message], ReplyHook | None]] = {}
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._write_paused = False
@@ -91,13 +93,16 @@ class Connection(asyncio.Protocol):
         op = message["op"]
         if op in (Op.OK, Op.ERR):
             rid = message.get("rid")
-            future = self._pending.pop(rid, None) if rid is not None else None
-            if future is None:
+            pending = self._pending.pop(rid, None) if rid is not None else None
+            if pending is None:
                 if op == Op.ERR:
                     # An error tied to no request: the broker is about to close.
                     self.close_reason = remote_error(message["code"], message["message"])
                     log.warning("broker error: %s", self.close_reason)
                 return
+            future, on_reply = pending
+            if on_reply is not None and op == Op.OK:
+                on_reply(message)
             if not future.done():
                 future.set_result(message)
         elif op == Op.WELCOME:
@@ -109,7 +114,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self.close_reason or exc
         error = ConnectionLost(f"connection to the broker lost{f': {reason}' if reason else ''}")
-        for future in self._pending.values():
+        for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
@@ -154,20 +159,27 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
 
-    def request(self, message: Message) -> asyncio.Future[Message]:
-        """Send a request with a fresh ``rid``; the future gets the OK or ERR reply."""
+    def request(
+        self, message: Message, on_reply: ReplyHook | None = None
+    ) -> asyncio.Future[Message]:
+        """Send a request with a fresh ``rid``; the future gets the OK or ERR reply.
+
+        ``on_reply`` runs on an OK reply as soon as it is decoded, before the
+        frames after it: state that those frames need (a result future for a
+        job id the reply names) must be set up there, not after an ``await``.
+        """
         rid = next(self._rids)
         message["rid"] = rid
         future: asyncio.Future[Message] = self._loop.create_future()
         self.send(message)
-        self._pending[rid] = future
+        self._pending[rid] = (future, on_reply)
         return future
 
-    async def call(self, message: Message) -> Message:
+    async def call(self, message: Message, on_reply: ReplyHook | None = None) -> Message:
         """Send a request and return its OK reply; an ERR reply raises :class:`RemoteError`."""
         if self._write_paused:
             await self.drain()
-        reply = await self.request(message)
+        reply = await self.request(message, on_reply)
         if reply["op"] == Op.ERR:
             raise remote_error(reply["code"], reply["message"])
         return reply

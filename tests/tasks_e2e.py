@@ -1,0 +1,56 @@
+"""Tasks the end-to-end tests run in real worker processes (``python -m worker tests.tasks_e2e``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from worker import Retry, current_job, task
+
+
+@task
+async def echo(value: Any) -> Any:
+    return value
+
+
+@task
+async def nap(seconds: float, value: Any = None) -> Any:
+    await asyncio.sleep(seconds)
+    return value
+
+
+@task
+def blocking_nap(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+@task
+def always_fails(message: str) -> None:
+    raise ValueError(message)
+
+
+@task
+async def retry_once(delay: float) -> int:
+    """Asks for a retry after ``delay`` on its first attempt; returns its attempt number."""
+    attempt = current_job().attempt
+    if attempt == 1:
+        raise Retry(delay=delay)
+    return attempt
+
+
+@task
+async def whoami(value: Any) -> dict[str, Any]:
+    return {"pid": os.getpid(), "value": value}
+
+
+@task
+async def unencodable() -> object:
+    return object()
+
+
+@task(name="custom.name", timeout=0.3)
+async def sleeps_past_timeout(seconds: float) -> None:
+    await asyncio.sleep(seconds)
