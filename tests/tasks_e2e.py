@@ -1,4 +1,4 @@
-"""Tasks the end-to-end tests run in real worker processes (``python -m worker tests.tasks_e2e``)."""
+"""Tasks the end-to-end tests run in real worker processes."""
 
 from __future__ import annotations
 

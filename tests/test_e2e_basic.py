@@ -129,7 +129,7 @@ async def test_unencodable_result_and_timeout_fail_the_job_not_the_worker(
         slow = await client.submit("custom.name", [5.0], max_attempts=1)
         with pytest.raises(JobFailed, match="cannot be encoded"):
             await asyncio.wait_for(bad.result(), WAIT)
-        with pytest.raises(JobFailed, match="timeout of 0.3s"):
+        with pytest.raises(JobFailed, match=r"timeout of 0\.3s"):
             await asyncio.wait_for(slow.result(), WAIT)
         # The worker is still there and serving.
         assert await asyncio.wait_for((await client.submit("echo", [7])).result(), WAIT) == 7
