@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,8 +19,9 @@ from typing import Any
 from broker.client import Client, JobFailed
 from broker.config import BrokerConfig
 from broker.manager import ManagerConfig
-from broker.server import Broker
+from broker.server import Broker, ExposureRefused
 from protocol.errors import JobwireError
+from protocol.security import client_ssl_context, resolve_token, server_ssl_context
 from protocol.stream import DEFAULT_PORT
 
 ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed")
@@ -51,6 +51,27 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--handshake-timeout", type=float, default=5.0)
     parser.add_argument("--idle-timeout", type=float, default=300.0)
     parser.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
+    parser.add_argument("--token-file", default=None, help="file whose first line is the token")
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback bind with no token"
+    )
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
+    parser.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", default=None, help="require client certs signed by this CA"
+    )
+    parser.add_argument(
+        "--output-pause-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="stop reading from a peer whose unsent output passes this",
+    )
+    parser.add_argument(
+        "--output-drop-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="drop a peer whose unsent output passes this",
+    )
     return parser
 
 
@@ -58,6 +79,10 @@ def admin_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT")
     common.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
+    common.add_argument("--token-file", default=None, help="file whose first line is the token")
+    common.add_argument("--tls-ca", default=None, help="CA to verify the broker: connect with TLS")
+    common.add_argument("--tls-cert", default=None, help="client certificate (PEM)")
+    common.add_argument("--tls-key", default=None, help="client certificate's key (PEM)")
     parser = argparse.ArgumentParser(prog="python -m broker", description="Administer a broker.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -125,8 +150,14 @@ def print_stats(stats: dict[str, Any]) -> None:
     )
 
 
-async def run_admin(args: argparse.Namespace, token: str | None) -> int:
-    async with Client(args.connect, token=token, name="admin") as client:
+async def run_admin(args: argparse.Namespace) -> int:
+    token = resolve_token(args.token, args.token_file)
+    context = (
+        client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key)
+        if args.tls_ca or args.tls_cert
+        else None
+    )
+    async with Client(args.connect, token=token, ssl=context, name="admin") as client:
         command: str = args.command
         if command == "stats":
             print_stats(await client.stats())
@@ -177,17 +208,29 @@ def run(coroutine_factory: Callable[[], Awaitable[int]]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    token_env = os.environ.get("BROKER_TOKEN") or None
     if argv and argv[0] in ADMIN_COMMANDS:
         args = admin_parser().parse_args(argv)
         configure_logging("warning")
         try:
-            return run(lambda: run_admin(args, args.token or token_env))
-        except (JobwireError, OSError, json.JSONDecodeError) as exc:
+            return run(lambda: run_admin(args))
+        except (JobwireError, OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     args = serve_parser().parse_args(argv)
     configure_logging(args.log_level)
+    log = logging.getLogger("broker")
+    try:
+        token = resolve_token(args.token, args.token_file)
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        context = (
+            server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+            if args.tls_cert
+            else None
+        )
+    except (OSError, ValueError) as exc:
+        log.error("bad security settings: %s", exc)
+        return 2
     config = BrokerConfig(
         host=args.host,
         port=args.port,
@@ -204,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_connections=args.max_connections,
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,
-        token=args.token or token_env,
+        token=token,
+        ssl=context,
+        insecure=args.insecure,
+        output_pause_bytes=args.output_pause_bytes,
+        output_drop_bytes=args.output_drop_bytes,
     )
     install_uvloop()
 
@@ -214,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(serve_and_exit)
-    except OSError as exc:
-        logging.getLogger("broker").error("cannot serve: %s", exc)
+    except (OSError, ExposureRefused) as exc:
+        log.error("cannot serve: %s", exc)
         return 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from broker.manager import ManagerConfig
@@ -24,5 +25,9 @@ class BrokerConfig:
     output_pause_bytes: int = 4 * 1024 * 1024
     output_drop_bytes: int = 64 * 1024 * 1024
     token: str | None = None
+    # TLS for every connection (see protocol.security.server_ssl_context).
+    ssl: ssl.SSLContext | None = None
+    # Allow binding a non-loopback address without a token.
+    insecure: bool = False
     # How long shutdown waits for connections to flush before cutting them.
     shutdown_grace: float = 2.0

@@ -182,6 +182,8 @@ class JobManager:
                 return existing, False
         else:
             job_id = f"{self._id_prefix}-{next(self._ids):x}"
+            while job_id in self.jobs:  # a client chose this id for its own job
+                job_id = f"{self._id_prefix}-{next(self._ids):x}"
         self.check_capacity(1)
         if max_attempts is None or lease is None:
             defaults = self.task_defaults.get(task)
@@ -412,7 +414,15 @@ class JobManager:
     def _lose_lease(self, job: Job, now: float, reason: str) -> None:
         owner: Consumer = job.owner
         self._release_hold(job)
-        self.counters["requeued"] += 1
+        job.add_error(
+            {
+                "type": "JobLost",
+                "message": f"the worker lost the job: {reason}",
+                "traceback": "",
+                "attempt": job.attempts,
+                "at": now,
+            }
+        )
         if job.attempts >= job.max_attempts:
             log.warning(
                 "job %s lost its worker (%s) on its last attempt %d: failed",
@@ -420,17 +430,9 @@ class JobManager:
                 reason,
                 job.attempts,
             )
-            job.add_error(
-                {
-                    "type": "JobLost",
-                    "message": f"the worker lost the job: {reason}",
-                    "traceback": "",
-                    "attempt": job.attempts,
-                    "at": now,
-                }
-            )
             self._finish(job, JobState.FAILED, now)
         else:
+            self.counters["requeued"] += 1
             log.warning(
                 "requeued job %s after attempt %d: %s (worker %s)",
                 job.id,
@@ -535,7 +537,7 @@ class JobManager:
 
     def retry_failed(self, job_ids: Iterable[str] | None, now: float) -> int:
         """Put failed jobs (all when ``job_ids`` is None) back in their queues, attempts reset."""
-        ids = list(self._failed) if job_ids is None else list(job_ids)
+        ids = list(self._failed) if job_ids is None else list(dict.fromkeys(job_ids))
         ids = [job_id for job_id in ids if job_id in self._failed]
         self.check_capacity(len(ids))
         for job_id in ids:

@@ -23,8 +23,13 @@ from broker.manager import JobManager
 from broker.session import Session, done_message
 from protocol.framing import encode_frame
 from protocol.messages import Op, Role
+from protocol.security import is_loopback
 
 log = logging.getLogger("broker")
+
+
+class ExposureRefused(ValueError):
+    """The configuration would expose an unauthenticated broker to the network."""
 
 
 class Broker:
@@ -58,7 +63,22 @@ class Broker:
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond this machine with no token, unless told it is on purpose."""
+        config = self.config
+        if not is_loopback(config.host) and config.token is None and not config.insecure:
+            raise ExposureRefused(
+                f"refusing to listen on {config.host} without a token: anyone who can reach "
+                "the port could submit jobs and read results. Set --token (or BROKER_TOKEN, "
+                "or --token-file), or pass --insecure if this network is trusted."
+            )
+
+    def adopt_running_loop(self) -> None:
+        """Use the running loop without listening: for driving sessions by hand (fuzzing)."""
+        self._loop = asyncio.get_running_loop()
+
     async def start(self) -> None:
+        self.check_exposure()
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
             lambda: Session(self),
@@ -66,8 +86,14 @@ class Broker:
             self.config.port,
             reuse_address=True,
             backlog=1024,
+            ssl=self.config.ssl,
         )
         self.arm_timer()
+        log.info(
+            "security: tls %s, token %s",
+            "on" if self.config.ssl else "off",
+            "required" if self.config.token else "not required",
+        )
         log.info("listening on %s:%d", self.config.host, self.port)
 
     async def serve_until(self, stop: asyncio.Event) -> None:

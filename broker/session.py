@@ -9,7 +9,6 @@ leaves in one ``write``. Handlers are looked up by op in one table.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ from broker.manager import Consumer, QueueFullError
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.messages import PROTOCOL_VERSION, Op, Role, request_id, validate_request
-from protocol.stream import auth_proof
+from protocol.security import proof_matches
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -174,9 +173,8 @@ class Session(asyncio.Protocol):
                 self.reply_error(request_id(message), exc.code, exc.message)
             return
         if self.role is None and op != Op.HELLO:
-            self.fail_connection(
-                ErrorCode.HANDSHAKE_REQUIRED, f"{op} before the HELLO handshake", message.get("rid")
-            )
+            code = ErrorCode.AUTH_REQUIRED if self.config.token else ErrorCode.HANDSHAKE_REQUIRED
+            self.fail_connection(code, f"{op} before the HELLO handshake", message.get("rid"))
             return
         if self.role is not None:
             allowed = WORKER_OPS if self.role == Role.WORKER else CLIENT_OPS
@@ -357,11 +355,9 @@ class Session(asyncio.Protocol):
             )
             return
         token = self.config.token
-        if token is not None:
-            proof = message.get("auth")
-            if proof is None or not hmac.compare_digest(proof, auth_proof(token, self.nonce)):
-                self.fail_connection(ErrorCode.AUTH_FAILED, "authentication failed", rid)
-                return
+        if token is not None and not proof_matches(token, self.nonce, message.get("auth")):
+            self.fail_connection(ErrorCode.AUTH_FAILED, "authentication failed", rid)
+            return
         role = message["role"]
         if role not in (Role.CLIENT, Role.WORKER):
             self.fail_connection(ErrorCode.BAD_REQUEST, f"unknown role {role!r}", rid)

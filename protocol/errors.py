@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
     VERSION_MISMATCH = "VERSION_MISMATCH"
     HANDSHAKE_REQUIRED = "HANDSHAKE_REQUIRED"
+    AUTH_REQUIRED = "AUTH_REQUIRED"
     AUTH_FAILED = "AUTH_FAILED"
     TIMEOUT = "TIMEOUT"
     # The request's fault: the connection stays open, since framing is intact.

@@ -12,8 +12,6 @@ This is the only module of :mod:`protocol` that knows asyncio.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import logging
 import ssl as ssl_module
@@ -23,6 +21,7 @@ from typing import Any, cast
 from protocol.errors import ConnectionLost, ErrorCode, ProtocolError, remote_error
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.messages import PROTOCOL_VERSION, Op, validate_push
+from protocol.security import auth_proof
 
 log = logging.getLogger("protocol.stream")
 
@@ -48,11 +47,6 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
     if not 0 <= number <= 65535:
         raise ValueError(f"port out of range in address {address!r}")
     return host, number
-
-
-def auth_proof(token: str, nonce: bytes) -> bytes:
-    """What a peer answers to the broker's nonce: HMAC-SHA256 keyed by the token."""
-    return hmac.new(token.encode(), nonce, hashlib.sha256).digest()
 
 
 class Connection(asyncio.Protocol):

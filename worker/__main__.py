@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from protocol.security import client_ssl_context, resolve_token
 from worker.registry import TaskRegistry, default_registry
 from worker.runtime import Worker
 from worker.tasks import builtin_registry
@@ -35,6 +36,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM")
     p.add_argument("--name", default=None, help="name shown in the broker's logs")
     p.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
+    p.add_argument("--token-file", default=None, help="file whose first line is the token")
+    p.add_argument("--tls-ca", default=None, help="CA to verify the broker: connect with TLS")
+    p.add_argument("--tls-cert", default=None, help="client certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="client certificate's key (PEM)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -78,6 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         log.error("cannot import task module: %s", exc)
         return 2
+    try:
+        token = resolve_token(args.token, args.token_file)
+        context = (
+            client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key)
+            if args.tls_ca or args.tls_cert
+            else None
+        )
+    except (OSError, ValueError) as exc:
+        log.error("bad security settings: %s", exc)
+        return 2
     queues = [q for q in (args.queues or "").split(",") if q] or None
     worker = Worker(
         args.connect,
@@ -85,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         queues=queues,
         burst=args.burst,
-        token=args.token or os.environ.get("BROKER_TOKEN") or None,
+        token=token,
+        ssl=context,
         name=args.name or f"{socket.gethostname()}:{os.getpid()}",
         grace=args.grace,
     )

@@ -1,0 +1,73 @@
+"""Secrets and TLS settings shared by the broker, the worker and the client.
+
+No sockets here: this builds the values the asyncio layers are handed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import ssl
+from pathlib import Path
+
+TOKEN_ENV = "BROKER_TOKEN"
+
+
+def auth_proof(token: str, nonce: bytes) -> bytes:
+    """What a peer answers to the broker's nonce: HMAC-SHA256 keyed by the token.
+
+    The token itself never crosses the wire, and a proof is good for one
+    nonce, so a recorded handshake cannot be replayed on a new connection.
+    """
+    return hmac.new(token.encode(), nonce, hashlib.sha256).digest()
+
+
+def proof_matches(token: str, nonce: bytes, proof: bytes | None) -> bool:
+    """Constant-time check of a peer's proof."""
+    return proof is not None and hmac.compare_digest(proof, auth_proof(token, nonce))
+
+
+def resolve_token(token: str | None = None, token_file: str | None = None) -> str | None:
+    """The token from an explicit value, a file (first line), or ``BROKER_TOKEN``, in that order."""
+    if token:
+        return token
+    if token_file:
+        text = Path(token_file).read_text(encoding="utf-8").strip()
+        if not text:
+            raise ValueError(f"token file {token_file} is empty")
+        return text.splitlines()[0].strip()
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the broker reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name could resolve to anything
+
+
+def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """TLS for the broker; with ``client_ca``, peers must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_ssl_context(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext:
+    """TLS for a worker or client: verify the broker against ``ca`` (or the system's CAs)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context

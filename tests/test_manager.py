@@ -1,0 +1,1492 @@
+"""Unit tests for the broker's synchronous state core: JobManager and Job.
+
+Every transition is driven with plain calls and an explicit ``now``; the
+consumers' effects are recorded by :class:`RecordingSink` and the finished
+jobs by the ``on_finished`` callback.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker.jobs import MAX_ERRORS_KEPT, Job, JobState
+from broker.manager import Consumer, JobManager, ManagerConfig, QueueFullError
+
+QUEUED = JobState.QUEUED
+DELAYED = JobState.DELAYED
+RUNNING = JobState.RUNNING
+SUCCEEDED = JobState.SUCCEEDED
+FAILED = JobState.FAILED
+CANCELLED = JobState.CANCELLED
+
+ERROR: dict[str, Any] = {"type": "ValueError", "message": "boom", "traceback": "tb"}
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+class RecordingSink:
+    """A consumer's sink that records every delivery and revocation."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, int]] = []
+        self.revoked: list[tuple[str, int]] = []
+        # (run_at, started_at) of the job at the moment of each delivery.
+        self.delivered_at: list[tuple[float, float | None]] = []
+
+    def deliver(self, job: Job) -> None:
+        assert job.state is RUNNING
+        self.deliveries.append((job.id, job.attempts))
+        self.delivered_at.append((job.run_at, job.started_at))
+
+    def revoke(self, job: Job) -> None:
+        self.revoked.append((job.id, job.attempts))
+
+    @property
+    def ids(self) -> list[str]:
+        return [job_id for job_id, _ in self.deliveries]
+
+
+class Harness:
+    """A manager with a fixed rng and id prefix, recording ``on_finished``."""
+
+    def __init__(self, **config: Any) -> None:
+        self.finished: list[Job] = []
+        self.manager = JobManager(
+            ManagerConfig(**config),
+            on_finished=self.finished.append,
+            rng=random.Random(0),
+            id_prefix="t",
+        )
+
+    def consumer(self, *queues: str, name: str = "") -> tuple[Consumer, RecordingSink]:
+        sink = RecordingSink()
+        consumer = Consumer(sink, queues or ("default",), name=name)
+        self.manager.attach(consumer)
+        return consumer, sink
+
+    def submit(self, now: float = 0.0, **options: Any) -> Job:
+        job, created = self.manager.submit("task", b"payload", now, **options)
+        assert created
+        return job
+
+    def counts(self, queue: str = "default") -> tuple[int, int, int]:
+        """(queued, delayed, running) of one queue."""
+        counts = self.manager.queues[queue]
+        return counts.queued, counts.delayed, counts.running
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything observable that a refused or idempotent call must leave alone."""
+        manager = self.manager
+        return {
+            "jobs": dict(manager.jobs),
+            "states": {
+                job_id: (job.state, job.attempts, job.run_at, job.owner)
+                for job_id, job in manager.jobs.items()
+            },
+            "unfinished": manager.unfinished,
+            "counters": dict(manager.counters),
+            "queues": {name: counts.as_dict() for name, counts in manager.queues.items()},
+            "failed": [job.id for job in manager.failed_jobs()],
+            "finished": list(self.finished),
+        }
+
+
+def running_one(
+    harness: Harness, now: float = 0.0, **options: Any
+) -> tuple[Job, Consumer, RecordingSink]:
+    """Submit a job and deliver it to a fresh consumer."""
+    job = harness.submit(now, **options)
+    consumer, sink = harness.consumer(job.queue)
+    harness.manager.grant(consumer, 1, now)
+    assert sink.deliveries == [(job.id, 1)]
+    return job, consumer, sink
+
+
+def failed_one(harness: Harness, now: float = 0.0, **options: Any) -> Job:
+    """A job that failed its only attempt."""
+    job, consumer, _ = running_one(harness, now, max_attempts=1, **options)
+    assert harness.manager.fail(consumer, job.id, 1, ERROR, now)
+    assert job.state is FAILED
+    return job
+
+
+# -- Job and JobState ---------------------------------------------------------------
+
+
+def test_job_state_finished() -> None:
+    assert {state for state in JobState if state.finished} == {SUCCEEDED, FAILED, CANCELLED}
+    assert not QUEUED.finished
+    assert not DELAYED.finished
+    assert not RUNNING.finished
+
+
+def test_new_job_fields_and_describe() -> None:
+    job = Job("j1", "add", b"\x01", "q", 3, 17, 4, 2.5, 30.0, 100.0)
+    assert job.state is QUEUED
+    assert job.attempts == 0
+    assert job.run_at == 100.0
+    assert job.started_at is None
+    assert job.finished_at is None
+    assert job.owner is None
+    assert job.result is None
+    assert job.errors is None
+    assert job.last_error is None
+    assert job.describe() == {
+        "id": "j1",
+        "task": "add",
+        "queue": "q",
+        "state": "queued",
+        "priority": 3,
+        "attempts": 0,
+        "max_attempts": 4,
+        "timeout": 2.5,
+        "lease": 30.0,
+        "created_at": 100.0,
+        "run_at": 100.0,
+        "started_at": None,
+        "finished_at": None,
+        "errors": [],
+    }
+    assert repr(job) == "<Job j1 add queued attempt 0>"
+
+
+def test_job_errors_keep_only_the_last_few() -> None:
+    job = Job("j1", "add", b"", "q", 0, 1, 100, None, 30.0, 0.0)
+    for attempt in range(1, MAX_ERRORS_KEPT + 6):
+        job.add_error({"attempt": attempt})
+        assert job.last_error == {"attempt": attempt}
+    assert job.errors is not None
+    assert len(job.errors) == MAX_ERRORS_KEPT
+    assert job.errors[0] == {"attempt": 6}
+    described = job.describe()["errors"]
+    assert described == job.errors
+    assert described is not job.errors
+
+
+def test_consumer_dedupes_queues_in_order() -> None:
+    consumer = Consumer(RecordingSink(), ["b", "a", "b"], name="w1")
+    assert consumer.queues == ("b", "a")
+    assert consumer.credit == 0
+    assert consumer.jobs == {}
+    assert repr(consumer) == "<Consumer w1 credit=0 jobs=0>"
+
+
+# -- submit -------------------------------------------------------------------------
+
+
+def test_submit_queues_the_job() -> None:
+    h = Harness()
+    job, created = h.manager.submit("add", b"args", 12.5)
+    assert created
+    assert job.id == "t-1"
+    assert job.task == "add"
+    assert job.payload == b"args"
+    assert job.queue == "default"
+    assert job.priority == 0
+    assert job.state is QUEUED
+    assert job.attempts == 0
+    assert job.max_attempts == 3
+    assert job.lease == 60.0
+    assert job.timeout is None
+    assert job.created_at == 12.5
+    assert job.run_at == 12.5
+    assert h.manager.get(job.id) is job
+    assert h.manager.jobs == {job.id: job}
+    assert h.counts() == (1, 0, 0)
+    assert h.manager.unfinished == 1
+    assert h.manager.counters["submitted"] == 1
+    assert h.finished == []
+
+
+def test_submit_options_are_kept() -> None:
+    h = Harness()
+    job = h.submit(
+        1.0, queue="emails", priority=-4, max_attempts=7, timeout=9.5, lease=11.0, job_id="mine"
+    )
+    assert job.id == "mine"
+    assert job.queue == "emails"
+    assert job.priority == -4
+    assert job.max_attempts == 7
+    assert job.timeout == 9.5
+    assert job.lease == 11.0
+    assert h.counts("emails") == (1, 0, 0)
+    assert "default" not in h.manager.queues
+
+
+def test_submitted_ids_are_unique() -> None:
+    h = Harness()
+    jobs = [h.submit(float(i), queue=f"q{i % 3}") for i in range(200)]
+    ids = [job.id for job in jobs]
+    assert len(set(ids)) == 200
+    assert all(h.manager.jobs[job.id] is job for job in jobs)
+    assert h.manager.unfinished == 200
+    assert h.manager.counters["submitted"] == 200
+
+
+def test_generated_ids_never_collide_with_client_chosen_ids() -> None:
+    h = Harness()
+    mine = h.submit(job_id="t-2")
+    first = h.submit()
+    second = h.submit()
+    assert len({mine.id, first.id, second.id}) == 3
+    assert h.manager.get("t-2") is mine
+    assert len(h.manager.jobs) == h.manager.unfinished == 3
+
+
+@pytest.mark.parametrize("state", list(JobState))
+def test_submit_with_a_known_id_returns_the_existing_job(state: JobState) -> None:
+    h = Harness(max_attempts=1)
+    consumer, _ = h.consumer()
+    job, created = h.manager.submit(
+        "task", b"first", 0.0, job_id="fixed", delay=5.0 if state is DELAYED else 0.0
+    )
+    assert created
+    if state in (RUNNING, SUCCEEDED, FAILED):
+        h.manager.grant(consumer, 1, 0.0)
+    if state is SUCCEEDED:
+        assert h.manager.ack(consumer, "fixed", 1, b"ok", 1.0)
+    elif state is FAILED:
+        assert h.manager.fail(consumer, "fixed", 1, ERROR, 1.0)
+    elif state is CANCELLED:
+        assert h.manager.cancel("fixed", 1.0)
+    assert job.state is state
+    before = h.snapshot()
+
+    again, created = h.manager.submit(
+        "other", b"second", 2.0, job_id="fixed", queue="elsewhere", priority=9, delay=3.0
+    )
+
+    assert again is job
+    assert not created
+    assert job.state is state
+    assert job.task == "task"
+    assert job.payload == b"first"
+    assert job.queue == "default"
+    assert h.snapshot() == before
+    assert "elsewhere" not in h.manager.queues
+
+
+@pytest.mark.parametrize("finish", ["ack", "cancel"])
+def test_a_finished_id_is_new_again_once_its_result_expires(finish: str) -> None:
+    h = Harness(result_ttl=10.0)
+    job, consumer, _ = running_one(h, job_id="fixed")
+    if finish == "ack":
+        assert h.manager.ack(consumer, "fixed", 1, b"ok", 1.0)
+    else:
+        assert h.manager.cancel("fixed", 1.0)
+
+    h.manager.tick(10.9)
+    assert h.manager.submit("task", b"", 10.9, job_id="fixed") == (job, False)
+
+    h.manager.tick(11.0)
+    assert h.manager.get("fixed") is None
+    fresh, created = h.manager.submit("task", b"again", 11.0, job_id="fixed")
+    assert created
+    assert fresh is not job
+    assert fresh.state is QUEUED
+    assert h.manager.get("fixed") is fresh
+    assert h.manager.counters["submitted"] == 2
+    assert h.manager.unfinished == 1
+    h.manager.tick(1000.0)
+    assert h.manager.get("fixed") is fresh
+
+
+def test_submit_past_max_jobs_is_refused_and_changes_nothing() -> None:
+    h = Harness(max_jobs=2)
+    first = h.submit()
+    h.submit(delay=5.0)
+    before = h.snapshot()
+
+    with pytest.raises(QueueFullError):
+        h.manager.submit("task", b"", 1.0, queue="new")
+    with pytest.raises(QueueFullError):
+        h.manager.submit("task", b"", 1.0, job_id="brand-new")
+
+    assert h.snapshot() == before
+    assert "new" not in h.manager.queues
+    assert h.manager.get("brand-new") is None
+    # A known id is still answered while the broker is full.
+    assert h.manager.submit("task", b"", 1.0, job_id=first.id) == (first, False)
+    # Running jobs count too.
+    consumer, _ = h.consumer()
+    h.manager.grant(consumer, 1, 1.0)
+    assert first.state is RUNNING
+    with pytest.raises(QueueFullError):
+        h.manager.submit("task", b"", 1.0)
+    # A finished job makes room.
+    assert h.manager.ack(consumer, first.id, 1, b"", 2.0)
+    _, created = h.manager.submit("task", b"", 2.0)
+    assert created
+    assert h.manager.unfinished == 2
+    with pytest.raises(QueueFullError):
+        h.manager.check_capacity(1)
+    h.manager.check_capacity(0)
+
+
+# -- priority and order -------------------------------------------------------------
+
+
+def test_higher_priority_first_then_fifo_across_many_jobs() -> None:
+    h = Harness()
+    picker = random.Random(1)
+    priorities = [picker.choice([-3, 0, 0, 1, 7]) for _ in range(60)]
+    jobs = [h.submit(float(i), priority=p) for i, p in enumerate(priorities)]
+    expected = [jobs[i].id for i in sorted(range(60), key=lambda i: (-priorities[i], i))]
+    consumer, sink = h.consumer()
+
+    for chunk in (1, 4, 10, 45):
+        h.manager.grant(consumer, chunk, 100.0)
+        assert len(sink.deliveries) == len(consumer.jobs)
+
+    assert sink.ids == expected
+    assert all(attempt == 1 for _, attempt in sink.deliveries)
+    assert h.counts() == (0, 0, 60)
+    assert consumer.credit == 0
+
+
+def test_a_later_higher_priority_job_overtakes_queued_ones() -> None:
+    h = Harness()
+    low = [h.submit(float(i)) for i in range(3)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 1, 5.0)
+    urgent = h.submit(6.0, priority=1)
+    h.manager.grant(consumer, 3, 7.0)
+    assert sink.ids == [low[0].id, urgent.id, low[1].id, low[2].id]
+
+
+def test_consumer_of_two_queues_takes_best_priority_then_submission_order() -> None:
+    h = Harness()
+    picker = random.Random(2)
+    specs = [(picker.choice(["a", "b"]), picker.choice([0, 1, 2])) for _ in range(40)]
+    jobs = [h.submit(float(i), queue=q, priority=p) for i, (q, p) in enumerate(specs)]
+    expected = [jobs[i].id for i in sorted(range(40), key=lambda i: (-specs[i][1], i))]
+    # The order the queues are listed in does not matter.
+    consumer, sink = h.consumer("b", "a")
+    for _ in range(40):
+        h.manager.grant(consumer, 1, 50.0)
+    assert sink.ids == expected
+    assert h.counts("a")[2] + h.counts("b")[2] == 40
+
+
+def test_consumer_of_two_queues_fifo_across_queues_at_equal_priority() -> None:
+    h = Harness()
+    order = [h.submit(float(i), queue="ab"[i % 2]) for i in range(6)]
+    consumer, sink = h.consumer("a", "b")
+    h.manager.grant(consumer, 6, 10.0)
+    assert sink.ids == [job.id for job in order]
+
+
+def test_consumer_only_takes_jobs_of_its_queues() -> None:
+    h = Harness()
+    other = h.submit(queue="other")
+    consumer, sink = h.consumer("mine")
+    h.manager.grant(consumer, 2, 1.0)
+    assert sink.deliveries == []
+    assert other.state is QUEUED
+    mine = h.submit(2.0, queue="mine")
+    assert sink.ids == [mine.id]
+    h.submit(3.0, queue="other")
+    assert sink.ids == [mine.id]
+    assert consumer.credit == 1
+    assert h.counts("other") == (2, 0, 0)
+
+
+# -- delay ----------------------------------------------------------------------------
+
+
+def test_delayed_job_waits_for_its_time_then_goes_to_a_waiting_consumer() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 1, 100.0)
+    job = h.submit(100.0, delay=5.0)
+    assert job.state is DELAYED
+    assert job.run_at == 105.0
+    assert h.counts() == (0, 1, 0)
+    assert h.manager.unfinished == 1
+    assert sink.deliveries == []
+    assert h.manager.next_deadline() == 105.0
+    h.manager.grant(consumer, 1, 101.0)
+    assert sink.deliveries == []
+
+    h.manager.tick(104.999)
+    assert job.state is DELAYED
+    assert sink.deliveries == []
+
+    h.manager.tick(105.0)
+    assert sink.deliveries == [(job.id, 1)]
+    assert job.state is RUNNING
+    assert job.owner is consumer
+    assert job.started_at == 105.0
+    assert job.lease_deadline == 105.0 + 60.0
+    assert h.counts() == (0, 0, 1)
+    assert consumer.credit == 1
+    assert h.manager.next_deadline() == 165.0
+
+
+def test_delayed_job_without_a_consumer_becomes_queued() -> None:
+    h = Harness()
+    late = h.submit(0.0, delay=10.0)
+    early = h.submit(0.0, delay=2.0)
+    assert h.manager.next_deadline() == 2.0
+    h.manager.tick(2.0)
+    assert early.state is QUEUED
+    assert late.state is DELAYED
+    assert h.counts() == (1, 1, 0)
+    assert h.manager.next_deadline() == 10.0
+    h.manager.tick(50.0)
+    assert late.state is QUEUED
+    assert h.counts() == (2, 0, 0)
+    assert h.manager.next_deadline() is None
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 2, 51.0)
+    # Both are ready now: submission order decides.
+    assert sink.ids == [late.id, early.id]
+
+
+def test_next_deadline_is_none_when_nothing_is_due() -> None:
+    assert Harness().manager.next_deadline() is None
+
+
+# -- credit ---------------------------------------------------------------------------
+
+
+def test_consumer_never_gets_more_jobs_than_its_credit() -> None:
+    h = Harness()
+    jobs = [h.submit(float(i)) for i in range(5)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 3, 10.0)
+    assert sink.ids == [job.id for job in jobs[:3]]
+    assert consumer.credit == 0
+    assert h.counts() == (2, 0, 3)
+    h.submit(11.0)
+    assert len(sink.deliveries) == 3
+    h.manager.grant(consumer, 1, 12.0)
+    assert sink.ids == [job.id for job in jobs[:4]]
+    assert set(consumer.jobs) == {job.id for job in jobs[:4]}
+    assert h.counts() == (2, 0, 4)
+
+
+def test_job_submitted_while_a_consumer_waits_is_delivered_at_once() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 2, 0.0)
+    assert consumer.credit == 2
+    first = h.submit(1.0)
+    assert sink.deliveries == [(first.id, 1)]
+    assert first.state is RUNNING
+    assert first.started_at == 1.0
+    assert consumer.credit == 1
+    second = h.submit(2.0)
+    third = h.submit(3.0)
+    assert sink.ids == [first.id, second.id]
+    assert third.state is QUEUED
+    assert consumer.credit == 0
+    assert h.counts() == (1, 0, 2)
+
+
+def test_credit_granted_in_several_calls_adds_up() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 1, 0.0)
+    h.manager.grant(consumer, 2, 0.0)
+    assert consumer.credit == 3
+    for i in range(4):
+        h.submit(float(i))
+    assert len(sink.deliveries) == 3
+    assert h.counts() == (1, 0, 3)
+
+
+def test_round_robin_between_waiting_consumers() -> None:
+    h = Harness()
+    first, first_sink = h.consumer(name="first")
+    second, second_sink = h.consumer(name="second")
+    h.manager.grant(first, 2, 0.0)
+    h.manager.grant(second, 2, 0.0)
+    jobs = [h.submit(float(i)) for i in range(5)]
+    assert first_sink.ids == [jobs[0].id, jobs[2].id]
+    assert second_sink.ids == [jobs[1].id, jobs[3].id]
+    assert jobs[4].state is QUEUED
+    assert first.credit == second.credit == 0
+    assert h.counts() == (1, 0, 4)
+
+
+def test_quiet_stops_deliveries_until_credit_is_granted_again() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 5, 0.0)
+    h.manager.quiet(consumer)
+    assert consumer.credit == 0
+    job = h.submit(1.0)
+    assert sink.deliveries == []
+    assert job.state is QUEUED
+    h.manager.grant(consumer, 1, 2.0)
+    assert sink.deliveries == [(job.id, 1)]
+    assert consumer.credit == 0
+
+
+def test_quiet_keeps_held_jobs() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h)
+    h.manager.quiet(consumer)
+    assert consumer.jobs == {job.id: job}
+    assert job.state is RUNNING
+    assert h.manager.ack(consumer, job.id, 1, b"", 1.0)
+
+
+# -- ack --------------------------------------------------------------------------------
+
+
+def test_ack_succeeds_the_job() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h, 0.0)
+    assert h.manager.ack(consumer, job.id, 1, b"result", 3.0)
+    assert job.state is SUCCEEDED
+    assert job.result == b"result"
+    assert job.finished_at == 3.0
+    assert job.owner is None
+    assert job.attempts == 1
+    assert consumer.jobs == {}
+    assert h.counts() == (0, 0, 0)
+    assert h.manager.unfinished == 0
+    assert h.manager.counters["succeeded"] == 1
+    assert h.manager.counters["late_reports"] == 0
+    assert h.finished == [job]
+    assert h.manager.failed_jobs() == []
+
+
+def test_ack_with_a_wrong_attempt_is_ignored() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h)
+    for attempt in (0, 2):
+        assert not h.manager.ack(consumer, job.id, attempt, b"bad", 1.0)
+    assert h.manager.counters["late_reports"] == 2
+    assert job.state is RUNNING
+    assert job.result is None
+    assert consumer.jobs == {job.id: job}
+    assert h.finished == []
+
+    assert h.manager.ack(consumer, job.id, 1, b"good", 2.0)
+    # A repeated ack, a later fail or release change nothing.
+    assert not h.manager.ack(consumer, job.id, 1, b"again", 3.0)
+    assert not h.manager.fail(consumer, job.id, 1, ERROR, 3.0)
+    assert not h.manager.release(consumer, job.id, 1, 3.0)
+    assert h.manager.counters["late_reports"] == 5
+    assert job.state is SUCCEEDED
+    assert job.result == b"good"
+    assert job.finished_at == 2.0
+    assert job.errors is None
+    assert h.finished == [job]
+    assert h.manager.counters["succeeded"] == 1
+
+
+def test_ack_from_another_consumer_is_ignored() -> None:
+    h = Harness()
+    job, owner, _ = running_one(h)
+    stranger, _ = h.consumer()
+    assert not h.manager.ack(stranger, job.id, 1, b"theirs", 1.0)
+    assert not h.manager.fail(stranger, job.id, 1, ERROR, 1.0)
+    assert not h.manager.release(stranger, job.id, 1, 1.0)
+    assert h.manager.counters["late_reports"] == 3
+    assert job.state is RUNNING
+    assert job.owner is owner
+    assert h.counts() == (0, 0, 1)
+    assert h.manager.ack(owner, job.id, 1, b"mine", 2.0)
+    assert job.result == b"mine"
+
+
+def test_report_for_an_unknown_job_is_ignored() -> None:
+    h = Harness()
+    consumer, _ = h.consumer()
+    assert not h.manager.ack(consumer, "nope", 1, b"", 0.0)
+    assert h.manager.counters["late_reports"] == 1
+    assert h.manager.jobs == {}
+
+
+def test_late_ack_after_the_lease_was_lost_never_overwrites_the_outcome() -> None:
+    h = Harness(lease=10.0)
+    job, first, _ = running_one(h, 0.0)
+    h.manager.tick(10.0)
+    second, _ = h.consumer()
+    h.manager.grant(second, 1, 11.0)
+    assert job.attempts == 2
+    # The first worker finally answers, for attempt 1: ignored.
+    assert not h.manager.ack(first, job.id, 1, b"stale", 12.0)
+    assert job.state is RUNNING
+    assert job.owner is second
+    assert h.manager.fail(second, job.id, 2, ERROR, 13.0, retry_in=0.0)
+    assert not h.manager.ack(first, job.id, 1, b"stale", 14.0)
+    assert job.result is None
+    assert h.manager.counters["late_reports"] == 2
+
+
+# -- fail --------------------------------------------------------------------------------
+
+
+def test_fail_with_attempts_left_delays_with_exponential_jittered_backoff() -> None:
+    base, cap, max_attempts = 2.0, 5.0, 6
+    h = Harness(backoff_base=base, backoff_cap=cap, max_attempts=max_attempts)
+    job = h.submit(0.0)
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 1, 0.0)
+    now = 0.0
+    for attempt in range(1, max_attempts):
+        assert sink.deliveries[-1] == (job.id, attempt)
+        now += 1.0
+        assert h.manager.fail(consumer, job.id, attempt, ERROR, now)
+        assert job.state is DELAYED
+        assert job.attempts == attempt
+        assert job.owner is None
+        assert consumer.jobs == {}
+        assert h.counts() == (0, 1, 0)
+        assert h.manager.unfinished == 1
+        assert h.manager.counters["retried"] == attempt
+        ceiling = min(cap, base * 2 ** (attempt - 1))
+        assert 0.5 * ceiling <= job.run_at - now <= ceiling
+        assert h.manager.next_deadline() == job.run_at
+        h.manager.grant(consumer, 1, now)
+        assert len(sink.deliveries) == attempt
+        now = job.run_at
+        h.manager.tick(now)
+        assert job.state is RUNNING
+    assert h.finished == []
+    assert h.manager.fail(consumer, job.id, max_attempts, ERROR, now + 1.0)
+    assert job.state is FAILED
+    assert job.errors is not None
+    assert [error["attempt"] for error in job.errors] == list(range(1, max_attempts + 1))
+    assert h.finished == [job]
+
+
+def test_backoff_bounds_and_cap() -> None:
+    h = Harness(backoff_base=0.5, backoff_cap=40.0)
+    for attempts in range(1, 80):
+        ceiling = min(40.0, 0.5 * 2 ** (attempts - 1))
+        for _ in range(20):
+            assert 0.5 * ceiling <= h.manager.backoff(attempts) <= ceiling
+    # A huge attempt number neither overflows nor passes the cap.
+    assert 20.0 <= h.manager.backoff(10**6) <= 40.0
+
+
+def test_fail_keeps_the_error_and_does_not_mutate_it() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h)
+    error = dict(ERROR)
+    assert h.manager.fail(consumer, job.id, 1, error, 7.0)
+    assert error == ERROR
+    assert job.errors == [dict(ERROR, attempt=1, at=7.0)]
+    assert job.last_error == dict(ERROR, attempt=1, at=7.0)
+
+
+def test_retry_in_overrides_the_backoff() -> None:
+    h = Harness(backoff_base=100.0)
+    job, consumer, _ = running_one(h)
+    assert h.manager.fail(consumer, job.id, 1, ERROR, 10.0, retry_in=7.5)
+    assert job.state is DELAYED
+    assert job.run_at == 17.5
+    assert h.manager.counters["retried"] == 1
+
+
+def test_retry_in_zero_queues_the_job_at_once() -> None:
+    h = Harness()
+    job, consumer, sink = running_one(h)
+    assert h.manager.fail(consumer, job.id, 1, ERROR, 10.0, retry_in=0.0)
+    assert job.state is QUEUED
+    assert h.counts() == (1, 0, 0)
+    assert h.manager.counters["retried"] == 1
+    other, other_sink = h.consumer()
+    h.manager.grant(other, 1, 11.0)
+    assert other_sink.deliveries == [(job.id, 2)]
+    assert h.counts() == (0, 0, 1)
+    # Straight to a consumer that is waiting.
+    h.manager.grant(consumer, 1, 12.0)
+    assert h.manager.fail(other, job.id, 2, ERROR, 13.0, retry_in=0.0)
+    assert sink.deliveries == [(job.id, 1), (job.id, 3)]
+    assert job.owner is consumer
+
+
+def test_fail_on_the_last_attempt_fails_the_job() -> None:
+    h = Harness(max_attempts=3)
+    job = h.submit(0.0)
+    consumer, _ = h.consumer()
+    for attempt in (1, 2, 3):
+        h.manager.grant(consumer, 1, float(attempt))
+        assert job.attempts == attempt
+        # retry_in is no way around max_attempts.
+        assert h.manager.fail(consumer, job.id, attempt, ERROR, float(attempt), retry_in=0.0)
+    assert job.state is FAILED
+    assert job.finished_at == 3.0
+    assert job.errors is not None
+    assert len(job.errors) == 3
+    assert [(e["attempt"], e["at"]) for e in job.errors] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert h.manager.failed_jobs() == [job]
+    assert h.manager.counters["failed"] == 1
+    assert h.manager.counters["retried"] == 2
+    assert h.manager.unfinished == 0
+    assert h.counts() == (0, 0, 0)
+    assert h.finished == [job]
+    assert consumer.jobs == {}
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 5])
+def test_per_job_max_attempts(max_attempts: int) -> None:
+    h = Harness(max_attempts=3)
+    job = h.submit(max_attempts=max_attempts)
+    assert job.max_attempts == max_attempts
+    consumer, _ = h.consumer()
+    for attempt in range(1, max_attempts + 1):
+        assert job.state is QUEUED
+        h.manager.grant(consumer, 1, 0.0)
+        assert h.manager.fail(consumer, job.id, attempt, ERROR, 0.0, retry_in=0.0)
+    assert job.state is FAILED
+    assert job.errors is not None
+    assert len(job.errors) == max_attempts
+    assert h.manager.counters["retried"] == max_attempts - 1
+
+
+# -- release ------------------------------------------------------------------------------
+
+
+def test_release_puts_the_job_back_without_counting_the_attempt() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h, 0.0)
+    later = h.submit(1.0)
+    assert not h.manager.release(consumer, job.id, 2, 2.0)
+    assert h.manager.counters["late_reports"] == 1
+    assert h.manager.release(consumer, job.id, 1, 2.0)
+    assert job.state is QUEUED
+    assert job.attempts == 0
+    assert job.owner is None
+    assert consumer.jobs == {}
+    assert h.counts() == (2, 0, 0)
+    assert h.manager.unfinished == 2
+    assert h.finished == []
+    assert h.manager.counters["retried"] == 0
+    assert h.manager.counters["requeued"] == 0
+    # It keeps its place ahead of the job submitted after it.
+    other, other_sink = h.consumer()
+    h.manager.grant(other, 2, 3.0)
+    assert other_sink.deliveries == [(job.id, 1), (later.id, 1)]
+
+
+def test_released_job_goes_straight_to_a_waiting_consumer() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h)
+    waiting, waiting_sink = h.consumer()
+    h.manager.grant(waiting, 1, 0.0)
+    assert h.manager.release(consumer, job.id, 1, 1.0)
+    assert waiting_sink.deliveries == [(job.id, 1)]
+    assert job.owner is waiting
+    assert h.counts() == (0, 0, 1)
+
+
+# -- leases -------------------------------------------------------------------------------
+
+
+def test_expired_lease_requeues_the_job_and_revokes_it() -> None:
+    h = Harness(lease=10.0)
+    job, first, first_sink = running_one(h, 0.0)
+    assert job.lease_deadline == 10.0
+    assert h.manager.next_deadline() == 10.0
+
+    h.manager.tick(9.99)
+    assert job.state is RUNNING
+    assert first_sink.revoked == []
+
+    h.manager.tick(10.0)
+    assert first_sink.revoked == [(job.id, 1)]
+    assert job.state is QUEUED
+    assert job.attempts == 1
+    assert job.owner is None
+    assert first.jobs == {}
+    assert h.counts() == (1, 0, 0)
+    assert h.manager.unfinished == 1
+    assert h.manager.counters["requeued"] == 1
+    assert h.finished == []
+
+    second, second_sink = h.consumer()
+    h.manager.grant(second, 1, 11.0)
+    assert second_sink.deliveries == [(job.id, 2)]
+    assert job.lease_deadline == 21.0
+    h.manager.tick(20.0)
+    assert first_sink.revoked == [(job.id, 1)]
+    assert second_sink.revoked == []
+
+
+def test_expired_lease_hands_the_job_to_a_waiting_consumer() -> None:
+    h = Harness(lease=10.0)
+    job, _, first_sink = running_one(h, 0.0)
+    waiting, waiting_sink = h.consumer()
+    h.manager.grant(waiting, 1, 0.0)
+    h.manager.tick(10.0)
+    assert first_sink.revoked == [(job.id, 1)]
+    assert waiting_sink.deliveries == [(job.id, 2)]
+    assert job.owner is waiting
+    assert h.counts() == (0, 0, 1)
+
+
+def test_per_job_lease() -> None:
+    h = Harness(lease=100.0)
+    job, _, sink = running_one(h, 0.0, lease=3.0)
+    assert job.lease_deadline == 3.0
+    h.manager.tick(3.0)
+    assert sink.revoked == [(job.id, 1)]
+
+
+def test_heartbeat_renews_the_lease() -> None:
+    h = Harness(lease=10.0)
+    job, consumer, sink = running_one(h, 0.0)
+    stranger, _ = h.consumer()
+    assert h.manager.heartbeat(stranger, [job.id], 5.0) == 0
+    assert job.lease_deadline == 10.0
+    assert h.manager.heartbeat(consumer, [job.id, "unknown"], 6.0) == 1
+    assert job.lease_deadline == 16.0
+
+    h.manager.tick(10.0)
+    assert job.state is RUNNING
+    assert sink.revoked == []
+    assert h.manager.next_deadline() == 16.0
+    h.manager.tick(15.9)
+    assert job.state is RUNNING
+
+    h.manager.tick(16.0)
+    assert sink.revoked == [(job.id, 1)]
+    assert job.state is QUEUED
+
+
+def test_lease_lost_on_the_last_attempt_fails_the_job() -> None:
+    h = Harness(lease=10.0, max_attempts=2)
+    job, consumer, sink = running_one(h, 0.0)
+    h.manager.tick(10.0)
+    h.manager.grant(consumer, 1, 10.0)
+    assert sink.deliveries == [(job.id, 1), (job.id, 2)]
+    h.manager.tick(20.0)
+    assert sink.revoked == [(job.id, 1), (job.id, 2)]
+    assert job.state is FAILED
+    assert job.finished_at == 20.0
+    assert job.last_error is not None
+    assert job.last_error["type"] == "JobLost"
+    assert job.last_error["attempt"] == 2
+    assert job.last_error["at"] == 20.0
+    assert "lease" in job.last_error["message"]
+    assert h.manager.failed_jobs() == [job]
+    assert h.manager.counters["failed"] == 1
+    assert h.manager.unfinished == 0
+    assert h.counts() == (0, 0, 0)
+    assert consumer.jobs == {}
+    assert h.finished == [job]
+
+
+# -- detach -------------------------------------------------------------------------------
+
+
+def test_detach_puts_every_held_job_back_at_once() -> None:
+    h = Harness()
+    jobs = [h.submit(float(i)) for i in range(3)]
+    gone, gone_sink = h.consumer()
+    h.manager.grant(gone, 5, 10.0)
+    assert gone.credit == 2
+    assert h.counts() == (0, 0, 3)
+
+    h.manager.detach(gone, 11.0, "connection closed")
+
+    assert gone not in h.manager.consumers
+    assert gone.jobs == {}
+    assert gone.credit == 0
+    assert all(job.state is QUEUED and job.attempts == 1 for job in jobs)
+    assert all(job.owner is None for job in jobs)
+    assert h.counts() == (3, 0, 0)
+    assert h.manager.counters["requeued"] == 3
+    assert h.manager.unfinished == 3
+    assert gone_sink.revoked == []
+    # It no longer waits for jobs.
+    late = h.submit(12.0)
+    assert late.state is QUEUED
+    assert len(gone_sink.deliveries) == 3
+
+    other, other_sink = h.consumer()
+    h.manager.grant(other, 4, 13.0)
+    assert other_sink.deliveries == [(job.id, 2) for job in jobs] + [(late.id, 1)]
+
+
+def test_detach_hands_jobs_to_waiting_consumers() -> None:
+    h = Harness()
+    job, gone, _ = running_one(h)
+    waiting, waiting_sink = h.consumer()
+    h.manager.grant(waiting, 1, 0.0)
+    h.manager.detach(gone, 1.0, "gone")
+    assert waiting_sink.deliveries == [(job.id, 2)]
+    assert h.counts() == (0, 0, 1)
+
+
+def test_detach_fails_jobs_on_their_last_attempt() -> None:
+    h = Harness()
+    last = h.submit(0.0, max_attempts=1)
+    more = h.submit(0.0, max_attempts=2)
+    gone, _ = h.consumer()
+    h.manager.grant(gone, 2, 0.0)
+    h.manager.detach(gone, 5.0, "worker connection closed")
+    assert last.state is FAILED
+    assert last.finished_at == 5.0
+    assert last.last_error is not None
+    assert last.last_error["type"] == "JobLost"
+    assert last.last_error["attempt"] == 1
+    assert "worker connection closed" in last.last_error["message"]
+    assert more.state is QUEUED
+    assert h.manager.failed_jobs() == [last]
+    assert h.finished == [last]
+    assert h.counts() == (1, 0, 0)
+    assert h.manager.unfinished == 1
+
+
+def test_stale_lease_after_detach_does_not_revoke_the_new_attempt() -> None:
+    h = Harness(lease=10.0)
+    job, gone, gone_sink = running_one(h, 0.0)
+    h.manager.detach(gone, 5.0, "gone")
+    other, other_sink = h.consumer()
+    h.manager.grant(other, 1, 5.0)
+    h.manager.tick(10.0)
+    assert gone_sink.revoked == other_sink.revoked == []
+    assert job.owner is other
+    h.manager.tick(15.0)
+    assert other_sink.revoked == [(job.id, 2)]
+
+
+# -- cancel -------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_and_skip_its_heap_entry() -> None:
+    h = Harness()
+    first = h.submit(0.0, priority=5)
+    second = h.submit(0.0)
+    assert h.manager.cancel(first.id, 1.0) is True
+    assert first.state is CANCELLED
+    assert first.finished_at == 1.0
+    assert h.counts() == (1, 0, 0)
+    assert h.manager.unfinished == 1
+    assert h.manager.counters["cancelled"] == 1
+    assert h.finished == [first]
+
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 2, 2.0)
+    assert sink.ids == [second.id]
+    assert consumer.credit == 1
+    assert first.state is CANCELLED
+    assert h.counts() == (0, 0, 1)
+    # And the consumer still waits: the next job goes straight to it.
+    third = h.submit(3.0)
+    assert sink.ids == [second.id, third.id]
+
+
+def test_cancel_a_delayed_job() -> None:
+    h = Harness()
+    job = h.submit(0.0, delay=5.0)
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 1, 0.0)
+    assert h.manager.cancel(job.id, 1.0) is True
+    assert job.state is CANCELLED
+    assert h.counts() == (0, 0, 0)
+    assert h.manager.unfinished == 0
+    assert h.finished == [job]
+    h.manager.tick(10.0)
+    assert sink.deliveries == []
+    assert job.state is CANCELLED
+    assert consumer.credit == 1
+
+
+def test_cancel_a_running_job_revokes_it() -> None:
+    h = Harness(lease=10.0)
+    job, consumer, sink = running_one(h, 0.0)
+    assert h.manager.cancel(job.id, 2.0) is True
+    assert sink.revoked == [(job.id, 1)]
+    assert job.state is CANCELLED
+    assert job.owner is None
+    assert consumer.jobs == {}
+    assert h.counts() == (0, 0, 0)
+    assert h.manager.unfinished == 0
+    assert h.manager.counters["cancelled"] == 1
+    assert h.finished == [job]
+    # The worker's late answer and the old lease change nothing.
+    assert not h.manager.ack(consumer, job.id, 1, b"", 3.0)
+    h.manager.tick(10.0)
+    assert sink.revoked == [(job.id, 1)]
+    assert job.state is CANCELLED
+    assert job.result is None
+
+
+def test_cancel_finished_or_unknown_jobs() -> None:
+    h = Harness()
+    done, consumer, _ = running_one(h)
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    failed = failed_one(h, 1.0)
+    cancelled = h.submit(1.0)
+    assert h.manager.cancel(cancelled.id, 1.0)
+    before = h.snapshot()
+    for job in (done, failed, cancelled):
+        assert h.manager.cancel(job.id, 2.0) is False
+    assert h.manager.cancel("unknown", 2.0) is None
+    assert h.snapshot() == before
+    assert done.state is SUCCEEDED
+    assert failed.state is FAILED
+
+
+# -- results TTL and the failed list -------------------------------------------------
+
+
+def test_result_ttl_drops_succeeded_and_cancelled_jobs_but_keeps_failed_ones() -> None:
+    h = Harness(result_ttl=100.0)
+    done, consumer, _ = running_one(h, 0.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 10.0)
+    cancelled = h.submit(15.0)
+    assert h.manager.cancel(cancelled.id, 20.0)
+    failed = failed_one(h, 30.0)
+    # The stale lease entries of the finished jobs come first, then the results.
+    assert h.manager.next_deadline() == 60.0
+    h.manager.tick(90.0)
+    assert set(h.manager.jobs) == {done.id, cancelled.id, failed.id}
+    assert h.manager.next_deadline() == 110.0
+
+    h.manager.tick(109.9)
+    assert set(h.manager.jobs) == {done.id, cancelled.id, failed.id}
+    h.manager.tick(110.0)
+    assert h.manager.get(done.id) is None
+    assert h.manager.get(cancelled.id) is cancelled
+    assert h.manager.counters["expired"] == 1
+    h.manager.tick(120.0)
+    assert h.manager.get(cancelled.id) is None
+    assert h.manager.counters["expired"] == 2
+    h.manager.tick(10_000.0)
+    assert h.manager.jobs == {failed.id: failed}
+    assert h.manager.failed_jobs() == [failed]
+    assert h.manager.counters["expired"] == 2
+    assert h.manager.next_deadline() is None
+
+
+def test_max_failed_drops_the_oldest_failed_job() -> None:
+    h = Harness(max_failed=2)
+    jobs = [failed_one(h, float(i)) for i in range(3)]
+    assert h.manager.failed_jobs() == [jobs[2], jobs[1]]
+    assert h.manager.failed_jobs(limit=1) == [jobs[2]]
+    assert h.manager.get(jobs[0].id) is None
+    assert h.manager.get(jobs[1].id) is jobs[1]
+    assert h.manager.counters["failed"] == 3
+    assert h.manager.stats()["failed_list"] == 2
+    assert h.finished == jobs
+
+
+def test_failed_jobs_newest_first_with_limit() -> None:
+    h = Harness()
+    jobs = [failed_one(h, float(i)) for i in range(4)]
+    assert h.manager.failed_jobs() == jobs[::-1]
+    assert h.manager.failed_jobs(2) == [jobs[3], jobs[2]]
+    assert h.manager.failed_jobs(0) == []
+
+
+def test_retry_failed_by_ids() -> None:
+    h = Harness()
+    first = failed_one(h, 0.0)
+    second = failed_one(h, 1.0)
+    done, consumer, _ = running_one(h, 2.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 2.0)
+
+    assert h.manager.retry_failed([first.id, "unknown", done.id], 5.0) == 1
+    assert first.state is QUEUED
+    assert first.attempts == 0
+    assert first.finished_at is None
+    assert done.state is SUCCEEDED
+    assert h.manager.failed_jobs() == [second]
+    assert h.manager.unfinished == 1
+    assert h.counts() == (1, 0, 0)
+
+    worker, sink = h.consumer()
+    h.manager.grant(worker, 1, 6.0)
+    assert sink.deliveries == [(first.id, 1)]
+    assert h.manager.ack(worker, first.id, 1, b"finally", 7.0)
+    assert first.state is SUCCEEDED
+    assert h.finished.count(first) == 2
+
+
+def test_retry_all_failed_goes_to_waiting_consumers() -> None:
+    h = Harness()
+    jobs = [failed_one(h, float(i)) for i in range(3)]
+    worker, sink = h.consumer()
+    h.manager.grant(worker, 2, 5.0)
+    assert h.manager.retry_failed(None, 5.0) == 3
+    assert h.manager.failed_jobs() == []
+    assert sink.deliveries == [(jobs[0].id, 1), (jobs[1].id, 1)]
+    assert jobs[2].state is QUEUED
+    assert h.counts() == (1, 0, 2)
+    assert h.manager.unfinished == 3
+    assert h.manager.retry_failed(None, 6.0) == 0
+
+
+def test_retry_failed_past_max_jobs_is_refused() -> None:
+    h = Harness(max_jobs=2)
+    first = failed_one(h, 0.0)
+    second = failed_one(h, 0.0)
+    h.submit(1.0)
+    before = h.snapshot()
+    with pytest.raises(QueueFullError):
+        h.manager.retry_failed(None, 2.0)
+    assert h.snapshot() == before
+    assert h.manager.retry_failed([second.id], 2.0) == 1
+    assert first.state is FAILED
+
+
+def test_retry_failed_with_a_repeated_id_retries_it_once() -> None:
+    h = Harness()
+    job = failed_one(h)
+    assert h.manager.retry_failed([job.id, job.id], 1.0) == 1
+    assert job.state is QUEUED
+    assert h.manager.unfinished == 1
+    assert h.counts() == (1, 0, 0)
+
+
+def test_purge_failed_forgets_the_failed_jobs() -> None:
+    h = Harness()
+    jobs = [failed_one(h, float(i), job_id=f"f{i}") for i in range(2)]
+    keep = h.submit(3.0)
+    assert h.manager.purge_failed() == 2
+    assert h.manager.failed_jobs() == []
+    assert h.manager.jobs == {keep.id: keep}
+    assert h.manager.retry_failed(None, 4.0) == 0
+    assert h.manager.purge_failed() == 0
+    # The ids are free again.
+    fresh, created = h.manager.submit("task", b"", 5.0, job_id=jobs[0].id)
+    assert created
+    assert fresh is not jobs[0]
+
+
+# -- questions: idle queues, stats ----------------------------------------------------
+
+
+def test_queues_idle() -> None:
+    h = Harness()
+    assert h.manager.queues_idle([])
+    assert h.manager.queues_idle(["never-seen"])
+    delayed = h.submit(0.0, queue="a", delay=5.0)
+    assert not h.manager.queues_idle(["a"])
+    assert h.manager.queues_idle(["b"])
+    assert not h.manager.queues_idle(["b", "a"])
+    h.manager.tick(5.0)
+    assert delayed.state is QUEUED
+    assert not h.manager.queues_idle(["a"])
+    consumer, _ = h.consumer("a")
+    h.manager.grant(consumer, 1, 6.0)
+    assert delayed.state is RUNNING
+    assert not h.manager.queues_idle(["a"])
+    assert h.manager.ack(consumer, delayed.id, 1, b"", 7.0)
+    assert h.manager.queues_idle(["a", "b"])
+
+
+def test_stats_shape_and_counters() -> None:
+    h = Harness(max_attempts=1)
+    assert h.manager.stats() == {
+        "queues": {},
+        "jobs": 0,
+        "unfinished": 0,
+        "running": 0,
+        "failed_list": 0,
+        "consumers": 0,
+        "submitted": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "retried": 0,
+        "requeued": 0,
+        "expired": 0,
+        "late_reports": 0,
+    }
+    done, consumer, _ = running_one(h, 0.0)  # attaches one consumer
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    failed_one(h, 1.0, queue="b")  # attaches another
+    h.submit(2.0, queue="b", delay=3.0)
+    h.submit(2.0, queue="c")
+    running, _, _ = running_one(h, 2.0, queue="a")
+    cancelled = h.submit(2.0)
+    h.manager.cancel(cancelled.id, 2.0)
+    assert not h.manager.ack(consumer, "nope", 1, b"", 2.0)
+
+    stats = h.manager.stats()
+    assert stats == {
+        "queues": {
+            "a": {"queued": 0, "delayed": 0, "running": 1},
+            "b": {"queued": 0, "delayed": 1, "running": 0},
+            "c": {"queued": 1, "delayed": 0, "running": 0},
+            "default": {"queued": 0, "delayed": 0, "running": 0},
+        },
+        "jobs": 6,
+        "unfinished": 3,
+        "running": 1,
+        "failed_list": 1,
+        "consumers": 3,
+        "submitted": 6,
+        "succeeded": 1,
+        "failed": 1,
+        "cancelled": 1,
+        "retried": 0,
+        "requeued": 0,
+        "expired": 0,
+        "late_reports": 1,
+    }
+    assert list(stats["queues"]) == ["a", "b", "c", "default"]
+    assert running.state is RUNNING
+
+
+# -- announced task defaults ------------------------------------------------------------
+
+
+def test_announced_task_defaults_apply_to_later_submits() -> None:
+    h = Harness(max_attempts=3, lease=60.0)
+    before = h.manager.submit("resize", b"", 0.0)[0]
+    assert h.manager.announce_tasks({"resize": {"max_attempts": 7, "lease": 5}}) is None
+    assert h.manager.task_defaults == {"resize": {"max_attempts": 7, "lease": 5.0}}
+    assert isinstance(h.manager.task_defaults["resize"]["lease"], float)
+
+    default, _ = h.manager.submit("resize", b"", 1.0)
+    assert (default.max_attempts, default.lease) == (7, 5.0)
+    explicit, _ = h.manager.submit("resize", b"", 1.0, max_attempts=2, lease=9.0)
+    assert (explicit.max_attempts, explicit.lease) == (2, 9.0)
+    half, _ = h.manager.submit("resize", b"", 1.0, lease=9.0)
+    assert (half.max_attempts, half.lease) == (7, 9.0)
+    other, _ = h.manager.submit("other", b"", 1.0)
+    assert (other.max_attempts, other.lease) == (3, 60.0)
+    assert (before.max_attempts, before.lease) == (3, 60.0)
+
+    # Only one of the two fields, and a later announcement replaces the entry.
+    assert h.manager.announce_tasks({"resize": {"lease": 2.5}, "email": {}}) is None
+    assert h.manager.task_defaults == {"resize": {"lease": 2.5}, "email": {}}
+    job, _ = h.manager.submit("resize", b"", 2.0)
+    assert (job.max_attempts, job.lease) == (3, 2.5)
+
+    # The announced lease is what the lease timer uses.
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 10, 10.0)
+    assert job.lease_deadline == 12.5
+    h.manager.tick(12.5)
+    assert (job.id, 1) in sink.revoked
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        {1: {}},
+        {"t": None},
+        {"t": [("max_attempts", 2)]},
+        {"t": {"max_attempts": 0}},
+        {"t": {"max_attempts": 1_000_001}},
+        {"t": {"max_attempts": -1}},
+        {"t": {"max_attempts": True}},
+        {"t": {"max_attempts": 2.0}},
+        {"t": {"max_attempts": "3"}},
+        {"t": {"lease": 0}},
+        {"t": {"lease": -5.0}},
+        {"t": {"lease": True}},
+        {"t": {"lease": "10"}},
+        {"t": {"lease": math.nan}},
+        {"t": {"lease": math.inf}},
+        {"t": {"lease": 10 * 365 * 86400 + 1}},
+        {"good": {"max_attempts": 2}, "bad": {"lease": -1}},
+    ],
+)
+def test_malformed_announcements_return_an_error_and_record_nothing(
+    tasks: dict[Any, Any],
+) -> None:
+    h = Harness()
+    assert h.manager.announce_tasks({"kept": {"max_attempts": 4}}) is None
+    error = h.manager.announce_tasks(tasks)
+    assert isinstance(error, str)
+    assert error
+    assert h.manager.task_defaults == {"kept": {"max_attempts": 4}}
+
+
+def test_announcement_limits_are_inclusive() -> None:
+    h = Harness()
+    tasks = {"t": {"max_attempts": 1_000_000, "lease": 10 * 365 * 86400}}
+    assert h.manager.announce_tasks(tasks) is None
+    assert h.manager.announce_tasks({"u": {"max_attempts": 1, "lease": 0.001}}) is None
+
+
+# -- random operations keep the invariants -------------------------------------------
+
+
+class Slot:
+    """One consumer in the random run, with what the test knows it did."""
+
+    def __init__(self, harness: Harness, queues: tuple[str, ...]) -> None:
+        self.queues = queues
+        self.consumer, self.sink = harness.consumer(*queues)
+        self.granted_total = 0
+        # Credit granted since the last quiet (plus what was delivered before it).
+        self.granted_since_quiet = 0
+        # Jobs that left its hands through its own reports.
+        self.reported = 0
+
+
+OPERATIONS = [
+    "submit",
+    "submit",
+    "submit",
+    "grant",
+    "grant",
+    "ack",
+    "fail",
+    "fail",
+    "release",
+    "cancel",
+    "tick",
+    "tick",
+    "heartbeat",
+    "quiet",
+    "detach",
+    "stale",
+]
+
+
+def check_invariants(h: Harness, slots: list[Slot], submitted: list[Job], now: float) -> None:
+    manager = h.manager
+    jobs = manager.jobs
+    for name, counts in manager.queues.items():
+        states = Counter(job.state for job in jobs.values() if job.queue == name)
+        assert counts.as_dict() == {
+            "queued": states[QUEUED],
+            "delayed": states[DELAYED],
+            "running": states[RUNNING],
+        }
+    assert all(job.queue in manager.queues for job in jobs.values())
+    assert manager.unfinished == sum(not job.state.finished for job in jobs.values())
+    for job in submitted:
+        if not job.state.finished:
+            assert jobs.get(job.id) is job
+        assert 0 <= job.attempts <= job.max_attempts
+        if job.state is DELAYED:
+            assert job.run_at > now
+        if job.state is FAILED:
+            assert job in manager.failed_jobs()
+        assert (job.owner is not None) == (job.state is RUNNING)
+    # on_finished once per finished job (nothing is retried here).
+    assert len(h.finished) == len({id(job) for job in h.finished})
+    assert {id(job) for job in h.finished} == {id(job) for job in submitted if job.state.finished}
+
+    queued_queues = {job.queue for job in jobs.values() if job.state is QUEUED}
+    for slot in slots:
+        consumer = slot.consumer
+        delivered = len(slot.sink.deliveries)
+        left = slot.reported + len(slot.sink.revoked)
+        assert delivered <= slot.granted_total
+        assert len(consumer.jobs) == delivered - left
+        assert len(consumer.jobs) <= slot.granted_total - left
+        assert consumer.credit == slot.granted_since_quiet - delivered
+        for job_id, job in consumer.jobs.items():
+            assert job.id == job_id
+            assert job.state is RUNNING
+            assert job.owner is consumer
+            assert jobs[job_id] is job
+        # A consumer with credit is never left idle while a job it takes is queued.
+        if consumer.credit > 0:
+            assert queued_queues.isdisjoint(consumer.queues)
+        for run_at, started_at in slot.sink.delivered_at:
+            assert started_at is not None
+            assert run_at <= started_at
+    for job in jobs.values():
+        if job.state is RUNNING:
+            assert job.owner.jobs.get(job.id) is job
+            assert any(slot.consumer is job.owner for slot in slots)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.data())
+def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
+    h = Harness(lease=10.0, result_ttl=30.0, max_attempts=3, backoff_base=1.0, backoff_cap=8.0)
+    manager = h.manager
+    slots = [Slot(h, queues) for queues in (("a",), ("b",), ("a", "b"))]
+    submitted: list[Job] = []
+    now = 0.0
+    steps = data.draw(st.integers(min_value=1, max_value=60), label="steps")
+    for _ in range(steps):
+        operation = data.draw(st.sampled_from(OPERATIONS), label="operation")
+        slot = slots[data.draw(st.integers(0, len(slots) - 1), label="slot")]
+        consumer = slot.consumer
+        held = sorted(consumer.jobs.values(), key=lambda job: job.id)
+        if operation == "submit":
+            delay = data.draw(st.sampled_from([0.0, 0.0, 0.5, 4.0, 12.0]), label="delay")
+            job, created = manager.submit(
+                "task",
+                b"",
+                now,
+                queue=data.draw(st.sampled_from(["a", "b"]), label="queue"),
+                priority=data.draw(st.integers(-2, 2), label="priority"),
+                delay=delay,
+            )
+            assert created
+            submitted.append(job)
+            if delay:
+                assert job.state is DELAYED
+            else:
+                assert job.state in (QUEUED, RUNNING)
+        elif operation == "grant":
+            n = data.draw(st.integers(1, 3), label="n")
+            slot.granted_total += n
+            slot.granted_since_quiet += n
+            manager.grant(consumer, n, now)
+        elif operation in ("ack", "fail", "release") and held:
+            job = held[data.draw(st.integers(0, len(held) - 1), label="job")]
+            attempt = job.attempts
+            if operation == "ack":
+                assert manager.ack(consumer, job.id, attempt, b"ok", now)
+                assert job.state is SUCCEEDED
+            elif operation == "fail":
+                retry_in = data.draw(st.sampled_from([None, 0.0, 3.0]), label="retry_in")
+                assert manager.fail(consumer, job.id, attempt, ERROR, now, retry_in)
+                if attempt >= job.max_attempts:
+                    assert job.state is FAILED
+                else:
+                    assert job.state in (DELAYED, QUEUED, RUNNING)
+            else:
+                assert manager.release(consumer, job.id, attempt, now)
+                # Back in its queue (or straight to a waiting consumer), attempt not counted.
+                assert job.state in (QUEUED, RUNNING)
+                assert job.attempts == (attempt if job.state is RUNNING else attempt - 1)
+            slot.reported += 1
+        elif operation == "cancel" and submitted:
+            job = submitted[data.draw(st.integers(0, len(submitted) - 1), label="job")]
+            expected = None if manager.get(job.id) is None else not job.state.finished
+            assert manager.cancel(job.id, now) is expected
+            if expected is not None:
+                assert job.state.finished
+        elif operation == "tick":
+            now += data.draw(st.floats(min_value=0.0, max_value=15.0), label="dt")
+            manager.tick(now)
+        elif operation == "heartbeat":
+            assert manager.heartbeat(consumer, [job.id for job in held], now) == len(held)
+        elif operation == "quiet":
+            manager.quiet(consumer)
+            slot.granted_since_quiet = len(slot.sink.deliveries)
+        elif operation == "detach":
+            manager.detach(consumer, now, "gone")
+            assert consumer.jobs == {}
+            assert consumer not in manager.consumers
+            # Check the gone consumer one last time, then a fresh one takes its place.
+            slot.granted_since_quiet = len(slot.sink.deliveries)
+            slot.reported += len(held)
+            check_invariants(h, slots, submitted, now)
+            slots[slots.index(slot)] = Slot(h, slot.queues)
+        elif operation == "stale" and submitted:
+            job = submitted[data.draw(st.integers(0, len(submitted) - 1), label="job")]
+            state, attempts = job.state, job.attempts
+            late = manager.counters["late_reports"]
+            wrong = attempts + 1 if job.owner is consumer else attempts
+            assert not manager.ack(consumer, job.id, wrong, b"late", now)
+            assert manager.counters["late_reports"] == late + 1
+            assert (job.state, job.attempts) == (state, attempts)
+        check_invariants(h, slots, submitted, now)
