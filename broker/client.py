@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
-from protocol.framing import DEFAULT_MAX_FRAME
+from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
 from protocol.messages import Op, Role
 from protocol.stream import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -300,6 +300,13 @@ class Client:
         return await self._submit_specs(specs)
 
     async def _submit_specs(self, specs: list[Message]) -> list[Job]:
+        limit = self._max_frame - ENVELOPE_RESERVE
+        for spec in specs:
+            if len(spec["payload"]) > limit:
+                raise ValueError(
+                    f"the arguments of a {spec['task']!r} job encode to {len(spec['payload'])} "
+                    f"bytes, more than the {limit} a frame can carry"
+                )
         loop = asyncio.get_running_loop()
         outcomes = self._outcomes
         jobs: list[Job] = []

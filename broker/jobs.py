@@ -24,6 +24,9 @@ _FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 # Only the last few errors of a job are kept, so a job with a huge
 # max_attempts cannot grow without bound.
 MAX_ERRORS_KEPT = 25
+MAX_ERROR_MESSAGE = 2048
+# The end of a traceback is where the error is.
+MAX_TRACEBACK = 16 * 1024
 
 
 class Job:
@@ -92,6 +95,13 @@ class Job:
         self.errors: list[dict[str, Any]] | None = None
 
     def add_error(self, error: dict[str, Any]) -> None:
+        # Bounded, so STATUS of a job with many attempts still fits in a frame.
+        message = error.get("message")
+        if isinstance(message, str) and len(message) > MAX_ERROR_MESSAGE:
+            error["message"] = message[:MAX_ERROR_MESSAGE]
+        traceback = error.get("traceback")
+        if isinstance(traceback, str) and len(traceback) > MAX_TRACEBACK:
+            error["traceback"] = traceback[-MAX_TRACEBACK:]
         if self.errors is None:
             self.errors = []
         self.errors.append(error)
@@ -102,8 +112,9 @@ class Job:
     def last_error(self) -> dict[str, Any] | None:
         return self.errors[-1] if self.errors else None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, last_error_only: bool = False) -> dict[str, Any]:
         """The job as ``STATUS`` and ``FAILED`` report it (no payload, no result)."""
+        errors = self.errors or []
         return {
             "id": self.id,
             "task": self.task,
@@ -118,7 +129,7 @@ class Job:
             "run_at": self.run_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
-            "errors": list(self.errors or ()),
+            "errors": errors[-1:] if last_error_only else list(errors),
         }
 
     def __repr__(self) -> str:

@@ -146,7 +146,8 @@ class JobManager:
                     return f"{name}.lease must be a positive number of seconds"
                 entry["lease"] = float(lease)
             checked[name] = entry
-        self.task_defaults.update(checked)
+        for name, entry in checked.items():
+            self.task_defaults.setdefault(name, {}).update(entry)
         return None
 
     def check_capacity(self, count: int) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from broker.jobs import Job, JobState
 from broker.manager import Consumer, QueueFullError
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.framing import FrameDecoder, encode_frame
+from protocol.framing import ENVELOPE_RESERVE, FrameDecoder, encode_frame
 from protocol.messages import PROTOCOL_VERSION, Op, Role, request_id, validate_request
 from protocol.security import proof_matches
 
@@ -49,6 +49,7 @@ CLIENT_OPS = frozenset(
 WORKER_OPS = frozenset(
     {Op.PING, Op.STATS, Op.READY, Op.ACK, Op.FAIL, Op.RELEASE, Op.HEARTBEAT, Op.QUIET}
 )
+DEFAULT_FAILED_LIMIT = 100
 # Deliveries are cut into JOBS frames whose payloads add up to at most this
 # share of the peer's frame limit, so the envelope always fits too.
 DELIVERY_BATCH_SHARE = 2
@@ -95,6 +96,9 @@ class Session(asyncio.Protocol):
         self._closing = False
         self._last_seen = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        # A payload or result must leave room for the envelope around it in
+        # a JOBS or DONE frame, which must fit the peer's frame limit.
+        self.payload_limit = self.config.max_frame - ENVELOPE_RESERVE
         self._handlers: dict[str, Callable[[Message, float], None]] = {
             Op.HELLO: self._on_hello,
             Op.PING: self._on_ping,
@@ -177,6 +181,9 @@ class Session(asyncio.Protocol):
             self.fail_connection(code, f"{op} before the HELLO handshake", message.get("rid"))
             return
         if self.role is not None:
+            if op == Op.HELLO:
+                self.fail_connection(ErrorCode.BAD_REQUEST, "a second HELLO", message["rid"])
+                return
             allowed = WORKER_OPS if self.role == Role.WORKER else CLIENT_OPS
             if op not in allowed:
                 self.reply_error(
@@ -332,6 +339,8 @@ class Session(asyncio.Protocol):
                 f"no handshake within {self.config.handshake_timeout:g} seconds",
             )
             return
+        if self._reading_paused:
+            self._last_seen = time.monotonic()  # we stopped listening, not the peer
         idle = time.monotonic() - self._last_seen
         if idle >= self.config.idle_timeout:
             self.fail_connection(
@@ -344,9 +353,6 @@ class Session(asyncio.Protocol):
 
     def _on_hello(self, message: Message, now: float) -> None:
         rid = message["rid"]
-        if self.role is not None:
-            self.fail_connection(ErrorCode.BAD_REQUEST, "a second HELLO", rid)
-            return
         if message["version"] != PROTOCOL_VERSION:
             self.fail_connection(
                 ErrorCode.VERSION_MISMATCH,
@@ -365,14 +371,15 @@ class Session(asyncio.Protocol):
         self.role = role
         self.name = message.get("name") or ""
         if role == Role.WORKER:
-            self.consumer = Consumer(self, message.get("queues") or ["default"], self.name)
-            self.manager.attach(self.consumer)
             tasks = message.get("tasks")
             if tasks:
                 error = self.manager.announce_tasks(tasks)
                 if error is not None:
+                    self.role = None
                     self.fail_connection(ErrorCode.BAD_REQUEST, f"HELLO.tasks: {error}", rid)
                     return
+            self.consumer = Consumer(self, message.get("queues") or ["default"], self.name)
+            self.manager.attach(self.consumer)
             self.burst = bool(message.get("burst"))
             if self.burst:
                 self.broker.burst_sessions.add(self)
@@ -397,7 +404,22 @@ class Session(asyncio.Protocol):
             return
         specs = message["jobs"]
         manager = self.manager
-        manager.check_capacity(len(specs))
+        known = manager.jobs
+        limit = self.payload_limit
+        new = 0
+        for index, spec in enumerate(specs):
+            if len(spec["payload"]) > limit:
+                self.reply_error(
+                    rid,
+                    ErrorCode.BAD_REQUEST,
+                    f"SUBMIT.jobs[{index}].payload: {len(spec['payload'])} bytes is more than "
+                    f"the {limit} a delivery can carry",
+                )
+                return
+            job_id = spec.get("id")
+            if job_id is None or job_id not in known:
+                new += 1
+        manager.check_capacity(new)
         submit = manager.submit
         ids: list[str] = []
         already_done: list[Job] = []
@@ -458,8 +480,15 @@ class Session(asyncio.Protocol):
         self.reply(message["rid"], {"stats": self.broker.stats()})
 
     def _on_failed(self, message: Message, now: float) -> None:
-        jobs = self.manager.failed_jobs(message.get("limit"))
-        self.reply(message["rid"], {"jobs": [job.describe() for job in jobs]})
+        described: list[Message] = []
+        budget = self.config.max_frame // 2
+        for job in self.manager.failed_jobs(message.get("limit") or DEFAULT_FAILED_LIMIT):
+            entry = job.describe(last_error_only=True)
+            budget -= len(encode_frame(entry))
+            if budget < 0:
+                break  # the reply must fit in one frame; ask with a smaller limit for more
+            described.append(entry)
+        self.reply(message["rid"], {"jobs": described})
 
     def _on_retry(self, message: Message, now: float) -> None:
         ids = message.get("ids")
@@ -480,7 +509,22 @@ class Session(asyncio.Protocol):
 
     def _on_ack(self, message: Message, now: float) -> None:
         assert self.consumer is not None
-        self.manager.ack(self.consumer, message["id"], message["attempt"], message["result"], now)
+        result = message["result"]
+        if len(result) > self.payload_limit:
+            self.manager.fail(
+                self.consumer,
+                message["id"],
+                message["attempt"],
+                {
+                    "type": "ResultTooLarge",
+                    "message": f"the result of {len(result)} bytes is more than the "
+                    f"{self.payload_limit} a DONE frame can carry",
+                    "traceback": "",
+                },
+                now,
+            )
+            return
+        self.manager.ack(self.consumer, message["id"], message["attempt"], result, now)
 
     def _on_fail(self, message: Message, now: float) -> None:
         assert self.consumer is not None

@@ -19,6 +19,9 @@ import msgpack
 from protocol.errors import ErrorCode, ProtocolError
 
 HEADER_SIZE = 4
+# Room a peer keeps in a frame for the fields around a job's payload or
+# result, so a payload that fits in a SUBMIT also fits in the JOBS frame.
+ENVELOPE_RESERVE = 2048
 DEFAULT_MAX_FRAME = 1024 * 1024
 # Lengths above this cannot be represented in the 4-byte prefix.
 ABSOLUTE_MAX_FRAME = 2**32 - 1
@@ -33,8 +36,8 @@ def _refuse_ext(code: int, data: bytes) -> Any:
 def encode_frame(message: Any) -> bytes:
     """One frame holding ``message``.
 
-    Raises ``TypeError`` or ``ValueError`` (from msgpack) when the message
-    holds something msgpack cannot encode: that is the caller's bug.
+    Raises ``TypeError``, ``ValueError`` or ``OverflowError`` (from msgpack)
+    when the message holds something msgpack cannot encode: the caller's bug.
     """
     body: bytes = _packb(message)
     return len(body).to_bytes(4, "big") + body

@@ -208,6 +208,15 @@ def _bad(where: str, message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_REQUEST, f"{where}: {message}")
 
 
+def _clip(value: Any) -> str:
+    """A short repr of an untrusted value, for an error message that must stay small."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return "an integer too large to show"  # repr() refuses ints of 4300+ digits
+    scalar = value is None or isinstance(value, (str, bytes, int, float))
+    text = repr(value) if scalar else type(value).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _type_name(value: Any) -> str:
     return "nil" if value is None else type(value).__name__
 
@@ -223,9 +232,9 @@ def _check_value(where: str, kind: Kind, value: Any) -> None:
         if type(value) is not int:
             raise _bad(where, f"expected {kind.value}, got {_type_name(value)}")
         if kind is Kind.UINT and not 0 <= value <= MAX_UINT:
-            raise _bad(where, f"expected {kind.value}, got {value}")
+            raise _bad(where, f"expected {kind.value}, got {_clip(value)}")
         if kind is Kind.INT and not -MAX_UINT <= value <= MAX_UINT:
-            raise _bad(where, f"integer {value} out of range")
+            raise _bad(where, f"integer {_clip(value)} out of range")
         return
     if kind is Kind.SECONDS:
         if type(value) not in (int, float):
@@ -283,7 +292,7 @@ def _check_map(where: str, schema: dict[str, Field], value: Any, open_ended: boo
         if field is None:
             if open_ended:
                 continue
-            raise _bad(where, f"unknown field {key!r}")
+            raise _bad(where, f"unknown field {_clip(key)}")
         if element is None and not field.required:
             continue
         _check_value(f"{where}.{key}", field.kind, element)

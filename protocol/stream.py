@@ -66,6 +66,10 @@ class Connection(asyncio.Protocol):
         self._welcome: asyncio.Future[Message] = self._loop.create_future()
         self.closed: asyncio.Future[Exception | None] = self._loop.create_future()
         self.close_reason: Exception | None = None
+        self.last_error: Exception | None = None
+        self._last_sent = self._loop.time()
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._keepalive_interval = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -90,9 +94,10 @@ class Connection(asyncio.Protocol):
             pending = self._pending.pop(rid, None) if rid is not None else None
             if pending is None:
                 if op == Op.ERR:
-                    # An error tied to no request: the broker is about to close.
-                    self.close_reason = remote_error(message["code"], message["message"])
-                    log.warning("broker error: %s", self.close_reason)
+                    # Tied to no request: about a notification we sent, or the
+                    # broker's last word before it closes.
+                    self.last_error = remote_error(message["code"], message["message"])
+                    log.warning("broker error: %s", self.last_error)
                 return
             future, on_reply = pending
             if on_reply is not None and op == Op.OK:
@@ -106,7 +111,9 @@ class Connection(asyncio.Protocol):
             self._on_push(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        reason = self.close_reason or exc
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        reason = self.close_reason or exc or self.last_error
         error = ConnectionLost(f"connection to the broker lost{f': {reason}' if reason else ''}")
         for future, _ in self._pending.values():
             if not future.done():
@@ -140,6 +147,7 @@ class Connection(asyncio.Protocol):
         if self._transport is None:
             raise ConnectionLost("connection to the broker is closed")
         self._out.append(encode_frame(message))
+        self._last_sent = self._loop.time()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -177,6 +185,26 @@ class Connection(asyncio.Protocol):
         if reply["op"] == Op.ERR:
             raise remote_error(reply["code"], reply["message"])
         return reply
+
+    def start_keepalive(self, idle_timeout: float) -> None:
+        """PING whenever nothing was sent for a third of the broker's idle timeout.
+
+        A producer that only waits for results sends nothing for long
+        stretches; without this the broker would take it for dead.
+        """
+        self._keepalive_interval = idle_timeout / 3
+        self._keepalive = self._loop.call_later(self._keepalive_interval, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        if self._transport is None:
+            return
+        quiet_for = self._loop.time() - self._last_sent
+        if quiet_for >= self._keepalive_interval:
+            self.request({"op": Op.PING}).add_done_callback(_ignore_outcome)
+            quiet_for = 0.0
+        self._keepalive = self._loop.call_later(
+            self._keepalive_interval - quiet_for, self._keep_alive
+        )
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
@@ -218,7 +246,16 @@ class Connection(asyncio.Protocol):
                         ErrorCode.AUTH_FAILED, "the broker requires a token and none was given"
                     )
                 message["auth"] = auth_proof(token, welcome["nonce"])
-            return await self.call(message)
+            reply = await self.call(message)
+        idle_timeout = reply.get("idle_timeout")
+        if isinstance(idle_timeout, (int, float)) and idle_timeout > 0:
+            self.start_keepalive(float(idle_timeout))
+        return reply
+
+
+def _ignore_outcome(future: asyncio.Future[Message]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a lost connection is reported elsewhere
 
 
 async def open_connection(

@@ -1259,11 +1259,11 @@ def test_announced_task_defaults_apply_to_later_submits() -> None:
     assert (other.max_attempts, other.lease) == (3, 60.0)
     assert (before.max_attempts, before.lease) == (3, 60.0)
 
-    # Only one of the two fields, and a later announcement replaces the entry.
+    # A later announcement of one field replaces that field and keeps the other.
     assert h.manager.announce_tasks({"resize": {"lease": 2.5}, "email": {}}) is None
-    assert h.manager.task_defaults == {"resize": {"lease": 2.5}, "email": {}}
+    assert h.manager.task_defaults == {"resize": {"max_attempts": 7, "lease": 2.5}, "email": {}}
     job, _ = h.manager.submit("resize", b"", 2.0)
-    assert (job.max_attempts, job.lease) == (3, 2.5)
+    assert (job.max_attempts, job.lease) == (7, 2.5)
 
     # The announced lease is what the lease timer uses.
     consumer, sink = h.consumer()

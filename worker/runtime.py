@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import ConnectionLost, JobwireError, ProtocolError
-from protocol.framing import DEFAULT_MAX_FRAME
+from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
 from protocol.messages import Op, Role
 from protocol.stream import Connection, Message, open_connection
 from worker.registry import TaskRegistry, default_registry
@@ -291,6 +291,9 @@ class Worker:
                 )
             return
         running = _Running(delivery)
+        previous = self._running.get(delivery["id"])
+        if previous is not None:
+            self._stop_job(previous, "revoked")  # an older attempt, already given away
         self._running[delivery["id"]] = running
         running.task = asyncio.create_task(self._run_job(running, connection))
         if self._heartbeat_wake is not None and (
@@ -316,7 +319,7 @@ class Worker:
                     "op": Op.ACK,
                     "id": job_id,
                     "attempt": attempt,
-                    "result": _encode_result(result),
+                    "result": _encode_result(result, self.max_frame - ENVELOPE_RESERVE),
                 }
             except asyncio.CancelledError:
                 if running.stop_reason is None:
@@ -343,7 +346,9 @@ class Worker:
             if connection.is_open:
                 connection.send(report)
         finally:
-            del self._running[job_id]
+            # The same job may be redelivered here while this attempt winds down.
+            if self._running.get(job_id) is running:
+                del self._running[job_id]
             self.jobs_done += 1
             if self._log_jobs:
                 log.info(
@@ -432,7 +437,7 @@ class UnencodableResult(JobwireError, TypeError):
     """The task returned something msgpack cannot encode."""
 
 
-def _encode_result(result: Any) -> bytes:
+def _encode_result(result: Any, limit: int) -> bytes:
     try:
         encoded: bytes = _packb(result)
     except Exception as exc:
@@ -440,6 +445,11 @@ def _encode_result(result: Any) -> bytes:
             f"the task's return value of type {type(result).__name__} cannot be encoded "
             f"as msgpack: {exc}"
         ) from None
+    if len(encoded) > limit:
+        raise UnencodableResult(
+            f"the task's return value is {len(encoded)} bytes encoded, more than the "
+            f"{limit} a frame can carry"
+        )
     return encoded
 
 

@@ -1,0 +1,1 @@
+"""Fuzz targets for the frame decoder and the broker's request handling."""
