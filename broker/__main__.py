@@ -72,6 +72,12 @@ def serve_parser() -> argparse.ArgumentParser:
         default=64 * 1024 * 1024,
         help="drop a peer whose unsent output passes this",
     )
+    parser.add_argument(
+        "--output-stall-timeout",
+        type=float,
+        default=30.0,
+        help="drop a peer that reads nothing of its pending output for this many seconds",
+    )
     return parser
 
 
@@ -252,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         insecure=args.insecure,
         output_pause_bytes=args.output_pause_bytes,
         output_drop_bytes=args.output_drop_bytes,
+        output_stall_timeout=args.output_stall_timeout,
     )
     install_uvloop()
 

@@ -105,6 +105,31 @@ def job_spec(
     return spec
 
 
+# A generous bound on what a job spec adds around its payload on the wire.
+SPEC_OVERHEAD = 128
+MAX_SPECS_PER_FRAME = 10_000
+
+
+def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
+    """Consecutive runs of specs whose SUBMIT frame stays within ``budget`` bytes."""
+    batches: list[list[Message]] = [[]]
+    size = 0
+    for spec in specs:
+        cost = (
+            len(spec["payload"])
+            + len(spec["task"])
+            + len(spec.get("queue", ""))
+            + len(spec.get("id", ""))
+            + SPEC_OVERHEAD
+        )
+        if batches[-1] and (size + cost > budget or len(batches[-1]) >= MAX_SPECS_PER_FRAME):
+            batches.append([])
+            size = 0
+        batches[-1].append(spec)
+        size += cost
+    return batches
+
+
 class Job:
     """A handle on a job the broker holds. ``await job.result()`` waits for it."""
 
@@ -286,7 +311,11 @@ class Client:
         return (await self._submit_specs([spec]))[0]
 
     async def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
-        """Submit many jobs in one round trip; each dict has ``submit``'s parameter names."""
+        """Submit many jobs in one round trip; each dict has ``submit``'s parameter names.
+
+        Jobs go in as few SUBMIT frames as the frame limit allows, pipelined;
+        the broker accepts or refuses each frame whole (``QueueFull``).
+        """
         specs = []
         for i, job in enumerate(jobs):
             unknown = set(job) - SUBMIT_FIELDS
@@ -307,6 +336,14 @@ class Client:
                     f"the arguments of a {spec['task']!r} job encode to {len(spec['payload'])} "
                     f"bytes, more than the {limit} a frame can carry"
                 )
+        batches = split_into_frames(specs, limit)
+        if len(batches) == 1:
+            return await self._submit_batch(specs)
+        # Pipelined on the one connection; each frame is accepted or refused whole.
+        submitted = await asyncio.gather(*(self._submit_batch(batch) for batch in batches))
+        return [job for jobs in submitted for job in jobs]
+
+    async def _submit_batch(self, specs: list[Message]) -> list[Job]:
         loop = asyncio.get_running_loop()
         outcomes = self._outcomes
         jobs: list[Job] = []

@@ -24,6 +24,8 @@ class BrokerConfig:
     # reading from that peer; past the second it drops the connection.
     output_pause_bytes: int = 4 * 1024 * 1024
     output_drop_bytes: int = 64 * 1024 * 1024
+    # A peer whose output stays above the first bound this long is dropped.
+    output_stall_timeout: float = 30.0
     token: str | None = None
     # TLS for every connection (see protocol.security.server_ssl_context).
     ssl: ssl.SSLContext | None = None

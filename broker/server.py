@@ -158,7 +158,7 @@ class Broker:
             frame = encode_frame(done_message(job))
             for session in watchers:
                 session.watching.discard(job.id)
-                session.send_frame(frame)
+                session.push_outcome(job, frame)
         if self.burst_sessions:
             for session in list(self.burst_sessions):
                 session.check_burst_empty()

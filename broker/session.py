@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -50,6 +51,8 @@ WORKER_OPS = frozenset(
     {Op.PING, Op.STATS, Op.READY, Op.ACK, Op.FAIL, Op.RELEASE, Op.HEARTBEAT, Op.QUIET}
 )
 DEFAULT_FAILED_LIMIT = 100
+# DONE pushes held back from a slow peer go out this many per write.
+HELD_BACK_BATCH = 64
 # Deliveries are cut into JOBS frames whose payloads add up to at most this
 # share of the peer's frame limit, so the envelope always fits too.
 DELIVERY_BATCH_SHARE = 2
@@ -93,6 +96,8 @@ class Session(asyncio.Protocol):
         self._deliveries: list[Job] = []
         self._flush_scheduled = False
         self._reading_paused = False
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._held_back: deque[Job] = deque()
         self._closing = False
         self._last_seen = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -202,6 +207,9 @@ class Session(asyncio.Protocol):
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self._held_back.clear()
         self.broker.sessions.discard(self)
         self.broker.forget_watcher(self)
         if self.consumer is not None:
@@ -213,16 +221,52 @@ class Session(asyncio.Protocol):
         self.broker.session_closed(self)
 
     def pause_writing(self) -> None:
-        # The peer reads slower than we produce: stop reading its requests
-        # until it has caught up, so it cannot make us buffer more.
+        # The peer reads slower than we produce. Stop reading its requests
+        # until it catches up, hold its DONE pushes back as job references
+        # (the results are stored anyway), and drop it if it stays stuck.
         if self.transport is not None and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
+            self._stall_timer = self.loop.call_later(
+                self.config.output_stall_timeout, self._drop_stalled
+            )
 
     def resume_writing(self) -> None:
         if self.transport is not None and self._reading_paused:
             self._reading_paused = False
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
             self.transport.resume_reading()
+            self._send_held_back_outcomes()
+
+    def _drop_stalled(self) -> None:
+        self._stall_timer = None
+        if self.transport is None or self._closing:
+            return
+        log.warning(
+            "dropping %s: it reads too slowly (no progress for %gs, %d bytes and %d results "
+            "waiting)",
+            self,
+            self.config.output_stall_timeout,
+            self.transport.get_write_buffer_size(),
+            len(self._held_back),
+        )
+        self.abort()
+
+    def push_outcome(self, job: Job, frame: bytes) -> None:
+        """Send a watched job's DONE now, or once a slow peer has caught up."""
+        if self._reading_paused:
+            self._held_back.append(job)
+        else:
+            self.send_frame(frame)
+
+    def _send_held_back_outcomes(self) -> None:
+        held = self._held_back
+        while held and not self._reading_paused and not self._closing:
+            for _ in range(min(len(held), HELD_BACK_BATCH)):
+                self._out.append(encode_frame(done_message(held.popleft())))
+            self.flush()  # write() calls pause_writing() again once the buffer is full
 
     # -- output -----------------------------------------------------------------
 

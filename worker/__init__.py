@@ -9,6 +9,7 @@ from worker.runtime import (
     UnencodableResult,
     UnknownTask,
     Worker,
+    WorkerRefused,
     current_job,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "UnencodableResult",
     "UnknownTask",
     "Worker",
+    "WorkerRefused",
     "current_job",
     "default_registry",
     "task",

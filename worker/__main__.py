@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from protocol.security import client_ssl_context, resolve_token
 from worker.registry import TaskRegistry, default_registry
-from worker.runtime import Worker
+from worker.runtime import Worker, WorkerRefused
 from worker.tasks import builtin_registry
 
 log = logging.getLogger("worker")
@@ -111,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(serve(worker))
+    try:
+        asyncio.run(serve(worker))
+    except WorkerRefused as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 

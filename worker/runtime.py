@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from protocol.errors import ConnectionLost, JobwireError, ProtocolError
+from protocol.errors import ConnectionLost, JobwireError, ProtocolError, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
 from protocol.messages import Op, Role
 from protocol.stream import Connection, Message, open_connection
@@ -146,6 +146,9 @@ class Worker:
                     )
                     await self._sleep_unless_stopped(delay)
                     continue
+                except (RemoteError, ProtocolError) as exc:
+                    # Refused (bad token, other version): retrying would not help.
+                    raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
                 if failures:
                     log.info("reconnected to the broker at %s", self.address)
                 failures = 0
@@ -419,6 +422,10 @@ class Worker:
                 pass
             if connection.is_open:
                 connection.send({"op": Op.HEARTBEAT, "ids": list(self._running)})
+
+
+class WorkerRefused(JobwireError):
+    """The broker refused the worker's handshake (token, TLS, protocol version)."""
 
 
 class UnknownTask(JobwireError):
