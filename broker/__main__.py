@@ -14,10 +14,12 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from broker.client import Client, JobFailed
 from broker.config import BrokerConfig
+from broker.journal import FsyncMode, JournalConfig, JournalError
 from broker.manager import ManagerConfig
 from broker.server import Broker, ExposureRefused
 from protocol.errors import JobwireError
@@ -50,6 +52,25 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-connections", type=int, default=10_000)
     parser.add_argument("--handshake-timeout", type=float, default=5.0)
     parser.add_argument("--idle-timeout", type=float, default=300.0)
+    parser.add_argument("--data-dir", default=None, help="journal here: survive restarts")
+    parser.add_argument(
+        "--fsync",
+        choices=[mode.value for mode in FsyncMode],
+        default=FsyncMode.BATCH.value,
+        help="always: ack after fsync; batch: fsync every --fsync-interval; off: the OS decides",
+    )
+    parser.add_argument("--fsync-interval", type=float, default=100.0, help="ms, for batch")
+    parser.add_argument(
+        "--compact-min-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="compact once the journal passes this and 4x the last snapshot",
+    )
+    parser.add_argument(
+        "--repair-journal",
+        action="store_true",
+        help="truncate a corrupt journal at the damage (losing what follows) and start",
+    )
     parser.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
     parser.add_argument("--token-file", default=None, help="file whose first line is the token")
     parser.add_argument(
@@ -259,6 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_pause_bytes=args.output_pause_bytes,
         output_drop_bytes=args.output_drop_bytes,
         output_stall_timeout=args.output_stall_timeout,
+        journal=JournalConfig(
+            Path(args.data_dir),
+            fsync=FsyncMode(args.fsync),
+            fsync_interval=args.fsync_interval / 1000,
+            compact_min_bytes=args.compact_min_bytes,
+            repair=args.repair_journal,
+        )
+        if args.data_dir
+        else None,
     )
     install_uvloop()
 
@@ -268,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(serve_and_exit)
-    except (OSError, ExposureRefused) as exc:
+    except (OSError, ExposureRefused, JournalError) as exc:
         log.error("cannot serve: %s", exc)
         return 1
 

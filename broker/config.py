@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
+from broker.journal import JournalConfig
 from broker.manager import ManagerConfig
 from protocol.framing import DEFAULT_MAX_FRAME
 
@@ -14,6 +15,8 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 7878
     manager: ManagerConfig = field(default_factory=ManagerConfig)
+    # Durability; None keeps everything in memory only.
+    journal: JournalConfig | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     # A connection that has not completed its handshake by then is closed.
     handshake_timeout: float = 5.0

@@ -21,6 +21,19 @@ class JobState(StrEnum):
 
 _FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
+# Heap order key = -priority * PRIORITY_STRIDE + sequence: one int compares
+# faster than a tuple, and sequences never reach the stride.
+PRIORITY_STRIDE = 2**64
+
+
+def order_key(priority: int, sequence: int) -> int:
+    return -priority * PRIORITY_STRIDE + sequence
+
+
+def sequence_of(key: int) -> int:
+    return key % PRIORITY_STRIDE
+
+
 # Only the last few errors of a job are kept, so a job with a huge
 # max_attempts cannot grow without bound.
 MAX_ERRORS_KEPT = 25

@@ -23,13 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.jobs import Job, JobState
+from broker.jobs import Job, JobState, order_key, sequence_of
 
 log = logging.getLogger("broker.manager")
 
-# Heap key = -priority * PRIORITY_STRIDE + sequence: one int compares faster
-# than a tuple, and sequences never reach the stride.
-PRIORITY_STRIDE = 2**64
 
 
 @dataclass(slots=True)
@@ -50,6 +47,19 @@ class Sink(Protocol):
     def deliver(self, job: Job) -> None: ...
 
     def revoke(self, job: Job) -> None: ...
+
+
+class JournalSink(Protocol):
+    """Where the manager records every change that recovery needs (``broker.journal``).
+
+    Called synchronously, after the change, in the order the changes happen.
+    """
+
+    def job_submitted(self, job: Job) -> None: ...
+
+    def job_changed(self, job: Job) -> None: ...
+
+    def job_deleted(self, job_id: str) -> None: ...
 
 
 class Consumer:
@@ -109,6 +119,7 @@ class JobManager:
         self._failed: OrderedDict[str, Job] = OrderedDict()
         self.queues: dict[str, QueueCounts] = {}
         self.consumers: set[Consumer] = set()
+        self.journal: JournalSink | None = None
         self.unfinished = 0
         # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
         self.task_defaults: dict[str, dict[str, Any]] = {}
@@ -197,7 +208,7 @@ class JobManager:
             payload,
             queue,
             priority,
-            -priority * PRIORITY_STRIDE + next(self._seq),
+            order_key(priority, next(self._seq)),
             max(1, max_attempts or self.config.max_attempts),
             timeout or None,
             lease or self.config.lease,
@@ -209,6 +220,10 @@ class JobManager:
         counts = self.queues.get(queue)
         if counts is None:
             counts = self.queues[queue] = QueueCounts()
+        if delay > 0:
+            job.run_at = now + delay
+        if self.journal is not None:
+            self.journal.job_submitted(job)
         if delay > 0:
             self._delay(job, now + delay, counts)
         else:
@@ -311,6 +326,8 @@ class JobManager:
         consumer.credit -= 1
         consumer.jobs[job.id] = job
         heapq.heappush(self._leases, (deadline, next(self._tiebreak), job, job.attempts))
+        if self.journal is not None:
+            self.journal.job_changed(job)
         consumer.sink.deliver(job)
 
     # -- reports from workers -------------------------------------------------
@@ -374,6 +391,9 @@ class JobManager:
         self._release_hold(job)
         job.attempts -= 1
         self.queues[job.queue].queued += 1
+        job.state = JobState.QUEUED
+        if self.journal is not None:
+            self.journal.job_changed(job)
         self._make_ready(job, now)
         return True
 
@@ -397,11 +417,21 @@ class JobManager:
         if retry_in is None:
             retry_in = self.backoff(job.attempts)
         self.counters["retried"] += 1
+        self._requeue(job, now, retry_in)
+
+    def _requeue(self, job: Job, now: float, delay: float = 0.0) -> None:
+        """Back to its queue (after ``delay``), recorded before it can be delivered again."""
         counts = self.queues[job.queue]
-        if retry_in > 0:
-            self._delay(job, now + retry_in, counts)
+        if delay > 0:
+            self._delay(job, now + delay, counts)
+            if self.journal is not None:
+                self.journal.job_changed(job)
         else:
             counts.queued += 1
+            job.state = JobState.QUEUED
+            job.run_at = now
+            if self.journal is not None:
+                self.journal.job_changed(job)
             self._make_ready(job, now)
 
     def backoff(self, attempts: int) -> float:
@@ -441,8 +471,7 @@ class JobManager:
                 reason,
                 owner.name or "?",
             )
-            self.queues[job.queue].queued += 1
-            self._make_ready(job, now)
+            self._requeue(job, now)
 
     # -- finishing --------------------------------------------------------------
 
@@ -456,6 +485,8 @@ class JobManager:
             while len(self._failed) > self.config.max_failed:
                 dropped_id, _ = self._failed.popitem(last=False)
                 del self.jobs[dropped_id]
+                if self.journal is not None:
+                    self.journal.job_deleted(dropped_id)
                 log.warning(
                     "dropped failed job %s: the failed list holds at most %d",
                     dropped_id,
@@ -464,6 +495,8 @@ class JobManager:
         else:
             self.counters["succeeded" if state is JobState.SUCCEEDED else "cancelled"] += 1
             self._results.append((now + self.config.result_ttl, job))
+        if self.journal is not None:
+            self.journal.job_changed(job)
         if self.on_finished is not None:
             self.on_finished(job)
 
@@ -498,6 +531,9 @@ class JobManager:
                 counts = self.queues[job.queue]
                 counts.delayed -= 1
                 counts.queued += 1
+                job.state = JobState.QUEUED
+                if self.journal is not None:
+                    self.journal.job_changed(job)
                 self._make_ready(job, now)
         leases = self._leases
         while leases and leases[0][0] <= now:
@@ -546,16 +582,81 @@ class JobManager:
             job.attempts = 0
             job.finished_at = None
             self.unfinished += 1
-            self.queues[job.queue].queued += 1
-            self._make_ready(job, now)
+            self._requeue(job, now)
         return len(ids)
 
     def purge_failed(self) -> int:
         count = len(self._failed)
         for job_id in self._failed:
             del self.jobs[job_id]
+            if self.journal is not None:
+                self.journal.job_deleted(job_id)
         self._failed.clear()
         return count
+
+    # -- recovery ------------------------------------------------------------------
+
+    def restore(self, jobs: Iterable[Job], now: float) -> None:
+        """Take over jobs recovered from a journal, as an empty manager.
+
+        Queued and delayed jobs keep their order and run times; jobs that
+        were running go back to their queue with that attempt counted (or
+        fail, if it was their last); failed jobs return to the failed list
+        in the order they failed; results past their TTL are dropped.
+        """
+        assert not self.jobs, "restore() needs an empty manager"
+        ttl = self.config.result_ttl
+        max_seq = 0
+        failed: list[Job] = []
+        interrupted: list[Job] = []
+        ready: list[Job] = []
+        for job in jobs:
+            max_seq = max(max_seq, sequence_of(job.key))
+            state = job.state
+            if state.finished:
+                if state is JobState.FAILED:
+                    failed.append(job)
+                elif job.finished_at is not None and job.finished_at + ttl > now:
+                    self.jobs[job.id] = job
+                    self._results.append((job.finished_at + ttl, job))
+                continue
+            self.jobs[job.id] = job
+            self.unfinished += 1
+            counts = self.queues.get(job.queue)
+            if counts is None:
+                counts = self.queues[job.queue] = QueueCounts()
+            if state is JobState.DELAYED:
+                counts.delayed += 1
+                heapq.heappush(self._delayed, (job.run_at, next(self._tiebreak), job))
+            elif state is JobState.RUNNING:
+                interrupted.append(job)
+            else:
+                ready.append(job)
+        self._seq = itertools.count(max_seq + 1)
+        self._results = deque(sorted(self._results, key=lambda entry: entry[0]))
+        failed.sort(key=lambda job: job.finished_at or 0.0)
+        for job in failed:
+            self.jobs[job.id] = job
+            self._failed[job.id] = job
+        for job in ready:
+            self.queues[job.queue].queued += 1
+            self._make_ready(job, now)
+        for job in interrupted:
+            job.owner = None
+            job.add_error(
+                {
+                    "type": "JobLost",
+                    "message": "the broker stopped while the job was running",
+                    "traceback": "",
+                    "attempt": job.attempts,
+                    "at": now,
+                }
+            )
+            if job.attempts >= job.max_attempts:
+                self._finish(job, JobState.FAILED, now)
+            else:
+                self.counters["requeued"] += 1
+                self._requeue(job, now)
 
     # -- questions ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from broker.config import BrokerConfig
 from broker.jobs import Job
+from broker.journal import Journal, JournalConfig
 from broker.manager import JobManager
 from broker.session import Session, done_message
 from protocol.framing import encode_frame
@@ -45,6 +46,7 @@ class Broker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._sessions_gone: asyncio.Event | None = None
+        self.journal: Journal | None = None
         self.started_at = time.time()
 
     @property
@@ -73,6 +75,26 @@ class Broker:
                 "or --token-file), or pass --insecure if this network is trusted."
             )
 
+    def _open_journal(self, config: JournalConfig) -> None:
+        """Recover the state the journal holds, then record every change from now on."""
+        journal = Journal(config)
+        recovered = journal.open()
+        try:
+            journal.start(lambda: self.manager.jobs)
+            self.manager.journal = journal
+            self.manager.restore(recovered.values(), time.time())
+        except BaseException:
+            journal.abandon()
+            raise
+        self.journal = journal
+        stats = self.manager.stats()
+        log.info(
+            "restored %d unfinished and %d finished jobs (%d failed)",
+            stats["unfinished"],
+            stats["jobs"] - stats["unfinished"],
+            stats["failed_list"],
+        )
+
     def adopt_running_loop(self) -> None:
         """Use the running loop without listening: for driving sessions by hand (fuzzing)."""
         self._loop = asyncio.get_running_loop()
@@ -80,6 +102,8 @@ class Broker:
     async def start(self) -> None:
         self.check_exposure()
         self._loop = asyncio.get_running_loop()
+        if self.config.journal is not None:
+            self._open_journal(self.config.journal)
         self._server = await self._loop.create_server(
             lambda: Session(self),
             self.config.host,
@@ -125,6 +149,8 @@ class Broker:
         await self._server.wait_closed()
         if self._timer is not None:
             self._timer.cancel()
+        if self.journal is not None:
+            await self.journal.close()
         self._server = None
         log.info("stopped")
 
@@ -193,4 +219,12 @@ class Broker:
         stats["clients"] = sum(1 for s in self.sessions if s.role == Role.CLIENT)
         stats["connections"] = len(self.sessions)
         stats["uptime"] = time.time() - self.started_at
+        if self.journal is not None:
+            stats["journal"] = {
+                "generation": self.journal.generation,
+                "journal_bytes": self.journal.journal_bytes,
+                "snapshot_bytes": self.journal.snapshot_bytes,
+                "compactions": self.journal.compactions,
+                "fsync": self.journal.config.fsync.value,
+            }
         return stats

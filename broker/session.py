@@ -97,6 +97,7 @@ class Session(asyncio.Protocol):
         self._flush_scheduled = False
         self._reading_paused = False
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._awaiting_disk = False
         self._held_back: deque[Job] = deque()
         self._closing = False
         self._last_seen = time.monotonic()
@@ -240,6 +241,10 @@ class Session(asyncio.Protocol):
             self.transport.resume_reading()
             self._send_held_back_outcomes()
 
+    def _on_durable(self) -> None:
+        self._awaiting_disk = False
+        self.flush()
+
     def _drop_stalled(self) -> None:
         self._stall_timer = None
         if self.transport is None or self._closing:
@@ -288,6 +293,17 @@ class Session(asyncio.Protocol):
         transport = self.transport
         if not self._out or transport is None:
             return
+        journal = self.broker.journal
+        if journal is not None:
+            # What we are about to say may acknowledge changes: they go to the
+            # journal first, and in fsync=always mode we wait for the disk.
+            journal.flush_writes()
+            upto = journal.appended
+            if not journal.is_durable(upto):
+                if not self._awaiting_disk:
+                    self._awaiting_disk = True
+                    journal.when_durable(upto, self._on_durable)
+                return
         out = self._out
         self._out = []
         transport.write(b"".join(out) if len(out) > 1 else out[0])

@@ -1,0 +1,326 @@
+"""The journal on its own: codec, torn tails, corruption, and replay equal to the live state."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.jobs import Job, JobState
+from broker.journal import (
+    HEADER,
+    KIND_JOURNAL,
+    KIND_SNAPSHOT,
+    SNAPSHOT_END,
+    DirectoryLock,
+    JournalCorrupt,
+    JournalError,
+    changed_record,
+    deleted_record,
+    encode_record,
+    file_header,
+    read_records,
+    recover,
+    replay,
+    snapshot_record,
+    submitted_record,
+)
+from broker.manager import Consumer, JobManager, ManagerConfig
+
+PATH = Path("journal-1.jwj")
+
+
+class RecordingJournal:
+    """The manager's journal sink, keeping encoded records in memory."""
+
+    def __init__(self) -> None:
+        self.data = bytearray(file_header(KIND_JOURNAL))
+
+    def job_submitted(self, job: Job) -> None:
+        self.data += encode_record(submitted_record(job))
+
+    def job_changed(self, job: Job) -> None:
+        self.data += encode_record(changed_record(job))
+
+    def job_deleted(self, job_id: str) -> None:
+        self.data += encode_record(deleted_record(job_id))
+
+
+class NullSink:
+    def deliver(self, job: Job) -> None:
+        pass
+
+    def revoke(self, job: Job) -> None:
+        pass
+
+
+FIELDS = (
+    "id",
+    "task",
+    "payload",
+    "queue",
+    "priority",
+    "key",
+    "max_attempts",
+    "timeout",
+    "lease",
+    "created_at",
+    "state",
+    "attempts",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "result",
+    "errors",
+)
+
+
+def summary(jobs: dict[str, Job]) -> dict[str, tuple[Any, ...]]:
+    return {
+        job_id: tuple(
+            (job.errors or None) if name == "errors" else getattr(job, name) for name in FIELDS
+        )
+        for job_id, job in jobs.items()
+    }
+
+
+def journal_bytes(records: list[list[Any]]) -> bytes:
+    return file_header(KIND_JOURNAL) + b"".join(encode_record(r) for r in records)
+
+
+def sample_records() -> list[list[Any]]:
+    job = Job("j1", "echo", b"\x92\x90\x80", "default", 3, 7, 3, None, 60.0, 100.0)
+    records = [submitted_record(job)]
+    job.state = JobState.RUNNING
+    job.attempts = 1
+    records.append(changed_record(job))
+    job.state = JobState.SUCCEEDED
+    job.result = b"\x01"
+    job.finished_at = 101.0
+    records.append(changed_record(job))
+    return records
+
+
+def test_records_round_trip_with_header_and_checksums() -> None:
+    records = sample_records()
+    data = journal_bytes(records)
+    assert data[: HEADER.size] == b"JOBWIRE\x00JRNL\x00\x00\x00\x01"
+    result = read_records(data, KIND_JOURNAL, PATH)
+    assert result.records == records
+    assert result.torn_at is None
+    assert result.good_until == len(data)
+
+
+def test_a_torn_last_record_at_every_byte_offset_is_dropped() -> None:
+    records = sample_records()
+    whole = journal_bytes(records)
+    last_start = len(journal_bytes(records[:-1]))
+    for cut in range(last_start, len(whole)):
+        result = read_records(whole[:cut], KIND_JOURNAL, PATH)
+        assert result.records == records[:-1], cut
+        assert result.torn_at == (last_start if cut > last_start else None), cut
+        assert result.good_until == last_start
+
+
+def test_a_damaged_last_record_or_zero_filled_tail_is_a_torn_tail() -> None:
+    records = sample_records()
+    whole = bytearray(journal_bytes(records))
+    last_start = len(journal_bytes(records[:-1]))
+    whole[-1] ^= 0xFF  # the last record's body is garbage: its checksum fails
+    assert read_records(bytes(whole), KIND_JOURNAL, PATH).torn_at == last_start
+    zero_tail = journal_bytes(records) + bytes(300)
+    result = read_records(zero_tail, KIND_JOURNAL, PATH)
+    assert result.records == records
+    assert result.torn_at == len(journal_bytes(records))
+
+
+def test_damage_before_the_end_is_corruption_naming_file_and_offset() -> None:
+    records = sample_records()
+    data = bytearray(journal_bytes(records))
+    second = len(journal_bytes(records[:1]))
+    data[second + 9] ^= 0xFF  # inside the second record's body
+    with pytest.raises(JournalCorrupt) as info:
+        read_records(bytes(data), KIND_JOURNAL, PATH)
+    assert info.value.offset == second
+    assert "journal-1.jwj is corrupt at byte offset" in str(info.value)
+    assert "--repair-journal" in str(info.value)
+
+
+def test_wrong_kind_and_version_are_refused() -> None:
+    data = journal_bytes(sample_records())
+    with pytest.raises(JournalCorrupt):
+        read_records(data, KIND_SNAPSHOT, PATH)
+    newer = HEADER.pack(b"JOBWIRE\x00", KIND_JOURNAL, 99) + data[HEADER.size :]
+    with pytest.raises(JournalError, match="format version 99"):
+        read_records(newer, KIND_JOURNAL, PATH)
+
+
+def test_recover_truncates_a_torn_tail_and_repair_truncates_corruption(tmp_path: Path) -> None:
+    records = sample_records()
+    good = journal_bytes(records[:2])
+    path = tmp_path / "journal-1.jwj"
+    path.write_bytes(journal_bytes(records)[:-3])
+    recovered = recover(tmp_path)
+    assert recovered.jobs["j1"].state is JobState.RUNNING
+    assert path.read_bytes() == good
+
+    damaged = bytearray(journal_bytes(records))
+    damaged[len(journal_bytes(records[:1])) + 9] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(JournalCorrupt):
+        recover(tmp_path)
+    recovered = recover(tmp_path, repair=True)
+    assert recovered.jobs["j1"].state is JobState.QUEUED
+    assert path.read_bytes() == journal_bytes(records[:1])
+
+
+def test_recover_uses_the_newest_complete_snapshot_and_later_journals(tmp_path: Path) -> None:
+    job = Job("j1", "echo", b"", "q", 0, 1, 3, None, 60.0, 1.0)
+    snap = file_header(KIND_SNAPSHOT) + encode_record(snapshot_record(job))
+    (tmp_path / "snapshot-2.jws").write_bytes(snap + encode_record([SNAPSHOT_END, 1]))
+    (tmp_path / "snapshot-3.jws").write_bytes(snap)  # incomplete: no end record
+    job.state = JobState.RUNNING
+    job.attempts = 1
+    (tmp_path / "journal-1.jwj").write_bytes(b"not even a journal")  # older: ignored
+    (tmp_path / "journal-3.jwj").write_bytes(journal_bytes([changed_record(job)]))
+    recovered = recover(tmp_path)
+    assert recovered.generation == 3
+    assert recovered.jobs["j1"].attempts == 1
+
+
+def test_two_locks_on_one_directory(tmp_path: Path) -> None:
+    first = DirectoryLock(tmp_path)
+    first.acquire()
+    try:
+        with pytest.raises(JournalError, match="in use by another broker"):
+            DirectoryLock(tmp_path).acquire()
+    finally:
+        first.release()
+    second = DirectoryLock(tmp_path)
+    second.acquire()
+    second.release()
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["submit", "delay", "grant", "ack", "fail", "retry_in", "release", "cancel", "tick",
+             "detach", "retry_failed", "purge", "snapshot_point"]
+        ),
+        st.integers(0, 50),
+    ),
+    max_size=80,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations, st.integers(0, 2**32))
+def test_replaying_the_journal_gives_the_live_state(
+    history: list[tuple[str, int]], rng_seed: int
+) -> None:
+    """Any history; a snapshot taken job by job while the history goes on; both replays agree."""
+    rng = random.Random(rng_seed)
+    sink = RecordingJournal()
+    manager = JobManager(
+        ManagerConfig(max_failed=5, result_ttl=50.0, backoff_base=1.0),
+        rng=random.Random(1),
+        id_prefix="h",
+    )
+    manager.journal = sink
+    consumers = [Consumer(NullSink(), ["default", "other"], f"c{i}") for i in range(2)]
+    for consumer in consumers:
+        manager.attach(consumer)
+    now = 1000.0
+    snapshot_ids: list[str] | None = None
+    snapshot_parts: list[bytes] = []
+    journal_mark = 0
+    for op, n in history:
+        now += rng.choice([0.0, 0.5, 3.0])
+        consumer = consumers[n % 2]
+        held = list(consumer.jobs.values())
+        if op == "submit":
+            manager.submit("t", bytes([n]), now, priority=n % 3, queue=("default", "other")[n % 2],
+                           max_attempts=1 + n % 3)  # fmt: skip
+        elif op == "delay":
+            manager.submit("t", b"", now, delay=1 + n % 5, job_id=f"d{n % 7}")
+        elif op == "grant":
+            manager.grant(consumer, 1 + n % 3, now)
+        elif op in ("ack", "fail", "retry_in", "release") and held:
+            job = held[n % len(held)]
+            if op == "ack":
+                manager.ack(consumer, job.id, job.attempts, bytes([n]), now)
+            elif op == "release":
+                manager.release(consumer, job.id, job.attempts, now)
+            else:
+                error = {"type": "E", "message": str(n), "traceback": ""}
+                manager.fail(consumer, job.id, job.attempts, error, now,
+                             0.0 if op == "retry_in" else None)  # fmt: skip
+        elif op == "cancel" and manager.jobs:
+            manager.cancel(sorted(manager.jobs)[n % len(manager.jobs)], now)
+        elif op == "tick":
+            manager.tick(now)
+        elif op == "detach":
+            manager.detach(consumer, now, "test")
+            manager.attach(consumer)
+        elif op == "retry_failed":
+            manager.retry_failed(None, now)
+        elif op == "purge":
+            manager.purge_failed()
+        elif op == "snapshot_point" and snapshot_ids is None:
+            snapshot_ids = list(manager.jobs)
+            journal_mark = len(sink.data)
+        # A compaction writes one slice of the snapshot between other work.
+        if snapshot_ids:
+            for job_id in snapshot_ids[: 1 + n % 3]:
+                current = manager.jobs.get(job_id)
+                if current is not None:
+                    snapshot_parts.append(encode_record(snapshot_record(current)))
+            del snapshot_ids[: 1 + n % 3]
+
+    live = summary(manager.jobs)
+    replayed: dict[str, Job] = {}
+    replay(read_records(bytes(sink.data), KIND_JOURNAL, PATH).records, replayed)
+    # Expired results are dropped by time, not by a record: compare what both still hold.
+    for job_id in set(replayed) - set(live):
+        assert replayed[job_id].state in (JobState.SUCCEEDED, JobState.CANCELLED)
+        finished_at = replayed[job_id].finished_at
+        assert finished_at is not None
+        assert finished_at + 50.0 <= now
+        del replayed[job_id]
+    assert summary(replayed) == live
+
+    if snapshot_ids is not None:
+        for job_id in snapshot_ids:  # finish the snapshot
+            current = manager.jobs.get(job_id)
+            if current is not None:
+                snapshot_parts.append(encode_record(snapshot_record(current)))
+        from_snapshot: dict[str, Job] = {}
+        replay(read_records(file_header(KIND_SNAPSHOT) + b"".join(snapshot_parts),
+                            KIND_SNAPSHOT, PATH).records, from_snapshot)  # fmt: skip
+        tail = file_header(KIND_JOURNAL) + bytes(sink.data[journal_mark:])
+        replay(read_records(tail, KIND_JOURNAL, PATH).records, from_snapshot)
+        for job_id in set(from_snapshot) - set(live):
+            assert from_snapshot[job_id].state in (JobState.SUCCEEDED, JobState.CANCELLED)
+            del from_snapshot[job_id]
+        assert summary(from_snapshot) == live
+
+    # A manager restored from the replay loses nothing: jobs that were running
+    # are queued again (or failed, on their last attempt), the rest as they were.
+    restored = JobManager(ManagerConfig(max_failed=5, result_ttl=50.0), id_prefix="r")
+    restored.restore(list(replayed.values()), now)
+    assert all(job.state is not JobState.RUNNING for job in restored.jobs.values())
+    for job_id, job in manager.jobs.items():
+        back = restored.jobs.get(job_id)
+        if job.state is JobState.RUNNING:
+            assert back is not None
+            assert back.state is JobState.QUEUED or (
+                back.state is JobState.FAILED and back.attempts >= back.max_attempts
+            )
+            assert back.attempts == job.attempts
+        elif job.state in (JobState.QUEUED, JobState.DELAYED, JobState.FAILED):
+            assert back is not None
+            assert back.state is job.state
