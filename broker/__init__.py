@@ -6,6 +6,7 @@ from broker.jobs import JobState
 from broker.manager import JobManager, ManagerConfig
 from broker.server import Broker
 from protocol.errors import ConnectionLost, JobwireError, NotFound, QueueFull, RemoteError
+from protocol.stream import install_uvloop
 
 __all__ = [
     "Broker",
@@ -22,4 +23,5 @@ __all__ = [
     "NotFound",
     "QueueFull",
     "RemoteError",
+    "install_uvloop",
 ]

@@ -24,7 +24,7 @@ from broker.manager import ManagerConfig
 from broker.server import Broker, ExposureRefused
 from protocol.errors import JobwireError
 from protocol.security import client_ssl_context, resolve_token, server_ssl_context
-from protocol.stream import DEFAULT_PORT
+from protocol.stream import DEFAULT_PORT, install_uvloop
 
 ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed")
 
@@ -135,15 +135,6 @@ def admin_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true")
     command("purge-failed", "empty the failed list")
     return parser
-
-
-def install_uvloop() -> None:
-    """Use uvloop when it is installed: the CLIs own their loop, so they may choose it."""
-    try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def configure_logging(level: str) -> None:

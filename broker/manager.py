@@ -28,7 +28,6 @@ from broker.jobs import Job, JobState, order_key, sequence_of
 log = logging.getLogger("broker.manager")
 
 
-
 @dataclass(slots=True)
 class ManagerConfig:
     result_ttl: float = 3600.0

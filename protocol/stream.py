@@ -34,6 +34,20 @@ DEFAULT_PORT = 7878
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
+def install_uvloop() -> bool:
+    """Make uvloop the event loop policy, if it is installed; return whether it is.
+
+    The CLIs call this; an application that embeds the client, a worker or
+    the broker decides for itself whether to call it.
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional at import time
+    except ImportError:  # pragma: no cover - a dependency on POSIX
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``"host:port"``, ``"host"`` or ``"[v6]:port"`` to ``(host, port)``."""
     host, sep, port = address.rpartition(":")

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from protocol.security import client_ssl_context, resolve_token
+from protocol.stream import install_uvloop
 from worker.registry import TaskRegistry, default_registry
 from worker.runtime import Worker, WorkerRefused
 from worker.tasks import builtin_registry
@@ -105,12 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name or f"{socket.gethostname()}:{os.getpid()}",
         grace=args.grace,
     )
-    try:
-        import uvloop  # noqa: PLC0415
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:  # pragma: no cover
-        pass
+    install_uvloop()
     try:
         asyncio.run(serve(worker))
     except WorkerRefused as exc:
