@@ -16,10 +16,9 @@ class JobState(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in _FINISHED
+        # Identity, not a set: hashing an enum member runs Python code.
+        return self is JobState.SUCCEEDED or self is JobState.FAILED or self is JobState.CANCELLED
 
-
-_FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 # Heap order key = -priority * PRIORITY_STRIDE + sequence: one int compares
 # faster than a tuple, and sequences never reach the stride.
@@ -71,6 +70,7 @@ class Job:
         "state",
         "task",
         "timeout",
+        "watchers",
     )
 
     def __init__(
@@ -106,6 +106,27 @@ class Job:
         self.owner: Any = None
         self.result: bytes | None = None
         self.errors: list[dict[str, Any]] | None = None
+        # Who wants a DONE push when the job finishes: None, one watcher, or a
+        # list. Kept on the job, so watching costs no table entry and a
+        # watcher that went away is skipped when the job finishes.
+        self.watchers: Any = None
+
+    def add_watcher(self, watcher: Any) -> None:
+        current = self.watchers
+        if current is None:
+            self.watchers = watcher
+        elif type(current) is list:
+            if watcher not in current:
+                current.append(watcher)
+        elif current is not watcher:
+            self.watchers = [current, watcher]
+
+    def take_watchers(self) -> list[Any]:
+        current = self.watchers
+        self.watchers = None
+        if current is None:
+            return []
+        return current if type(current) is list else [current]
 
     def add_error(self, error: dict[str, Any]) -> None:
         # Bounded, so STATUS of a job with many attempts still fits in a frame.

@@ -27,6 +27,9 @@ from broker.jobs import Job, JobState, order_key, sequence_of
 
 log = logging.getLogger("broker.manager")
 
+# Task and queue names shared between jobs, at most this many of them.
+MAX_INTERNED_NAMES = 10_000
+
 
 @dataclass(slots=True)
 class ManagerConfig:
@@ -119,6 +122,7 @@ class JobManager:
         self.queues: dict[str, QueueCounts] = {}
         self.consumers: set[Consumer] = set()
         self.journal: JournalSink | None = None
+        self._names: dict[str, str] = {}
         self.unfinished = 0
         # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
         self.task_defaults: dict[str, dict[str, Any]] = {}
@@ -196,6 +200,10 @@ class JobManager:
             while job_id in self.jobs:  # a client chose this id for its own job
                 job_id = f"{self._id_prefix}-{next(self._ids):x}"
         self.check_capacity(1)
+        # Every job's task and queue name arrives as a new string; share one.
+        names = self._names
+        task = names.get(task) or self._intern(task)
+        queue = names.get(queue) or self._intern(queue)
         if max_attempts is None or lease is None:
             defaults = self.task_defaults.get(task)
             if defaults is not None:
@@ -229,6 +237,11 @@ class JobManager:
             counts.queued += 1
             self._make_ready(job, now)
         return job, True
+
+    def _intern(self, name: str) -> str:
+        if len(self._names) < MAX_INTERNED_NAMES:
+            self._names[name] = name
+        return name
 
     def _delay(self, job: Job, run_at: float, counts: QueueCounts) -> None:
         job.state = JobState.DELAYED

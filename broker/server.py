@@ -1,4 +1,4 @@
-"""The asyncio server: owns the listener, the sessions, the watchers and the timer.
+"""The asyncio server: owns the listener, the sessions, the journal and the timer.
 
 :class:`Broker` is the state that every :class:`~broker.session.Session`
 shares, passed to each one (no globals). It can run inside any asyncio
@@ -39,7 +39,6 @@ class Broker:
         self.manager = JobManager(self.config.manager, on_finished=self._job_finished)
         self.sessions: set[Session] = set()
         self.burst_sessions: set[Session] = set()
-        self.watchers: dict[str, list[Session]] = {}
         self.shutting_down = False
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,32 +157,11 @@ class Broker:
         if self._sessions_gone is not None and not self.sessions:
             self._sessions_gone.set()
 
-    # -- watchers -----------------------------------------------------------
-
-    def watch(self, session: Session, job_id: str) -> None:
-        watchers = self.watchers.get(job_id)
-        if watchers is None:
-            self.watchers[job_id] = [session]
-        elif session not in watchers:
-            watchers.append(session)
-        session.watching.add(job_id)
-
-    def forget_watcher(self, session: Session) -> None:
-        for job_id in session.watching:
-            watchers = self.watchers.get(job_id)
-            if watchers is not None:
-                if session in watchers:
-                    watchers.remove(session)
-                if not watchers:
-                    del self.watchers[job_id]
-        session.watching.clear()
-
     def _job_finished(self, job: Job) -> None:
-        watchers = self.watchers.pop(job.id, None)
+        watchers: list[Session] = job.take_watchers()
         if watchers:
             frame = encode_frame(done_message(job))
             for session in watchers:
-                session.watching.discard(job.id)
                 session.push_outcome(job, frame)
         if self.burst_sessions:
             for session in list(self.burst_sessions):

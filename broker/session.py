@@ -91,7 +91,6 @@ class Session(asyncio.Protocol):
         self.consumer: Consumer | None = None
         self.burst = False
         self.empty_sent = False
-        self.watching: set[str] = set()
         self._out: list[bytes] = []
         self._deliveries: list[Job] = []
         self._flush_scheduled = False
@@ -212,7 +211,6 @@ class Session(asyncio.Protocol):
             self._stall_timer.cancel()
         self._held_back.clear()
         self.broker.sessions.discard(self)
-        self.broker.forget_watcher(self)
         if self.consumer is not None:
             self.manager.detach(self.consumer, time.time(), "worker connection closed")
             self.broker.burst_sessions.discard(self)
@@ -261,6 +259,8 @@ class Session(asyncio.Protocol):
 
     def push_outcome(self, job: Job, frame: bytes) -> None:
         """Send a watched job's DONE now, or once a slow peer has caught up."""
+        if self.transport is None or self._closing:
+            return  # the watcher went away
         if self._reading_paused:
             self._held_back.append(job)
         else:
@@ -502,7 +502,7 @@ class Session(asyncio.Protocol):
                 if job.state.finished:
                     already_done.append(job)
                 else:
-                    self.broker.watch(self, job.id)
+                    job.add_watcher(self)
         self.reply(rid, {"ids": ids})
         for job in already_done:
             self.send(done_message(job))
@@ -517,7 +517,7 @@ class Session(asyncio.Protocol):
             elif job.state.finished:
                 already_done.append(job)
             else:
-                self.broker.watch(self, job_id)
+                job.add_watcher(self)
         self.reply(message["rid"], {"unknown": unknown})
         for job in already_done:
             self.send(done_message(job))

@@ -14,6 +14,7 @@ them without decoding them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -306,17 +307,136 @@ _REQUESTS_WITH_OP: Final = {op: {"op": _OP_FIELD, **schema} for op, schema in RE
 _PUSHES_WITH_OP: Final = {op: {"op": _OP_FIELD, **schema} for op, schema in PUSHES.items()}
 
 
-def _validate(message: Any, table: dict[str, dict[str, Field]], what: str) -> str:
+# -- the fast path ------------------------------------------------------------------
+# Every message is checked by these predicates first: they only answer yes or
+# no, so a valid message costs a few type checks per field. Only a message
+# they refuse goes through _check_map above, which finds and names the fault.
+# Both walk the same tables; test_messages.py holds them to the same verdicts.
+
+Predicate = Callable[[Any], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    checks: dict[str, tuple[Predicate, bool]]
+    required: tuple[str, ...]
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int and -MAX_UINT <= value <= MAX_UINT
+
+
+def _is_uint(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_UINT
+
+
+def _is_seconds(value: Any) -> bool:
+    kind = type(value)
+    return (kind is int or kind is float) and 0 <= value <= MAX_SECONDS  # NaN fails too
+
+
+def _is_name(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _is_text(value: Any) -> bool:
+    return type(value) is str and len(value) <= MAX_TEXT_LENGTH
+
+
+def _list_of(item: Predicate) -> Predicate:
+    def check(value: Any) -> bool:
+        return type(value) is list and len(value) <= MAX_LIST_LENGTH and all(map(item, value))
+
+    return check
+
+
+def _map_of(compiled: _Compiled) -> Predicate:
+    return lambda value: _map_ok(compiled, value, False)
+
+
+def _compile(schema: dict[str, Field]) -> _Compiled:
+    predicates: dict[Kind, Predicate] = {
+        Kind.ANY: lambda value: True,
+        Kind.BOOL: lambda value: type(value) is bool,
+        Kind.INT: _is_int,
+        Kind.UINT: _is_uint,
+        Kind.SECONDS: _is_seconds,
+        Kind.BIN: lambda value: type(value) is bytes,
+        Kind.STR: _is_text,
+        Kind.TEXT: _is_text,
+        Kind.NAME: _is_name,
+        Kind.ID: _is_id,
+        Kind.NAMES: _list_of(_is_name),
+        Kind.IDS: _list_of(_is_id),
+        Kind.MAP: lambda value: type(value) is dict,
+    }
+    checks = {}
+    for field in schema.values():
+        if field.kind is Kind.ERROR:
+            predicate = _map_of(_COMPILED_ERROR)
+        elif field.kind is Kind.JOB_SPECS:
+            predicate = _list_of(_map_of(_COMPILED_JOB_SPEC))
+        elif field.kind is Kind.DELIVERIES:
+            predicate = _list_of(_map_of(_COMPILED_DELIVERY))
+        else:
+            predicate = predicates[field.kind]
+        checks[field.name] = (predicate, field.required)
+    required = tuple(field.name for field in schema.values() if field.required)
+    return _Compiled(checks, required)
+
+
+def _map_ok(compiled: _Compiled, value: Any, open_ended: bool) -> bool:
+    if type(value) is not dict:
+        return False
+    checks = compiled.checks
+    for key, element in value.items():
+        entry = checks.get(key)
+        if entry is None:
+            if open_ended:
+                continue
+            return False
+        if element is None:
+            if entry[1]:
+                return False
+            continue
+        if not entry[0](element):
+            return False
+    for name in compiled.required:
+        if value.get(name) is None:
+            return False
+    return True
+
+
+_COMPILED_ERROR: Final = _compile(ERROR_INFO)
+_COMPILED_JOB_SPEC: Final = _compile(JOB_SPEC)
+_COMPILED_DELIVERY: Final = _compile(DELIVERY)
+_COMPILED_REQUESTS: Final = {op: _compile(s) for op, s in _REQUESTS_WITH_OP.items()}
+_COMPILED_PUSHES: Final = {op: _compile(s) for op, s in _PUSHES_WITH_OP.items()}
+
+
+def _validate(
+    message: Any,
+    table: dict[str, dict[str, Field]],
+    compiled: dict[str, _Compiled],
+    what: str,
+) -> str:
     if type(message) is not dict:
         raise _bad(what, f"expected a map, got {_type_name(message)}")
     op = message.get("op")
     if type(op) is not str:
         raise _bad(what, "missing string field 'op'")
-    schema = table.get(op)
-    if schema is None:
+    fast = compiled.get(op)
+    if fast is None:
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:MAX_NAME_LENGTH]!r}")
-    _check_map(op, schema, message, op in _OPEN_ENDED)
-    return op
+    open_ended = op in _OPEN_ENDED
+    if _map_ok(fast, message, open_ended):
+        return op
+    _check_map(op, table[op], message, open_ended)
+    raise _bad(op, "invalid message")  # pragma: no cover - the slow path names the fault
 
 
 def validate_request(message: Any) -> str:
@@ -325,12 +445,12 @@ def validate_request(message: Any) -> str:
     Raises only :class:`ProtocolError`: ``UNKNOWN_OP`` for an op the broker
     does not have, ``BAD_REQUEST`` naming the field for anything else.
     """
-    return _validate(message, _REQUESTS_WITH_OP, "request")
+    return _validate(message, _REQUESTS_WITH_OP, _COMPILED_REQUESTS, "request")
 
 
 def validate_push(message: Any) -> str:
     """Check a message the broker sent a peer; return its op."""
-    return _validate(message, _PUSHES_WITH_OP, "message")
+    return _validate(message, _PUSHES_WITH_OP, _COMPILED_PUSHES, "message")
 
 
 def request_id(message: Any) -> int | None:

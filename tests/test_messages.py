@@ -19,6 +19,7 @@ from protocol.errors import (
     RemoteError,
     remote_error,
 )
+from protocol import messages as messages_module
 from protocol.framing import HEADER_SIZE, decode_body, encode_frame
 from protocol.messages import (
     DELIVERY,
@@ -813,3 +814,46 @@ def test_error_for_any_request_fits_in_an_err_reply() -> None:
         validate_request(request)
     reply = {"op": "ERR", "rid": 1, "code": info.value.code.value, "message": info.value.message}
     assert validate_push(reply) == "ERR"
+
+
+@st.composite
+def near_valid_messages(draw: st.DrawFn) -> tuple[str, dict[str, Any], bool]:
+    """A valid message with one field maybe replaced by an arbitrary value, or dropped."""
+    what, op = draw(st.sampled_from(ALL_OPS))
+    table, _ = table_of(what)
+    message = {"op": op, **draw(_valid_map(table[op]))}
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(message)))
+        if draw(st.booleans()):
+            del message[key]
+        else:
+            message[key] = draw(arbitrary)
+    return what, message, op == "OK"
+
+
+@settings(FAST, max_examples=600)
+@given(case=near_valid_messages())
+def test_fast_and_detailed_validation_agree(case: tuple[str, dict[str, Any], bool]) -> None:
+    """The fast yes/no path and the path that names the fault give the same verdict."""
+    what, message, open_ended = case
+    op = message.get("op")
+    if not isinstance(op, str):
+        return
+    compiled = (
+        messages_module._COMPILED_REQUESTS
+        if what == "request"
+        else messages_module._COMPILED_PUSHES
+    )
+    tables = (
+        messages_module._REQUESTS_WITH_OP if what == "request" else messages_module._PUSHES_WITH_OP
+    )
+    fast = compiled.get(op)
+    if fast is None:
+        return
+    fast_verdict = messages_module._map_ok(fast, message, open_ended)
+    try:
+        messages_module._check_map(op, tables[op], message, open_ended)
+        detailed_verdict = True
+    except ProtocolError:
+        detailed_verdict = False
+    assert fast_verdict == detailed_verdict

@@ -120,6 +120,7 @@ class Worker:
         self._heartbeat_interval = 0.0
         self._idle_timeout = 300.0
         self._log_jobs = False
+        self._slots_freed = 0
 
     # -- control ---------------------------------------------------------------
 
@@ -207,6 +208,7 @@ class Worker:
 
     async def _serve(self, connection: Connection) -> None:
         self._connection = connection
+        self._slots_freed = 0
         self._log_jobs = log.isEnabledFor(logging.INFO)
         log.info(
             "connected to %s: queues %s, concurrency %d, tasks %s",
@@ -362,7 +364,18 @@ class Worker:
                     time.perf_counter() - running.started,
                 )
             if connection.is_open and not self._stopping and running.stop_reason != "lost":
-                connection.send({"op": Op.READY, "n": 1})
+                self._give_back_slot(connection)
+
+    def _give_back_slot(self, connection: Connection) -> None:
+        """Credit one slot back to the broker; the slots freed in one loop turn go as one READY."""
+        self._slots_freed += 1
+        if self._slots_freed == 1:
+            asyncio.get_running_loop().call_soon(self._send_ready, connection)
+
+    def _send_ready(self, connection: Connection) -> None:
+        freed, self._slots_freed = self._slots_freed, 0
+        if freed and connection.is_open and not self._stopping:
+            connection.send({"op": Op.READY, "n": freed})
 
     async def _call_task(self, delivery: Message) -> Any:
         definition = self.registry.get(delivery["task"])
