@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol import messages as messages_module
 from protocol.errors import (
     ConnectionLost,
     ErrorCode,
@@ -19,7 +20,6 @@ from protocol.errors import (
     RemoteError,
     remote_error,
 )
-from protocol import messages as messages_module
 from protocol.framing import HEADER_SIZE, decode_body, encode_frame
 from protocol.messages import (
     DELIVERY,
