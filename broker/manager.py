@@ -80,6 +80,51 @@ class Consumer:
         return f"<Consumer {self.name or id(self)} credit={self.credit} jobs={len(self.jobs)}>"
 
 
+class ReadyQueue:
+    """One queue's ready jobs: a FIFO per priority, and a heap of the priorities in use.
+
+    Push and pop are O(1) for a priority already in use (O(log p) in the
+    number of distinct priorities otherwise), and a queued job costs one
+    deque slot. A job cancelled while queued stays in its deque until it
+    reaches the front, where it is skipped.
+    """
+
+    __slots__ = ("levels", "priorities")
+
+    def __init__(self) -> None:
+        self.levels: dict[int, deque[Job]] = {}
+        # Negated priorities, so the heap's smallest is the highest priority.
+        self.priorities: list[int] = []
+
+    def push(self, job: Job, front: bool = False) -> None:
+        level = self.levels.get(job.priority)
+        if level is None:
+            level = self.levels[job.priority] = deque()
+            heapq.heappush(self.priorities, -job.priority)
+        if front:
+            level.appendleft(job)
+        else:
+            level.append(job)
+
+    def peek(self) -> Job | None:
+        """The job that runs next, or None."""
+        priorities = self.priorities
+        levels = self.levels
+        while priorities:
+            level = levels[-priorities[0]]
+            while level:
+                job = level[0]
+                if job.state is JobState.QUEUED:
+                    return job
+                level.popleft()  # cancelled while it waited
+            del levels[-heapq.heappop(priorities)]
+        return None
+
+    def pop(self) -> Job:
+        """The job :meth:`peek` returned (call it right after)."""
+        return self.levels[-self.priorities[0]].popleft()
+
+
 class QueueFullError(Exception):
     """Accepting the jobs would pass ``max_jobs``."""
 
@@ -113,7 +158,7 @@ class JobManager:
         self._seq = itertools.count(1)
         self._tiebreak = itertools.count()
         self.jobs: dict[str, Job] = {}
-        self._ready: dict[str, list[tuple[int, Job]]] = {}
+        self._ready: dict[str, ReadyQueue] = {}
         self._waiting: dict[str, dict[Consumer, None]] = {}
         self._delayed: list[tuple[float, int, Job]] = []
         self._leases: list[tuple[float, int, Job, int]] = []
@@ -249,7 +294,7 @@ class JobManager:
         counts.delayed += 1
         heapq.heappush(self._delayed, (run_at, next(self._tiebreak), job))
 
-    def _make_ready(self, job: Job, now: float) -> None:
+    def _make_ready(self, job: Job, now: float, front: bool = False) -> None:
         """Hand a queued job to a waiting consumer, or put it on its queue's heap.
 
         The caller has set ``job.state`` to QUEUED (or left it there) and
@@ -267,10 +312,10 @@ class JobManager:
             else:
                 self._stop_waiting(consumer)
             return
-        heap = self._ready.get(job.queue)
-        if heap is None:
-            heap = self._ready[job.queue] = []
-        heapq.heappush(heap, (job.key, job))
+        ready = self._ready.get(job.queue)
+        if ready is None:
+            ready = self._ready[job.queue] = ReadyQueue()
+        ready.push(job, front)
 
     # -- consumers ------------------------------------------------------------
 
@@ -282,7 +327,8 @@ class JobManager:
         self._stop_waiting(consumer)
         self.consumers.discard(consumer)
         consumer.credit = 0
-        for job in list(consumer.jobs.values()):
+        # Newest first: each goes to the front, so the oldest ends up first.
+        for job in sorted(consumer.jobs.values(), key=lambda held: held.key, reverse=True):
             self._lose_lease(job, now, reason)
 
     def grant(self, consumer: Consumer, n: int, now: float) -> None:
@@ -297,27 +343,32 @@ class JobManager:
 
     def _feed(self, consumer: Consumer, now: float) -> None:
         ready = self._ready
+        queues = consumer.queues
         while consumer.credit > 0:
-            best: tuple[int, Job] | None = None
-            best_heap: list[tuple[int, Job]] | None = None
-            for queue in consumer.queues:
-                heap = ready.get(queue)
-                if not heap:
+            best: Job | None = None
+            best_queue: ReadyQueue | None = None
+            for queue in queues:
+                candidates = ready.get(queue)
+                if candidates is None:
                     continue
-                while heap and heap[0][1].state is not JobState.QUEUED:
-                    heapq.heappop(heap)  # cancelled while queued
-                if heap and (best is None or heap[0][0] < best[0]):
-                    best = heap[0]
-                    best_heap = heap
-            if best is None or best_heap is None:
-                for queue in consumer.queues:
+                head = candidates.peek()
+                # Highest priority first; equal priorities in submission order.
+                if head is not None and (
+                    best is None
+                    or head.priority > best.priority
+                    or (head.priority == best.priority and head.key < best.key)
+                ):
+                    best = head
+                    best_queue = candidates
+            if best is None or best_queue is None:
+                for queue in queues:
                     waiting = self._waiting.get(queue)
                     if waiting is None:
                         waiting = self._waiting[queue] = {}
                     waiting[consumer] = None
                 return
-            heapq.heappop(best_heap)
-            self._reserve(best[1], consumer, now)
+            best_queue.pop()
+            self._reserve(best, consumer, now)
 
     def _stop_waiting(self, consumer: Consumer) -> None:
         for queue in consumer.queues:
@@ -406,7 +457,7 @@ class JobManager:
         job.state = JobState.QUEUED
         if self.journal is not None:
             self.journal.job_changed(job)
-        self._make_ready(job, now)
+        self._make_ready(job, now, front=True)  # it keeps its place at the front
         return True
 
     def heartbeat(self, consumer: Consumer, job_ids: Iterable[str], now: float) -> int:
@@ -431,8 +482,12 @@ class JobManager:
         self.counters["retried"] += 1
         self._requeue(job, now, retry_in)
 
-    def _requeue(self, job: Job, now: float, delay: float = 0.0) -> None:
-        """Back to its queue (after ``delay``), recorded before it can be delivered again."""
+    def _requeue(self, job: Job, now: float, delay: float = 0.0, front: bool = True) -> None:
+        """Back to its queue (after ``delay``), recorded before it can be delivered again.
+
+        Without a delay it goes to the front of its priority: it was at the
+        front when it was taken, ahead of everything submitted since.
+        """
         counts = self.queues[job.queue]
         if delay > 0:
             self._delay(job, now + delay, counts)
@@ -444,7 +499,7 @@ class JobManager:
             job.run_at = now
             if self.journal is not None:
                 self.journal.job_changed(job)
-            self._make_ready(job, now)
+            self._make_ready(job, now, front)
 
     def backoff(self, attempts: int) -> float:
         """Delay before the next attempt: exponential, capped, jittered over its upper half."""
@@ -594,7 +649,7 @@ class JobManager:
             job.attempts = 0
             job.finished_at = None
             self.unfinished += 1
-            self._requeue(job, now)
+            self._requeue(job, now, front=False)  # like a new job: behind the others
         return len(ids)
 
     def purge_failed(self) -> int:
@@ -650,6 +705,7 @@ class JobManager:
         for job in failed:
             self.jobs[job.id] = job
             self._failed[job.id] = job
+        ready.sort(key=lambda job: job.key)
         for job in ready:
             self.queues[job.queue].queued += 1
             self._make_ready(job, now)

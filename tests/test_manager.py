@@ -447,8 +447,8 @@ def test_delayed_job_without_a_consumer_becomes_queued() -> None:
     assert h.manager.next_deadline() is None
     consumer, sink = h.consumer()
     h.manager.grant(consumer, 2, 51.0)
-    # Both are ready now: submission order decides.
-    assert sink.ids == [late.id, early.id]
+    # Both are ready now: the order they became ready in decides.
+    assert sink.ids == [early.id, late.id]
 
 
 def test_next_deadline_is_none_when_nothing_is_due() -> None:
