@@ -97,7 +97,7 @@ def serve_parser() -> argparse.ArgumentParser:
         "--output-stall-timeout",
         type=float,
         default=30.0,
-        help="drop a peer that reads nothing of its pending output for this many seconds",
+        help="drop a peer whose output stays above --output-pause-bytes this many seconds",
     )
     return parser
 

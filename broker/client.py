@@ -115,11 +115,10 @@ def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
     batches: list[list[Message]] = [[]]
     size = 0
     for spec in specs:
+        # Names are counted at 4 bytes a character: UTF-8's worst case.
         cost = (
             len(spec["payload"])
-            + len(spec["task"])
-            + len(spec.get("queue", ""))
-            + len(spec.get("id", ""))
+            + 4 * (len(spec["task"]) + len(spec.get("queue", "")) + len(spec.get("id", "")))
             + SPEC_OVERHEAD
         )
         if batches[-1] and (size + cost > budget or len(batches[-1]) >= MAX_SPECS_PER_FRAME):
@@ -213,6 +212,7 @@ class Client:
         self._name = name
         self._max_frame = max_frame
         self._connect_timeout = connect_timeout
+        self._frame_limit = max_frame
         self._connection: Connection | None = None
         self._connecting: asyncio.Lock | None = None
         # Outcomes (DONE messages) by job id: a future per job being waited for.
@@ -248,7 +248,7 @@ class Client:
             connection = self._connection
             if connection is not None and connection.is_open:
                 return connection
-            connection, _ = await open_connection(
+            connection, welcome = await open_connection(
                 self.address,
                 {"role": Role.CLIENT, "name": self._name},
                 on_push=self._on_push,
@@ -258,6 +258,10 @@ class Client:
                 timeout=self._connect_timeout,
             )
             connection.closed.add_done_callback(lambda _: self._connection_closed(connection))
+            broker_limit = welcome.get("max_frame")
+            if isinstance(broker_limit, int) and broker_limit > ENVELOPE_RESERVE:
+                # Frames we send must fit the broker's limit as well as ours.
+                self._frame_limit = min(self._max_frame, broker_limit)
             self._connection = connection
             return connection
 
@@ -329,7 +333,8 @@ class Client:
         return await self._submit_specs(specs)
 
     async def _submit_specs(self, specs: list[Message]) -> list[Job]:
-        limit = self._max_frame - ENVELOPE_RESERVE
+        await self._ensure_connection()  # it learns the broker's frame limit
+        limit = self._frame_limit - ENVELOPE_RESERVE
         for spec in specs:
             if len(spec["payload"]) > limit:
                 raise ValueError(

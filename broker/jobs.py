@@ -36,6 +36,7 @@ def sequence_of(key: int) -> int:
 # Only the last few errors of a job are kept, so a job with a huge
 # max_attempts cannot grow without bound.
 MAX_ERRORS_KEPT = 25
+MAX_ERROR_TYPE = 200
 MAX_ERROR_MESSAGE = 2048
 # The end of a traceback is where the error is.
 MAX_TRACEBACK = 16 * 1024
@@ -130,6 +131,9 @@ class Job:
 
     def add_error(self, error: dict[str, Any]) -> None:
         # Bounded, so STATUS of a job with many attempts still fits in a frame.
+        kind = error.get("type")
+        if isinstance(kind, str) and len(kind) > MAX_ERROR_TYPE:
+            error["type"] = kind[:MAX_ERROR_TYPE]
         message = error.get("message")
         if isinstance(message, str) and len(message) > MAX_ERROR_MESSAGE:
             error["message"] = message[:MAX_ERROR_MESSAGE]

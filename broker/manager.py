@@ -27,6 +27,8 @@ from broker.jobs import Job, JobState, order_key, sequence_of
 
 log = logging.getLogger("broker.manager")
 
+# Idle queues are kept (for stats) while there are at most this many queues.
+MAX_QUEUES_KEPT = 1000
 # Task and queue names shared between jobs, at most this many of them.
 MAX_INTERNED_NAMES = 10_000
 
@@ -197,12 +199,12 @@ class JobManager:
             attempts = defaults.get("max_attempts")
             if attempts is not None:
                 if type(attempts) is not int or not 1 <= attempts <= 1_000_000:
-                    return f"{name}.max_attempts must be an integer in 1..1000000"
+                    return f"{name[:50]!r}: max_attempts must be an integer in 1..1000000"
                 entry["max_attempts"] = attempts
             lease = defaults.get("lease")
             if lease is not None:
                 if type(lease) not in (int, float) or not 0 < lease <= 10 * 365 * 86400:
-                    return f"{name}.lease must be a positive number of seconds"
+                    return f"{name[:50]!r}: lease must be a positive number of seconds"
                 entry["lease"] = float(lease)
             checked[name] = entry
         for name, entry in checked.items():
@@ -282,6 +284,24 @@ class JobManager:
             counts.queued += 1
             self._make_ready(job, now)
         return job, True
+
+    def _counts(self, queue: str) -> QueueCounts:
+        counts = self.queues.get(queue)
+        if counts is None:
+            counts = self.queues[queue] = QueueCounts()
+        return counts
+
+    def _forget_queue_if_idle(self, queue: str) -> None:
+        """Past MAX_QUEUES_KEPT queues, an idle one is forgotten (it comes back on use)."""
+        counts = self.queues.get(queue)
+        if (
+            counts is not None
+            and not (counts.queued or counts.delayed or counts.running)
+            and not self._waiting.get(queue)
+        ):
+            del self.queues[queue]
+            self._ready.pop(queue, None)
+            self._waiting.pop(queue, None)
 
     def _intern(self, name: str) -> str:
         if len(self._names) < MAX_INTERNED_NAMES:
@@ -488,7 +508,7 @@ class JobManager:
         Without a delay it goes to the front of its priority: it was at the
         front when it was taken, ahead of everything submitted since.
         """
-        counts = self.queues[job.queue]
+        counts = self._counts(job.queue)
         if delay > 0:
             self._delay(job, now + delay, counts)
             if self.journal is not None:
@@ -564,6 +584,8 @@ class JobManager:
             self._results.append((now + self.config.result_ttl, job))
         if self.journal is not None:
             self.journal.job_changed(job)
+        if len(self.queues) > MAX_QUEUES_KEPT:
+            self._forget_queue_if_idle(job.queue)
         if self.on_finished is not None:
             self.on_finished(job)
 
@@ -573,7 +595,7 @@ class JobManager:
         if job is None:
             return None
         state = job.state
-        counts = self.queues[job.queue]
+        counts = self._counts(job.queue)
         if state is JobState.QUEUED:
             counts.queued -= 1  # its heap entry is skipped when reached
         elif state is JobState.DELAYED:

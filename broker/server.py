@@ -162,7 +162,7 @@ class Broker:
         if watchers:
             frame = encode_frame(done_message(job))
             for session in watchers:
-                session.push_outcome(job, frame)
+                session.push_outcome(frame)
         if self.burst_sessions:
             for session in list(self.burst_sessions):
                 session.check_burst_empty()

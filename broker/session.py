@@ -58,6 +58,10 @@ HELD_BACK_BATCH = 64
 DELIVERY_BATCH_SHARE = 2
 
 
+def job_errors_count(job: Job) -> int:
+    return len(job.errors or ())
+
+
 def done_message(job: Job) -> Message:
     """The DONE push announcing a finished job's outcome."""
     message: Message = {"op": Op.DONE, "id": job.id, "state": job.state.value}
@@ -92,12 +96,14 @@ class Session(asyncio.Protocol):
         self.burst = False
         self.empty_sent = False
         self._out: list[bytes] = []
-        self._deliveries: list[Job] = []
+        self._deliveries: list[tuple[Job, int]] = []
         self._flush_scheduled = False
         self._reading_paused = False
         self._stall_timer: asyncio.TimerHandle | None = None
         self._awaiting_disk = False
-        self._held_back: deque[Job] = deque()
+        self._held_back: deque[bytes] = deque()
+        self._held_back_bytes = 0
+        self._close_after_flush = False
         self._closing = False
         self._last_seen = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -257,20 +263,31 @@ class Session(asyncio.Protocol):
         )
         self.abort()
 
-    def push_outcome(self, job: Job, frame: bytes) -> None:
-        """Send a watched job's DONE now, or once a slow peer has caught up."""
+    def push_outcome(self, frame: bytes) -> None:
+        """Send a watched job's DONE now, or once a slow peer has caught up.
+
+        Held-back frames are the outcome as it was when the job finished (it
+        may be retried since); they count against ``output_drop_bytes``.
+        """
         if self.transport is None or self._closing:
             return  # the watcher went away
-        if self._reading_paused:
-            self._held_back.append(job)
-        else:
+        if not self._reading_paused:
             self.send_frame(frame)
+            return
+        self._held_back.append(frame)
+        self._held_back_bytes += len(frame)
+        waiting = self._held_back_bytes + self.transport.get_write_buffer_size()
+        if waiting > self.config.output_drop_bytes:
+            log.warning("dropping %s: it reads too slowly (%d bytes waiting)", self, waiting)
+            self.abort()
 
     def _send_held_back_outcomes(self) -> None:
         held = self._held_back
         while held and not self._reading_paused and not self._closing:
             for _ in range(min(len(held), HELD_BACK_BATCH)):
-                self._out.append(encode_frame(done_message(held.popleft())))
+                frame = held.popleft()
+                self._held_back_bytes -= len(frame)
+                self._out.append(frame)
             self.flush()  # write() calls pause_writing() again once the buffer is full
 
     # -- output -----------------------------------------------------------------
@@ -291,7 +308,11 @@ class Session(asyncio.Protocol):
         if self._deliveries:
             self._encode_deliveries()
         transport = self.transport
-        if not self._out or transport is None:
+        if transport is None:
+            return
+        if not self._out:
+            if self._close_after_flush:
+                transport.close()
             return
         journal = self.broker.journal
         if journal is not None:
@@ -307,7 +328,9 @@ class Session(asyncio.Protocol):
         out = self._out
         self._out = []
         transport.write(b"".join(out) if len(out) > 1 else out[0])
-        if transport.get_write_buffer_size() > self.config.output_drop_bytes:
+        if self._close_after_flush:
+            transport.close()
+        elif transport.get_write_buffer_size() > self.config.output_drop_bytes:
             log.warning(
                 "dropping %s: it reads too slowly (%d bytes waiting)",
                 self,
@@ -320,10 +343,16 @@ class Session(asyncio.Protocol):
         budget = self.config.max_frame // DELIVERY_BATCH_SHARE
         batch: list[Message] = []
         size = 0
-        for job in self._deliveries:
-            if job.owner is not self.consumer or job.state is not JobState.RUNNING:
-                continue  # revoked or cancelled before it left
-            if batch and size + len(job.payload) > budget:
+        for job, attempt in self._deliveries:
+            if (
+                job.owner is not self.consumer
+                or job.state is not JobState.RUNNING
+                or job.attempts != attempt
+            ):
+                continue  # revoked, cancelled or delivered again before it left
+            # Room for the fields around the payload, 4 bytes a character at worst.
+            cost = len(job.payload) + 64 + 4 * (len(job.id) + len(job.task) + len(job.queue))
+            if batch and size + cost > budget:
                 self._out.append(encode_frame({"op": Op.JOBS, "jobs": batch}))
                 batch, size = [], 0
             batch.append(
@@ -338,7 +367,7 @@ class Session(asyncio.Protocol):
                     "timeout": job.timeout,
                 }
             )
-            size += len(job.payload)
+            size += cost
         if batch:
             self._out.append(encode_frame({"op": Op.JOBS, "jobs": batch}))
         self._deliveries = []
@@ -359,16 +388,14 @@ class Session(asyncio.Protocol):
         if self.transport is None or self._closing:
             return
         self.send({"op": Op.ERR, "rid": rid, "code": code.value, "message": text})
-        self.flush()
-        self._closing = True
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
     def close(self) -> None:
+        """Stop reading, send what is queued (after the journal, if it must wait), then close."""
         if self.transport is not None and not self._closing:
-            self.flush()
             self._closing = True
-            self.transport.close()
+            self._close_after_flush = True
+            self.flush()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -379,7 +406,7 @@ class Session(asyncio.Protocol):
 
     def deliver(self, job: Job) -> None:
         self.empty_sent = False
-        self._deliveries.append(job)
+        self._deliveries.append((job, job.attempts))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -452,7 +479,14 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_later(self.config.idle_timeout, self._check_timeouts)
-        self.reply(rid, {"server": SERVER_NAME, "idle_timeout": self.config.idle_timeout})
+        self.reply(
+            rid,
+            {
+                "server": SERVER_NAME,
+                "idle_timeout": self.config.idle_timeout,
+                "max_frame": self.config.max_frame,
+            },
+        )
 
     def _on_ping(self, message: Message, now: float) -> None:
         self.reply(message["rid"])
@@ -527,7 +561,15 @@ class Session(asyncio.Protocol):
         if job is None:
             self.reply_error(message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}")
             return
-        self.reply(message["rid"], {"job": job.describe()})
+        described = job.describe()
+        errors = described["errors"]
+        # Many long errors in non-ASCII text could pass the frame limit: the
+        # oldest go first, and the reply says how many were left out.
+        budget = self.config.max_frame // 2
+        while errors and len(encode_frame(described)) > budget:
+            del errors[: max(1, len(errors) // 2)]
+            described["errors_left_out"] = job_errors_count(job) - len(errors)
+        self.reply(message["rid"], {"job": described})
 
     def _on_cancel(self, message: Message, now: float) -> None:
         outcome = self.manager.cancel(message["id"], now)
@@ -542,11 +584,12 @@ class Session(asyncio.Protocol):
     def _on_failed(self, message: Message, now: float) -> None:
         described: list[Message] = []
         budget = self.config.max_frame // 2
-        for job in self.manager.failed_jobs(message.get("limit") or DEFAULT_FAILED_LIMIT):
+        limit = message.get("limit")
+        for job in self.manager.failed_jobs(DEFAULT_FAILED_LIMIT if limit is None else limit):
             entry = job.describe(last_error_only=True)
             budget -= len(encode_frame(entry))
             if budget < 0:
-                break  # the reply must fit in one frame; ask with a smaller limit for more
+                break  # the reply must fit in one frame: the oldest are left out
             described.append(entry)
         self.reply(message["rid"], {"jobs": described})
 

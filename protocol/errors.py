@@ -29,7 +29,8 @@ class ErrorCode(StrEnum):
     AUTH_REQUIRED = "AUTH_REQUIRED"
     AUTH_FAILED = "AUTH_FAILED"
     TIMEOUT = "TIMEOUT"
-    # The request's fault: the connection stays open, since framing is intact.
+    # The request's fault: after the handshake the connection stays open, since
+    # framing is intact (before it, and for a second HELLO, it is closed).
     BAD_REQUEST = "BAD_REQUEST"
     UNKNOWN_OP = "UNKNOWN_OP"
     FORBIDDEN = "FORBIDDEN"
