@@ -23,7 +23,12 @@ from broker.journal import FsyncMode, JournalConfig, JournalError
 from broker.manager import ManagerConfig
 from broker.server import Broker, ExposureRefused
 from protocol.errors import JobwireError
-from protocol.security import client_ssl_context, resolve_token, server_ssl_context
+from protocol.security import (
+    add_peer_arguments,
+    peer_settings,
+    resolve_token,
+    server_ssl_context,
+)
 from protocol.stream import DEFAULT_PORT, install_uvloop
 
 ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed")
@@ -105,11 +110,7 @@ def serve_parser() -> argparse.ArgumentParser:
 def admin_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT")
-    common.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
-    common.add_argument("--token-file", default=None, help="file whose first line is the token")
-    common.add_argument("--tls-ca", default=None, help="CA to verify the broker: connect with TLS")
-    common.add_argument("--tls-cert", default=None, help="client certificate (PEM)")
-    common.add_argument("--tls-key", default=None, help="client certificate's key (PEM)")
+    add_peer_arguments(common)
     parser = argparse.ArgumentParser(prog="python -m broker", description="Administer a broker.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -169,12 +170,7 @@ def print_stats(stats: dict[str, Any]) -> None:
 
 
 async def run_admin(args: argparse.Namespace) -> int:
-    token = resolve_token(args.token, args.token_file)
-    context = (
-        client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key)
-        if args.tls_ca or args.tls_cert
-        else None
-    )
+    token, context = peer_settings(args)
     async with Client(args.connect, token=token, ssl=context, name="admin") as client:
         command: str = args.command
         if command == "stats":

@@ -5,6 +5,7 @@ No sockets here: this builds the values the asyncio layers are handed.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import ipaddress
@@ -71,3 +72,23 @@ def client_ssl_context(
     if cert:
         context.load_cert_chain(cert, key)
     return context
+
+
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The token and TLS options of a program that connects to a broker."""
+    parser.add_argument("--token", default=None, help=f"shared secret (or {TOKEN_ENV})")
+    parser.add_argument("--token-file", default=None, help="file whose first line is the token")
+    parser.add_argument("--tls-ca", default=None, help="CA to verify the broker: connect with TLS")
+    parser.add_argument("--tls-cert", default=None, help="client certificate (PEM)")
+    parser.add_argument("--tls-key", default=None, help="client certificate's key (PEM)")
+
+
+def peer_settings(args: argparse.Namespace) -> tuple[str | None, ssl.SSLContext | None]:
+    """The token and TLS context those options ask for (raises OSError or ValueError)."""
+    token = resolve_token(args.token, args.token_file)
+    context = (
+        client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key)
+        if args.tls_ca or args.tls_cert
+        else None
+    )
+    return token, context

@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from protocol.security import client_ssl_context, resolve_token
+from protocol.security import add_peer_arguments, peer_settings
 from protocol.stream import install_uvloop
 from worker.registry import TaskRegistry, default_registry
 from worker.runtime import Worker, WorkerRefused
@@ -36,11 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
     p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM")
     p.add_argument("--name", default=None, help="name shown in the broker's logs")
-    p.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
-    p.add_argument("--token-file", default=None, help="file whose first line is the token")
-    p.add_argument("--tls-ca", default=None, help="CA to verify the broker: connect with TLS")
-    p.add_argument("--tls-cert", default=None, help="client certificate (PEM)")
-    p.add_argument("--tls-key", default=None, help="client certificate's key (PEM)")
+    add_peer_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -85,12 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot import task module: %s", exc)
         return 2
     try:
-        token = resolve_token(args.token, args.token_file)
-        context = (
-            client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key)
-            if args.tls_ca or args.tls_cert
-            else None
-        )
+        token, context = peer_settings(args)
     except (OSError, ValueError) as exc:
         log.error("bad security settings: %s", exc)
         return 2
