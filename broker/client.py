@@ -111,21 +111,31 @@ MAX_SPECS_PER_FRAME = 10_000
 
 
 def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
-    """Consecutive runs of specs whose SUBMIT frame stays within ``budget`` bytes."""
-    batches: list[list[Message]] = [[]]
+    """Consecutive runs of specs whose SUBMIT frame stays within ``budget`` bytes.
+
+    Raises ``ValueError`` for a payload that no frame could carry.
+    """
+    batches: list[list[Message]] = []
+    batch: list[Message] = []
     size = 0
     for spec in specs:
+        payload = len(spec["payload"])
+        if payload > budget:
+            raise ValueError(
+                f"the arguments of a {spec['task']!r} job encode to {payload} bytes, "
+                f"more than the {budget} a frame can carry"
+            )
         # Names are counted at 4 bytes a character: UTF-8's worst case.
-        cost = (
-            len(spec["payload"])
-            + 4 * (len(spec["task"]) + len(spec.get("queue", "")) + len(spec.get("id", "")))
-            + SPEC_OVERHEAD
-        )
-        if batches[-1] and (size + cost > budget or len(batches[-1]) >= MAX_SPECS_PER_FRAME):
-            batches.append([])
+        cost = payload + SPEC_OVERHEAD + 4 * len(spec["task"])
+        if len(spec) > 2:  # it names a queue or an id
+            cost += 4 * (len(spec.get("queue", "")) + len(spec.get("id", "")))
+        if batch and (size + cost > budget or len(batch) >= MAX_SPECS_PER_FRAME):
+            batches.append(batch)
+            batch = []
             size = 0
-        batches[-1].append(spec)
+        batch.append(spec)
         size += cost
+    batches.append(batch)
     return batches
 
 
@@ -322,9 +332,8 @@ class Client:
         """
         specs = []
         for i, job in enumerate(jobs):
-            unknown = set(job) - SUBMIT_FIELDS
-            if unknown:
-                raise ValueError(f"job {i}: unknown keys {sorted(unknown)}")
+            if not job.keys() <= SUBMIT_FIELDS:
+                raise ValueError(f"job {i}: unknown keys {sorted(set(job) - SUBMIT_FIELDS)}")
             if "task" not in job:
                 raise ValueError(f"job {i}: 'task' is required")
             specs.append(job_spec(**job))
@@ -334,14 +343,7 @@ class Client:
 
     async def _submit_specs(self, specs: list[Message]) -> list[Job]:
         await self._ensure_connection()  # it learns the broker's frame limit
-        limit = self._frame_limit - ENVELOPE_RESERVE
-        for spec in specs:
-            if len(spec["payload"]) > limit:
-                raise ValueError(
-                    f"the arguments of a {spec['task']!r} job encode to {len(spec['payload'])} "
-                    f"bytes, more than the {limit} a frame can carry"
-                )
-        batches = split_into_frames(specs, limit)
+        batches = split_into_frames(specs, self._frame_limit - ENVELOPE_RESERVE)
         if len(batches) == 1:
             return await self._submit_batch(specs)
         # Pipelined on the one connection; each frame is accepted or refused whole.
