@@ -52,6 +52,9 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-backoff", type=float, default=1.0, help="backoff base, seconds")
     parser.add_argument("--retry-backoff-max", type=float, default=300.0, help="backoff cap")
     parser.add_argument("--max-failed", type=int, default=10_000, help="failed jobs kept")
+    parser.add_argument(
+        "--max-results", type=int, default=1_000_000, help="finished jobs' results kept at most"
+    )
     parser.add_argument("--max-jobs", type=int, default=None, help="unfinished jobs held at most")
     parser.add_argument("--max-frame", type=int, default=1024 * 1024, help="largest frame, bytes")
     parser.add_argument("--max-connections", type=int, default=10_000)
@@ -255,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backoff_base=args.retry_backoff,
             backoff_cap=args.retry_backoff_max,
             max_failed=args.max_failed,
+            max_results=args.max_results,
             max_jobs=args.max_jobs,
         ),
         max_frame=args.max_frame,

@@ -173,6 +173,9 @@ class Job:
         ``timeout`` bounds the wait (``TimeoutError``); the job itself goes on.
         Raises :class:`ConnectionLost` if the connection drops while waiting.
         """
+        future = self._outcome
+        if future is not None and future.done() and future.result()["op"] != LOST:
+            return unpack_outcome(future.result())
         future = await self._outcome_future()
         # shield: a caller's timeout must not cancel the future the handle keeps
         async with asyncio.timeout(timeout):
@@ -215,8 +218,14 @@ class Client:
         name: str = "",
         max_frame: int = DEFAULT_MAX_FRAME,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        watch: bool = True,
     ) -> None:
+        """``watch``: have the broker push every submitted job's outcome, so that
+        ``result()`` costs no extra round trip. A producer that rarely awaits
+        results can pass False: ``result()`` then asks for the outcome itself.
+        """
         self.address = address
+        self._watch_on_submit = watch
         self._token = token
         self._ssl = ssl
         self._name = name
@@ -355,15 +364,20 @@ class Client:
         outcomes = self._outcomes
         jobs: list[Job] = []
 
+        watch = self._watch_on_submit
+
         def expect_outcomes(reply: Message) -> None:
             # Runs before the frames after the reply: a DONE may be among them.
             for job_id in reply["ids"]:
+                if not watch:
+                    jobs.append(Job(self, job_id))
+                    continue
                 future = outcomes.get(job_id)
                 if future is None:
                     future = outcomes[job_id] = loop.create_future()
                 jobs.append(Job(self, job_id, future))
 
-        await self._call({"op": Op.SUBMIT, "jobs": specs, "watch": True}, expect_outcomes)
+        await self._call({"op": Op.SUBMIT, "jobs": specs, "watch": watch}, expect_outcomes)
         return jobs
 
     def job(self, job_id: str) -> Job:

@@ -36,6 +36,8 @@ MAX_INTERNED_NAMES = 10_000
 @dataclass(slots=True)
 class ManagerConfig:
     result_ttl: float = 3600.0
+    # Finished (succeeded or cancelled) jobs kept at most; the oldest go first.
+    max_results: int = 1_000_000
     max_attempts: int = 3
     lease: float = 60.0
     backoff_base: float = 1.0
@@ -171,6 +173,8 @@ class JobManager:
         self.journal: JournalSink | None = None
         self._names: dict[str, str] = {}
         self.unfinished = 0
+        # Jobs held by consumers (the same as the sum of the queues' running counts).
+        self.running = 0
         # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
         self.task_defaults: dict[str, dict[str, Any]] = {}
         self.counters = {
@@ -390,6 +394,15 @@ class JobManager:
             best_queue.pop()
             self._reserve(best, consumer, now)
 
+    def _rebuild_leases(self) -> None:
+        """Drop the entries of leases that ended (jobs done), which would pile up until due."""
+        self._leases = [
+            (job.lease_deadline, next(self._tiebreak), job, job.attempts)
+            for consumer in self.consumers
+            for job in consumer.jobs.values()
+        ]
+        heapq.heapify(self._leases)
+
     def _stop_waiting(self, consumer: Consumer) -> None:
         for queue in consumer.queues:
             waiting = self._waiting.get(queue)
@@ -408,7 +421,11 @@ class JobManager:
         counts.running += 1
         consumer.credit -= 1
         consumer.jobs[job.id] = job
-        heapq.heappush(self._leases, (deadline, next(self._tiebreak), job, job.attempts))
+        self.running += 1
+        leases = self._leases
+        heapq.heappush(leases, (deadline, next(self._tiebreak), job, job.attempts))
+        if len(leases) > 2 * self.running + 1024:
+            self._rebuild_leases()
         if self.journal is not None:
             self.journal.job_changed(job)
         consumer.sink.deliver(job)
@@ -439,6 +456,7 @@ class JobManager:
         del owner.jobs[job.id]
         job.owner = None
         self.queues[job.queue].running -= 1
+        self.running -= 1
 
     def ack(self, consumer: Consumer, job_id: str, attempt: int, result: bytes, now: float) -> bool:
         job = self._held(consumer, job_id, attempt, "success")
@@ -584,10 +602,20 @@ class JobManager:
             self._results.append((now + self.config.result_ttl, job))
         if self.journal is not None:
             self.journal.job_changed(job)
+        if len(self._results) > self.config.max_results:
+            self._drop_oldest_result()
         if len(self.queues) > MAX_QUEUES_KEPT:
             self._forget_queue_if_idle(job.queue)
         if self.on_finished is not None:
             self.on_finished(job)
+
+    def _drop_oldest_result(self) -> None:
+        _, job = self._results.popleft()
+        if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
+            del self.jobs[job.id]
+            self.counters["expired"] += 1
+            if self.journal is not None:
+                self.journal.job_deleted(job.id)
 
     def cancel(self, job_id: str, now: float) -> bool | None:
         """Cancel a queued, delayed or running job. None: unknown id; False: already finished."""
@@ -723,6 +751,9 @@ class JobManager:
                 ready.append(job)
         self._seq = itertools.count(max_seq + 1)
         self._results = deque(sorted(self._results, key=lambda entry: entry[0]))
+        while len(self._results) > self.config.max_results:
+            _, dropped = self._results.popleft()
+            del self.jobs[dropped.id]
         failed.sort(key=lambda job: job.finished_at or 0.0)
         for job in failed:
             self.jobs[job.id] = job
@@ -766,7 +797,7 @@ class JobManager:
             "queues": {name: counts.as_dict() for name, counts in sorted(self.queues.items())},
             "jobs": len(self.jobs),
             "unfinished": self.unfinished,
-            "running": sum(counts.running for counts in self.queues.values()),
+            "running": self.running,
             "failed_list": len(self._failed),
             "consumers": len(self.consumers),
             **self.counters,

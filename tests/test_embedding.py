@@ -60,3 +60,26 @@ async def test_burst_worker_process_exits_zero_when_the_queue_is_empty(
         assert await asyncio.to_thread(worker.wait, WAIT) == 0
         assert [await job.result(timeout=WAIT) for job in jobs] == list(range(40))
         assert (await client.stats())["workers"] == 0
+
+
+async def test_a_client_that_does_not_watch_still_gets_results() -> None:
+    registry = TaskRegistry()
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    registry.register(double)
+    broker = Broker(BrokerConfig(port=0))
+    await broker.start()
+    try:
+        async with Client(broker.address, watch=False) as client:
+            jobs = await client.submit_many([{"task": "double", "args": [i]} for i in range(10)])
+            assert client._outcomes == {}  # nothing registered until asked
+            await asyncio.wait_for(
+                Worker(broker.address, registry=registry, burst=True).run(), WAIT
+            )
+            assert [await job.result(timeout=WAIT) for job in jobs] == [2 * i for i in range(10)]
+            finished = [job async for job in client.as_completed(jobs)]
+            assert sorted(job.id for job in finished) == sorted(job.id for job in jobs)
+    finally:
+        await broker.stop()

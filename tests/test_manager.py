@@ -1490,3 +1490,32 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             assert manager.counters["late_reports"] == late + 1
             assert (job.state, job.attempts) == (state, attempts)
         check_invariants(h, slots, submitted, now)
+
+
+def test_max_results_forgets_the_oldest_finished_jobs() -> None:
+    h = Harness(max_results=3)
+    consumer, _ = h.consumer()
+    jobs = [h.submit(float(i)) for i in range(5)]
+    h.manager.grant(consumer, 5, 10.0)
+    for i, job in enumerate(jobs):
+        assert h.manager.ack(consumer, job.id, 1, b"r", 20.0 + i)
+    assert [job.id for job in jobs if job.id in h.manager.jobs] == [j.id for j in jobs[2:]]
+    assert h.manager.counters["expired"] == 2
+    assert h.manager.counters["succeeded"] == 5
+
+
+def test_lease_timers_of_finished_jobs_do_not_pile_up() -> None:
+    h = Harness()
+    consumer, _ = h.consumer()
+    for i in range(20_000):
+        job = h.submit(float(i))
+        h.manager.grant(consumer, 1, float(i))
+        assert h.manager.ack(consumer, job.id, 1, b"", float(i))
+    # Leases of 60 s, none due yet: without pruning there would be 20,000 timers.
+    assert len(h.manager._leases) <= 1024 + 2
+    assert h.manager.running == 0
+    still_running = h.submit(20_000.0)
+    h.manager.grant(consumer, 1, 20_000.0)
+    h.manager.tick(20_000.0 + 61)
+    assert still_running.attempts == 1
+    assert still_running.state is QUEUED  # its lease timer survived the pruning
