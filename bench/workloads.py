@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -99,6 +100,8 @@ class Workload:
     timeout: float = 120.0
     # Set instead of running: the reason the row has no figure (e.g. a missing flag).
     unavailable: str | None = None
+    # Environment for the run (the broker, the workers and the bench's clients).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -363,6 +366,21 @@ async def run_once(
     worker_profile: Path | None = None,
 ) -> Sample:
     """One run: a fresh broker (with the workload's flags), the workload, everything stopped."""
+    saved = {name: os.environ.get(name) for name, _ in workload.env}
+    os.environ.update(dict(workload.env))
+    try:
+        return await _run_once(workload, broker_profile, worker_profile)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+async def _run_once(
+    workload: Workload, broker_profile: Path | None, worker_profile: Path | None
+) -> Sample:
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-") as tmpdir:
         args = [arg.replace("{tmpdir}", tmpdir) for arg in workload.broker_args]
         broker = BrokerProc(args, profile_to=broker_profile)
@@ -599,4 +617,41 @@ def durability(settings: Settings, broker_help: str) -> list[Workload]:
             timeout=timeout,
         )
         for k, (label, args) in enumerate(modes)
+    ] + secured(settings)
+
+
+# A token for the secured runs: the broker, the workers and the bench's
+# clients all take it from the environment.
+BENCH_TOKEN = "jobwire-bench-token"
+
+
+def secured(settings: Settings) -> list[Workload]:
+    """W1 and W4 again with a journal (fsync=batch) and token authentication on."""
+    args = ("--data-dir", "{tmpdir}", "--fsync", "batch")
+    env = (("BROKER_TOKEN", BENCH_TOKEN),)
+    label = "with --data-dir, fsync=batch, and a token"
+    return [
+        Workload(
+            "W1s",
+            f"end to end {label}",
+            settings.n,
+            end_to_end,
+            (Figure("jobs_per_s", f"W1 end to end {label}", THROUGHPUT),),
+            broker_args=args,
+            timeout=60 + settings.n * 0.005,
+            env=env,
+        ),
+        Workload(
+            "W4s",
+            f"round trip {label}",
+            W4_ROUND_TRIPS,
+            round_trip,
+            (
+                Figure("p50_ms", f"W4 round trip p50 {label}", "ms"),
+                Figure("p99_ms", f"W4 round trip p99 {label}", "ms"),
+            ),
+            broker_args=args,
+            timeout=120,
+            env=env,
+        ),
     ]

@@ -17,6 +17,7 @@ import msgpack
 from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
 from protocol.messages import Op, Role
+from protocol.security import resolve_token
 from protocol.stream import (
     DEFAULT_CONNECT_TIMEOUT,
     Connection,
@@ -220,13 +221,15 @@ class Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         watch: bool = True,
     ) -> None:
-        """``watch``: have the broker push every submitted job's outcome, so that
+        """``token``: the shared secret, by default from ``BROKER_TOKEN``.
+
+        ``watch``: have the broker push every submitted job's outcome, so that
         ``result()`` costs no extra round trip. A producer that rarely awaits
         results can pass False: ``result()`` then asks for the outcome itself.
         """
         self.address = address
         self._watch_on_submit = watch
-        self._token = token
+        self._token = token if token is not None else resolve_token()
         self._ssl = ssl
         self._name = name
         self._max_frame = max_frame
