@@ -54,6 +54,7 @@ MAX_RECORD = 64 * 1024 * 1024
 SUBMITTED = "S"  # a new job, with everything fixed at submit time
 CHANGED = "U"  # a job's state after a transition
 DELETED = "D"  # a job forgotten (purged, or dropped from the failed list)
+RESERVED = "R"  # a job handed to a worker: a short CHANGED for the commonest change
 SNAPSHOT_JOB = "J"  # one whole job, in a snapshot
 SNAPSHOT_END = "E"  # the last record of a complete snapshot: the job count
 
@@ -183,6 +184,10 @@ def submitted_record(job: Job) -> list[Any]:
     ]
 
 
+def reserved_record(job: Job) -> list[Any]:
+    return [RESERVED, job.id, job.attempts, job.started_at]
+
+
 def deleted_record(job_id: str) -> list[Any]:
     return [DELETED, job_id]
 
@@ -244,6 +249,12 @@ def replay(records: list[list[Any]], jobs: dict[str, Job]) -> None:
             job = jobs.get(record[1])
             if job is not None:  # else: forgotten later, or expired before a snapshot
                 _apply_change(job, record[2:])
+        elif kind == RESERVED:
+            job = jobs.get(record[1])
+            if job is not None:
+                job.state = JobState.RUNNING
+                job.attempts = record[2]
+                job.started_at = record[3]
         elif kind == SUBMITTED:
             job = _job_from_submitted(record)
             jobs[job.id] = job
@@ -497,6 +508,9 @@ class Journal:
 
     def job_deleted(self, job_id: str) -> None:
         self._append(encode_record(deleted_record(job_id)))
+
+    def job_reserved(self, job: Job) -> None:
+        self._append(encode_record(reserved_record(job)))
 
     def _append(self, record: bytes) -> None:
         self._buffer += record

@@ -65,6 +65,9 @@ class JournalSink(Protocol):
 
     def job_changed(self, job: Job) -> None: ...
 
+    def job_reserved(self, job: Job) -> None:
+        """The most frequent change, worth a record of its own: queued to running."""
+
     def job_deleted(self, job_id: str) -> None: ...
 
 
@@ -427,7 +430,7 @@ class JobManager:
         if len(leases) > 2 * self.running + 1024:
             self._rebuild_leases()
         if self.journal is not None:
-            self.journal.job_changed(job)
+            self.journal.job_reserved(job)
         consumer.sink.deliver(job)
 
     # -- reports from workers -------------------------------------------------

@@ -26,6 +26,7 @@ from broker.journal import (
     read_records,
     recover,
     replay,
+    reserved_record,
     snapshot_record,
     submitted_record,
 )
@@ -48,6 +49,9 @@ class RecordingJournal:
 
     def job_deleted(self, job_id: str) -> None:
         self.data += encode_record(deleted_record(job_id))
+
+    def job_reserved(self, job: Job) -> None:
+        self.data += encode_record(reserved_record(job))
 
 
 class NullSink:
