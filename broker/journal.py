@@ -59,7 +59,7 @@ SNAPSHOT_JOB = "J"  # one whole job, in a snapshot
 SNAPSHOT_END = "E"  # the last record of a complete snapshot: the job count
 
 # How many jobs a compaction step writes before it lets the loop run again.
-COMPACTION_SLICE = 1000
+COMPACTION_SLICE = 500
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _JOURNAL_NAME = re.compile(r"^journal-(\d+)\.jwj$")
@@ -586,6 +586,14 @@ class Journal:
         self._batch_timer = self._loop.call_later(self.config.fsync_interval, self._batch_sync)
 
     # -- compaction --
+
+    async def compact_now(self) -> None:
+        """Start a new generation and write its snapshot now (waits for a running one first)."""
+        if self._compaction is not None and not self._compaction.done():
+            await asyncio.shield(self._compaction)
+        self._open_generation(self.generation + 1)
+        self._compaction = asyncio.get_running_loop().create_task(self._compact(self.generation))
+        await asyncio.shield(self._compaction)
 
     def _maybe_compact(self) -> None:
         if self._compaction is not None and not self._compaction.done():
