@@ -334,7 +334,17 @@ class Client:
             lease=lease,
             job_id=job_id,
         )
-        return (await self._submit_specs([spec]))[0]
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return (await self._submit_specs([spec]))[0]
+        # The common case, kept short: it is most of what a producer does.
+        if len(spec["payload"]) > self._frame_limit - ENVELOPE_RESERVE:
+            split_into_frames([spec], self._frame_limit - ENVELOPE_RESERVE)  # raises
+        jobs: list[Job] = []
+        watch = self._watch_on_submit
+        message = {"op": Op.SUBMIT, "jobs": [spec], "watch": watch}
+        await connection.call(message, self._outcome_hook(jobs, watch))
+        return jobs[0]
 
     async def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Submit many jobs in one round trip; each dict has ``submit``'s parameter names.
@@ -363,14 +373,21 @@ class Client:
         return [job for jobs in submitted for job in jobs]
 
     async def _submit_batch(self, specs: list[Message]) -> list[Job]:
+        jobs: list[Job] = []
+        watch = self._watch_on_submit
+        message = {"op": Op.SUBMIT, "jobs": specs, "watch": watch}
+        await self._call(message, self._outcome_hook(jobs, watch))
+        return jobs
+
+    def _outcome_hook(self, jobs: list[Job], watch: bool) -> ReplyHook:
+        """The SUBMIT reply's hook: fills ``jobs``, each watched job with its outcome future.
+
+        It runs before the frames after the reply, and a DONE may be among them.
+        """
         loop = asyncio.get_running_loop()
         outcomes = self._outcomes
-        jobs: list[Job] = []
-
-        watch = self._watch_on_submit
 
         def expect_outcomes(reply: Message) -> None:
-            # Runs before the frames after the reply: a DONE may be among them.
             for job_id in reply["ids"]:
                 if not watch:
                     jobs.append(Job(self, job_id))
@@ -380,8 +397,7 @@ class Client:
                     future = outcomes[job_id] = loop.create_future()
                 jobs.append(Job(self, job_id, future))
 
-        await self._call({"op": Op.SUBMIT, "jobs": specs, "watch": watch}, expect_outcomes)
-        return jobs
+        return expect_outcomes
 
     def job(self, job_id: str) -> Job:
         """The handle of a job submitted earlier, by anyone."""
