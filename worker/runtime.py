@@ -160,6 +160,7 @@ class Worker:
             await self._cancel_all("shutdown")
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+            log.info("stopped after %d job(s)", self.jobs_done)
 
     def stop(self) -> None:
         """Begin a graceful stop: no new jobs; running ones get ``grace`` seconds."""
@@ -473,4 +474,13 @@ def _encode_result(result: Any, limit: int) -> bytes:
     return encoded
 
 
-__all__ = ["JobInfo", "ProtocolError", "Worker", "current_job"]
+__all__ = [
+    "BadPayload",
+    "JobInfo",
+    "JobTimeout",
+    "UnencodableResult",
+    "UnknownTask",
+    "Worker",
+    "WorkerRefused",
+    "current_job",
+]
