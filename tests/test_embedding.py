@@ -83,3 +83,17 @@ async def test_a_client_that_does_not_watch_still_gets_results() -> None:
             assert sorted(job.id for job in finished) == sorted(job.id for job in jobs)
     finally:
         await broker.stop()
+
+
+def test_a_worker_listens_on_the_queues_its_tasks_name() -> None:
+    registry = TaskRegistry()
+
+    def plain() -> None: ...
+
+    def mail() -> None: ...
+
+    registry.register(plain)
+    registry.register(mail, queue="emails")
+    assert Worker(registry=registry).queues == ["default", "emails"]
+    assert Worker(registry=registry, queues=["only"]).queues == ["only"]
+    assert Worker(registry=TaskRegistry()).queues == ["default"]

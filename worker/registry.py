@@ -81,8 +81,8 @@ class TaskRegistry:
         return sorted(self._tasks)
 
     def queues(self) -> list[str]:
-        """The queues named by registered tasks."""
-        return sorted({t.queue for t in self._tasks.values() if t.queue})
+        """The queues its tasks are meant for (``default`` for a task that names none)."""
+        return sorted({t.queue or "default" for t in self._tasks.values()})
 
 
 # What `@task` registers into, and what a worker serves unless given another.
