@@ -174,7 +174,9 @@ class BrokerProc(Proc):
 class WorkerProc(Proc):
     """``python -m worker bench.tasks --concurrency 8 --log-level warning --connect ADDRESS``."""
 
-    def __init__(self, address: str, *, profile_to: Path | None = None) -> None:
+    def __init__(
+        self, address: str, *, profile_to: Path | None = None, extra: Sequence[str] = ()
+    ) -> None:
         super().__init__(
             "worker",
             [
@@ -187,6 +189,7 @@ class WorkerProc(Proc):
                 "warning",
                 "--connect",
                 address,
+                *extra,
             ],
             profile_to=profile_to,
         )

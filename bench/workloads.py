@@ -61,6 +61,7 @@ class Run:
     broker: BrokerProc
     n: int
     worker_profile: Path | None = None
+    worker_args: tuple[str, ...] = ()
     procs: list[Proc] = field(default_factory=list)
     # How far the run got ("submitted", "results"): reported if it times out.
     counts: dict[str, int] = field(default_factory=dict)
@@ -73,7 +74,7 @@ class Run:
         profile_to = self.worker_profile
         if profile_to is not None and any(isinstance(p, WorkerProc) for p in self.procs):
             profile_to = None  # only the first worker of a run is profiled
-        worker = WorkerProc(self.address, profile_to=profile_to)
+        worker = WorkerProc(self.address, profile_to=profile_to, extra=self.worker_args)
         self.procs.append(worker)
         return worker
 
@@ -102,6 +103,8 @@ class Workload:
     unavailable: str | None = None
     # Environment for the run (the broker, the workers and the bench's clients).
     env: tuple[tuple[str, str], ...] = ()
+    # Flags added to every `python -m worker` of the run.
+    worker_args: tuple[str, ...] = ()
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -384,7 +387,9 @@ async def _run_once(
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-") as tmpdir:
         args = [arg.replace("{tmpdir}", tmpdir) for arg in workload.broker_args]
         broker = BrokerProc(args, profile_to=broker_profile)
-        run = Run(broker, workload.n, worker_profile=worker_profile)
+        run = Run(
+            broker, workload.n, worker_profile=worker_profile, worker_args=workload.worker_args
+        )
         try:
             async with asyncio.timeout(workload.timeout):
                 return await workload.run(run)
@@ -606,18 +611,47 @@ def durability(settings: Settings, broker_help: str) -> list[Workload]:
             modes.append((f"fsync={mode}", ("--data-dir", "{tmpdir}", "--fsync", mode)))
     else:
         modes.append(("--data-dir", ("--data-dir", "{tmpdir}")))
+    return (
+        [
+            Workload(
+                f"W2d-{k}",
+                f"W2 with durability, {label}",
+                n,
+                submit_many_only,
+                (Figure(figure, f"W2 with durability, W2a, {label}", unit),),
+                broker_args=args,
+                timeout=timeout,
+            )
+            for k, (label, args) in enumerate(modes)
+        ]
+        + secured(settings)
+        + prefetched(settings)
+    )
+
+
+def prefetched(settings: Settings) -> list[Workload]:
+    """W1 and W3 with workers that take 56 jobs beyond their 8 slots (credit 64)."""
+    args = ("--prefetch", "56")
     return [
         Workload(
-            f"W2d-{k}",
-            f"W2 with durability, {label}",
-            n,
-            submit_many_only,
-            (Figure(figure, f"W2 with durability, W2a, {label}", unit),),
-            broker_args=args,
-            timeout=timeout,
-        )
-        for k, (label, args) in enumerate(modes)
-    ] + secured(settings)
+            "W1p",
+            "end to end, worker --prefetch 56",
+            settings.n,
+            end_to_end,
+            (Figure("jobs_per_s", "W1 end to end, worker --prefetch 56", THROUGHPUT),),
+            timeout=60 + settings.n * 0.005,
+            worker_args=args,
+        ),
+        Workload(
+            "W3p",
+            "drain, worker --prefetch 56",
+            settings.n,
+            drain,
+            (Figure("jobs_per_s", "W3 drain, worker --prefetch 56", THROUGHPUT),),
+            timeout=60 + settings.n * 0.005,
+            worker_args=args,
+        ),
+    ]
 
 
 # A token for the secured runs: the broker, the workers and the bench's

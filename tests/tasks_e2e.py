@@ -54,3 +54,11 @@ async def unencodable() -> object:
 @task(name="custom.name", timeout=0.3)
 async def sleeps_past_timeout(seconds: float) -> None:
     await asyncio.sleep(seconds)
+
+
+@task
+async def timed_nap(seconds: float) -> list[float]:
+    """Sleeps; returns when it really ran, as seen by the worker: [start, end]."""
+    start = time.time()
+    await asyncio.sleep(seconds)
+    return [start, time.time()]

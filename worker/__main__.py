@@ -32,6 +32,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--connect", default="127.0.0.1:7878", help="broker HOST:PORT")
     p.add_argument("--concurrency", type=int, default=4, help="jobs run at once")
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        help="jobs taken beyond --concurrency, to wait here for a slot (default 0)",
+    )
     p.add_argument("--queues", default=None, help="comma-separated queues (default: default)")
     p.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
     p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM")
@@ -90,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.connect,
         registry=registry,
         concurrency=args.concurrency,
+        prefetch=args.prefetch,
         queues=queues,
         burst=args.burst,
         token=token,

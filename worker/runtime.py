@@ -17,6 +17,7 @@ import random
 import ssl as ssl_module
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def error_info(exc: BaseException) -> dict[str, str]:
 class _Running:
     """A job this worker runs: its delivery, its task, and why it was stopped."""
 
-    __slots__ = ("delivery", "lease", "started", "stop_reason", "task")
+    __slots__ = ("delivery", "lease", "outcome", "started", "stop_reason", "task")
 
     def __init__(self, delivery: Message) -> None:
         self.delivery = delivery
@@ -80,6 +81,8 @@ class _Running:
         self.task: asyncio.Task[None] | None = None
         # Set before the task is cancelled: "revoked", "shutdown" or "lost".
         self.stop_reason: str | None = None
+        # How it ended, for the log: set by whoever ends it.
+        self.outcome: str | None = None
 
 
 class Worker:
@@ -96,9 +99,12 @@ class Worker:
         name: str = "",
         grace: float = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        prefetch: int = 0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if prefetch < 0:
+            raise ValueError("prefetch must be at least 0")
         self.address = address
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency
@@ -109,8 +115,15 @@ class Worker:
         self.name = name
         self.grace = grace
         self.max_frame = max_frame
+        # Jobs taken beyond the running ones, so that a freed slot never waits a
+        # round trip for its next job. They count as running at the broker (their
+        # leases are renewed like the others') and wait here in arrival order.
+        self.prefetch = prefetch
         self.jobs_done = 0
+        # Every job this worker holds, executing or waiting for a slot.
         self._running: dict[str, _Running] = {}
+        self._waiting: deque[_Running] = deque()
+        self._executing = 0
         self._connection: Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
@@ -167,9 +180,11 @@ class Worker:
         if self._stopping:
             return
         self._stopping = True
-        log.info("stopping: %d job(s) running, waiting up to %gs", len(self._running), self.grace)
+        log.info("stopping: %d job(s) running, waiting up to %gs", self._executing, self.grace)
         if self._connection is not None and self._connection.is_open:
             self._connection.send({"op": Op.QUIET})
+        for waiting in list(self._waiting):
+            self._stop_job(waiting, "shutdown")  # never started: hand back at once
         if self._stopped is not None:
             self._stopped.set()
 
@@ -221,7 +236,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat_loop(connection))
         stopped = asyncio.create_task(self._wait_stopped())
         try:
-            free = self.concurrency - len(self._running)
+            free = self.concurrency + self.prefetch - len(self._running)
             if free > 0 and not self._stopping:
                 connection.send({"op": Op.READY, "n": free})
             closed: asyncio.Future[Any] = connection.closed
@@ -262,9 +277,27 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _stop_job(self, running: _Running, reason: str) -> None:
-        if running.task is not None and not running.task.done():
-            running.stop_reason = running.stop_reason or reason
-            running.task.cancel()
+        if running.task is not None:
+            if not running.task.done():
+                running.stop_reason = running.stop_reason or reason
+                running.task.cancel()
+            return
+        # Still waiting for a slot: nothing to cancel, only the slot to settle.
+        if running not in self._waiting:
+            return
+        self._waiting.remove(running)
+        job_id = running.delivery["id"]
+        if self._running.get(job_id) is running:
+            del self._running[job_id]
+        connection = self._connection
+        if connection is None or not connection.is_open or reason == "lost":
+            return
+        if reason == "shutdown":
+            connection.send(
+                {"op": Op.RELEASE, "id": job_id, "attempt": running.delivery["attempt"]}
+            )
+        elif not self._stopping:
+            self._give_back_slot(connection)
 
     # -- pushes from the broker --------------------------------------------------
 
@@ -301,7 +334,12 @@ class Worker:
         if previous is not None:
             self._stop_job(previous, "revoked")  # an older attempt, already given away
         self._running[delivery["id"]] = running
-        running.task = asyncio.create_task(self._run_job(running, connection))
+        if self._executing < self.concurrency:
+            self._launch(running, connection)
+        else:
+            self._waiting.append(running)
+            if self._log_jobs:
+                log.info("job %s %s waits for a slot", delivery["id"], delivery["task"])
         if self._heartbeat_wake is not None and (
             running.lease / HEARTBEAT_FRACTION < self._heartbeat_interval
         ):
@@ -309,63 +347,83 @@ class Worker:
 
     # -- running one job ---------------------------------------------------------
 
+    def _launch(self, running: _Running, connection: Connection) -> None:
+        self._executing += 1
+        running.started = time.perf_counter()
+        task = running.task = asyncio.create_task(self._run_job(running, connection))
+        # A callback, not a finally: it runs even if the task is cancelled
+        # before it starts (say, a REVOKE in the same read as the JOBS).
+        task.add_done_callback(lambda _: self._job_done(running, connection))
+
+    def _launch_waiting(self, connection: Connection) -> None:
+        """A slot is free: start the job that has waited longest for one."""
+        if self._waiting and not self._stopping and connection.is_open:
+            self._launch(self._waiting.popleft(), connection)
+
     async def _run_job(self, running: _Running, connection: Connection) -> None:
+        """Run the task and report; the bookkeeping after it is :meth:`_job_done`'s."""
         delivery = running.delivery
         job_id: str = delivery["id"]
         attempt: int = delivery["attempt"]
-        task_name: str = delivery["task"]
         report: Message
-        outcome = "succeeded"
         if self._log_jobs:
-            log.info("job %s %s started (attempt %d)", job_id, task_name, attempt)
+            log.info("job %s %s started (attempt %d)", job_id, delivery["task"], attempt)
         try:
-            try:
-                result = await self._call_task(delivery)
-                report = {
-                    "op": Op.ACK,
-                    "id": job_id,
-                    "attempt": attempt,
-                    "result": _encode_result(result, self.max_frame - ENVELOPE_RESERVE),
-                }
-            except asyncio.CancelledError:
-                if running.stop_reason is None:
-                    raise  # not ours: the worker itself is being torn down
-                outcome = running.stop_reason
-                if running.stop_reason == "shutdown":
-                    report = {"op": Op.RELEASE, "id": job_id, "attempt": attempt}
-                else:
-                    # Revoked (cancelled, or lease lost) or connection lost: the
-                    # broker has moved on and expects nothing for this attempt.
-                    return
-            except Retry as exc:
-                outcome = f"retry in {exc.delay:g}s"
-                report = {
-                    "op": Op.FAIL,
-                    "id": job_id,
-                    "attempt": attempt,
-                    "error": error_info(exc),
-                    "retry_in": exc.delay,
-                }
-            except Exception as exc:
-                outcome = f"failed: {type(exc).__name__}: {exc}"
-                report = {"op": Op.FAIL, "id": job_id, "attempt": attempt, "error": error_info(exc)}
-            if connection.is_open:
-                connection.send(report)
-        finally:
-            # The same job may be redelivered here while this attempt winds down.
-            if self._running.get(job_id) is running:
-                del self._running[job_id]
-            self.jobs_done += 1
-            if self._log_jobs:
-                log.info(
-                    "job %s %s %s in %.3fs",
-                    job_id,
-                    task_name,
-                    outcome,
-                    time.perf_counter() - running.started,
-                )
-            if connection.is_open and not self._stopping and running.stop_reason != "lost":
-                self._give_back_slot(connection)
+            result = await self._call_task(delivery)
+            report = {
+                "op": Op.ACK,
+                "id": job_id,
+                "attempt": attempt,
+                "result": _encode_result(result, self.max_frame - ENVELOPE_RESERVE),
+            }
+            running.outcome = "succeeded"
+        except asyncio.CancelledError:
+            if running.stop_reason is None:
+                raise  # not ours: the worker itself is being torn down
+            return  # _job_done settles it by the reason
+        except Retry as exc:
+            running.outcome = f"retry in {exc.delay:g}s"
+            report = {
+                "op": Op.FAIL,
+                "id": job_id,
+                "attempt": attempt,
+                "error": error_info(exc),
+                "retry_in": exc.delay,
+            }
+        except Exception as exc:
+            running.outcome = f"failed: {type(exc).__name__}: {exc}"
+            report = {"op": Op.FAIL, "id": job_id, "attempt": attempt, "error": error_info(exc)}
+        if connection.is_open:
+            connection.send(report)
+
+    def _job_done(self, running: _Running, connection: Connection) -> None:
+        """A job's task ended, however (even cancelled before it began): settle its slot."""
+        delivery = running.delivery
+        job_id: str = delivery["id"]
+        # The same job may be redelivered here while this attempt winds down.
+        if self._running.get(job_id) is running:
+            del self._running[job_id]
+        self._executing -= 1
+        self.jobs_done += 1
+        reason = running.stop_reason
+        if running.outcome is None and reason is not None:
+            running.outcome = reason
+            if reason == "shutdown" and connection.is_open:
+                # Cancelled unfinished: hand it back to run again elsewhere, uncounted.
+                connection.send({"op": Op.RELEASE, "id": job_id, "attempt": delivery["attempt"]})
+            # Revoked (cancelled, or lease lost) or connection lost: the broker
+            # has moved on and expects nothing for this attempt.
+        if self._log_jobs:
+            log.info(
+                "job %s %s %s in %.3fs",
+                job_id,
+                delivery["task"],
+                running.outcome or "ended",
+                time.perf_counter() - running.started,
+            )
+        self._launch_waiting(connection)
+        if connection.is_open and not self._stopping and reason != "lost":
+            self._give_back_slot(connection)
 
     def _give_back_slot(self, connection: Connection) -> None:
         """Credit one slot back to the broker; the slots freed in one loop turn go as one READY."""
