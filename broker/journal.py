@@ -29,7 +29,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -407,7 +407,12 @@ class Journal:
         self.synced = 0
         self.journal_bytes = 0
         self.snapshot_bytes = 0
-        self._syncing = False
+        # The fsync running in a thread, if any: one at a time.
+        self._sync_in_flight: asyncio.Future[None] | None = None
+        # Journal files replaced by a newer generation, awaiting their last fsync.
+        self._retired: list[int] = []
+        # A journal file was created since the directory was last fsync'd.
+        self._directory_dirty = False
         self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
         self._batch_timer: asyncio.TimerHandle | None = None
         self._jobs_view: Callable[[], dict[str, Job]] | None = None
@@ -441,41 +446,46 @@ class Journal:
         return recovered.jobs
 
     def start(self, jobs_view: Callable[[], dict[str, Job]]) -> None:
-        """Begin a new generation and write from the running loop.
-
-        The recovered state is compacted into a snapshot at once, so the next
-        start reads the live state, not the history.
-        """
+        """Begin a new generation and write from the running loop."""
         self._loop = asyncio.get_running_loop()
         self._jobs_view = jobs_view
         self._open_generation(self.generation + 1)
         if self.config.fsync is FsyncMode.BATCH:
             self._batch_timer = self._loop.call_later(self.config.fsync_interval, self._batch_sync)
-        self._compaction = self._loop.create_task(self._compact(self.generation))
+
+    def compact_soon(self) -> None:
+        """Snapshot the state in the background (after recovery: so the next start reads
+        the live state, not the history)."""
+        if self._loop is not None and (self._compaction is None or self._compaction.done()):
+            self._compaction = self._loop.create_task(self._compact(self.generation))
 
     def _open_generation(self, generation: int) -> None:
+        """Switch to a new journal file. Its fsync, the directory's, and the last one
+        of the file it replaces happen in the sync thread (:func:`_sync_files`)."""
         path = self.directory / f"journal-{generation}.jwj"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if os.fstat(fd).st_size == 0:
             os.write(fd, file_header(KIND_JOURNAL))
-        os.fsync(fd)
-        fsync_directory(self.directory)
         if self._fd >= 0:
-            os.close(self._fd)
+            # Its unsynced records still need their fsync: the sync thread
+            # does it, then closes it; a sync in flight may be using it now.
+            self._retired.append(self._fd)
         self._fd = fd
+        self._directory_dirty = True
         self.generation = generation
         self.journal_bytes = 0
+        self._start_sync()
 
     def abandon(self) -> None:
         """Release the directory after a failed start, writing nothing more."""
         self._closed = True
         if self._batch_timer is not None:
             self._batch_timer.cancel()
-        if self._compaction is not None:
-            self._compaction.cancel()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in [*self._retired, self._fd]:
+            if fd >= 0:
+                os.close(fd)
+        self._retired = []
+        self._fd = -1
         self._lock.release()
 
     async def close(self) -> None:
@@ -490,8 +500,18 @@ class Journal:
         if self._batch_timer is not None:
             self._batch_timer.cancel()
         self.flush_writes()
+        if self._sync_in_flight is not None:
+            await asyncio.gather(self._sync_in_flight, return_exceptions=True)
         if self._fd >= 0:
-            os.fsync(self._fd)
+            assert self._loop is not None
+            retired, self._retired = self._retired, []
+            await self._loop.run_in_executor(
+                None,
+                _sync_files,
+                retired,
+                self._fd,
+                self.directory if self._directory_dirty else None,
+            )
             os.close(self._fd)
             self._fd = -1
         self.synced = self.appended
@@ -549,15 +569,20 @@ class Journal:
         self._start_sync()
 
     def _start_sync(self) -> None:
-        if self._syncing or self._fd < 0 or self._loop is None or self.synced >= self.written:
+        if self._sync_in_flight is not None or self._fd < 0 or self._loop is None:
             return
-        self._syncing = True
+        if self.synced >= self.written and not self._retired and not self._directory_dirty:
+            return
         target = self.written
-        future = self._loop.run_in_executor(None, os.fsync, self._fd)
+        retired, self._retired = self._retired, []
+        directory = self.directory if self._directory_dirty else None
+        self._directory_dirty = False
+        future = self._loop.run_in_executor(None, _sync_files, retired, self._fd, directory)
+        self._sync_in_flight = future
         future.add_done_callback(lambda done: self._synced(done, target))
 
     def _synced(self, done: asyncio.Future[None], target: int) -> None:
-        self._syncing = False
+        self._sync_in_flight = None
         if done.cancelled():
             return
         error = done.exception()
@@ -567,8 +592,9 @@ class Journal:
             raise SystemExit(3)
         self.synced = max(self.synced, target)
         self._release_waiters()
-        if self.synced < self.written and (
-            self._durable_waiters or self.config.fsync is FsyncMode.ALWAYS
+        if self._retired or (
+            self.synced < self.written
+            and (self._durable_waiters or self.config.fsync is FsyncMode.ALWAYS)
         ):
             self._start_sync()
 
@@ -656,19 +682,18 @@ class Journal:
         )
 
 
+def _sync_files(retired: list[int], current: int, directory: Path | None) -> None:
+    """In the sync thread: the last fsync of replaced journals (then close them), the
+    current journal's, and the directory's when a journal file was created in it."""
+    for fd in retired:
+        os.fsync(fd)
+        os.close(fd)
+    os.fsync(current)
+    if directory is not None:
+        fsync_directory(directory)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def iter_files(directory: Path) -> Iterator[Path]:
-    """The journal and snapshot files of a data directory, oldest generation first."""
-    entries = []
-    for path in directory.iterdir():
-        for pattern in (_SNAPSHOT_NAME, _JOURNAL_NAME):
-            match = pattern.match(path.name)
-            if match:
-                entries.append((int(match.group(1)), path.name, path))
-    for _, _, path in sorted(entries):
-        yield path

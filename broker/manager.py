@@ -29,7 +29,8 @@ log = logging.getLogger("broker.manager")
 
 # Idle queues are kept (for stats) while there are at most this many queues.
 MAX_QUEUES_KEPT = 1000
-# Task and queue names shared between jobs, at most this many of them.
+# Task and queue names shared between jobs, and tasks with announced
+# defaults: at most this many of each.
 MAX_INTERNED_NAMES = 10_000
 
 
@@ -215,7 +216,8 @@ class JobManager:
                 entry["lease"] = float(lease)
             checked[name] = entry
         for name, entry in checked.items():
-            self.task_defaults.setdefault(name, {}).update(entry)
+            if name in self.task_defaults or len(self.task_defaults) < MAX_INTERNED_NAMES:
+                self.task_defaults.setdefault(name, {}).update(entry)
         return None
 
     def check_capacity(self, count: int) -> None:

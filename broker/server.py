@@ -74,10 +74,11 @@ class Broker:
                 "or --token-file), or pass --insecure if this network is trusted."
             )
 
-    def _open_journal(self, config: JournalConfig) -> None:
+    async def _open_journal(self, config: JournalConfig) -> None:
         """Recover the state the journal holds, then record every change from now on."""
         journal = Journal(config)
-        recovered = journal.open()
+        # Reading the files is blocking work: a thread, so an embedding app's loop runs on.
+        recovered = await self.loop.run_in_executor(None, journal.open)
         try:
             journal.start(lambda: self.manager.jobs)
             self.manager.journal = journal
@@ -86,6 +87,7 @@ class Broker:
             journal.abandon()
             raise
         self.journal = journal
+        journal.compact_soon()
         stats = self.manager.stats()
         log.info(
             "restored %d unfinished and %d finished jobs (%d failed)",
@@ -102,7 +104,7 @@ class Broker:
         self.check_exposure()
         self._loop = asyncio.get_running_loop()
         if self.config.journal is not None:
-            self._open_journal(self.config.journal)
+            await self._open_journal(self.config.journal)
         self._server = await self._loop.create_server(
             lambda: Session(self),
             self.config.host,

@@ -58,10 +58,6 @@ HELD_BACK_BATCH = 64
 DELIVERY_BATCH_SHARE = 2
 
 
-def job_errors_count(job: Job) -> int:
-    return len(job.errors or ())
-
-
 def done_message(job: Job) -> Message:
     """The DONE push announcing a finished job's outcome."""
     message: Message = {"op": Op.DONE, "id": job.id, "state": job.state.value}
@@ -566,9 +562,10 @@ class Session(asyncio.Protocol):
         # Many long errors in non-ASCII text could pass the frame limit: the
         # oldest go first, and the reply says how many were left out.
         budget = self.config.max_frame // 2
+        kept = len(errors)
         while errors and len(encode_frame(described)) > budget:
             del errors[: max(1, len(errors) // 2)]
-            described["errors_left_out"] = job_errors_count(job) - len(errors)
+            described["errors_left_out"] = kept - len(errors)
         self.reply(message["rid"], {"job": described})
 
     def _on_cancel(self, message: Message, now: float) -> None:

@@ -145,3 +145,32 @@ async def test_a_revoked_job_delivered_again_in_the_same_turn_goes_out_once() ->
     deliveries = [(d["id"], d["attempt"]) for m in frames if m["op"] == "JOBS" for d in m["jobs"]]
     assert deliveries == [(job.id, 2)]
     assert [m["op"] for m in frames].count("REVOKE") == 1
+
+
+async def test_compactions_under_fsync_always_keep_every_acknowledged_job(tmp_path: Path) -> None:
+    """Each compaction retires the journal file while fsyncs of it may be in flight."""
+    config = JournalConfig(tmp_path, fsync=FsyncMode.ALWAYS, compact_min_bytes=20_000)
+    broker = Broker(BrokerConfig(port=0, journal=config))
+    await broker.start()
+    try:
+        client = await RawPeer.connect(broker.address)
+        assert (await client.hello())["op"] == "OK"
+        acknowledged: list[str] = []
+        for rid in range(1, 61):
+            jobs = [{"task": "t", "payload": PAYLOAD, "id": f"j{rid}-{i}"} for i in range(50)]
+            await client.send({"op": "SUBMIT", "rid": rid, "jobs": jobs})
+            reply = await client.read()
+            assert reply["op"] == "OK"
+            acknowledged += reply["ids"]
+        journal = broker.journal
+        assert journal is not None
+        assert journal.compactions >= 3
+        client.close()
+    finally:
+        await broker.stop()
+    again = Broker(BrokerConfig(port=0, journal=JournalConfig(tmp_path)))
+    await again.start()
+    try:
+        assert sorted(again.manager.jobs) == sorted(acknowledged)
+    finally:
+        await again.stop()
