@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
-from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
+from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.messages import Op, Role
 from protocol.security import resolve_token
 from protocol.stream import (
@@ -25,8 +25,6 @@ from protocol.stream import (
     ReplyHook,
     open_connection,
 )
-
-_packb = msgpack.Packer(use_bin_type=True).pack
 
 # Marks an outcome future whose connection dropped; a plain value rather than
 # an exception, so an outcome nobody awaits never logs "exception never retrieved".
@@ -68,7 +66,7 @@ class JobCancelled(JobFailed):
 
 def encode_payload(args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> bytes:
     """A job's arguments as the msgpack bytes the worker decodes: ``[args, kwargs]``."""
-    payload: bytes = _packb([list(args), dict(kwargs) if kwargs else {}])
+    payload: bytes = packb([list(args), dict(kwargs) if kwargs else {}])
     return payload
 
 

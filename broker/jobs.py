@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
+from protocol.states import JobState
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    DELAYED = "delayed"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        # Identity, not a set: hashing an enum member runs Python code.
-        return self is JobState.SUCCEEDED or self is JobState.FAILED or self is JobState.CANCELLED
+__all__ = ["Job", "JobState", "order_key", "sequence_of"]
 
 
 # Heap order key = -priority * PRIORITY_STRIDE + sequence: one int compares

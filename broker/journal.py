@@ -38,6 +38,7 @@ from typing import Any
 import msgpack
 
 from broker.jobs import Job, JobState, order_key, sequence_of
+from protocol.framing import packb
 
 log = logging.getLogger("broker.journal")
 
@@ -61,7 +62,6 @@ SNAPSHOT_END = "E"  # the last record of a complete snapshot: the job count
 # How many jobs a compaction step writes before it lets the loop run again.
 COMPACTION_SLICE = 500
 
-_packb = msgpack.Packer(use_bin_type=True).pack
 _JOURNAL_NAME = re.compile(r"^journal-(\d+)\.jwj$")
 _SNAPSHOT_NAME = re.compile(r"^snapshot-(\d+)\.jws$")
 
@@ -96,7 +96,7 @@ def file_header(kind: bytes) -> bytes:
 
 
 def encode_record(body: list[Any]) -> bytes:
-    data: bytes = _packb(body)
+    data: bytes = packb(body)
     return RECORD_HEAD.pack(len(data), zlib.crc32(data)) + data
 
 

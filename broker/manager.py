@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.jobs import Job, JobState, order_key, sequence_of
+from protocol.job_spec import JobSpec
 
 log = logging.getLogger("broker.manager")
 
@@ -228,25 +229,17 @@ class JobManager:
                 f"{count} more would pass the limit of {limit}"
             )
 
-    def submit(
-        self,
-        task: str,
-        payload: bytes,
-        now: float,
-        *,
-        queue: str = "default",
-        priority: int = 0,
-        delay: float = 0.0,
-        max_attempts: int | None = None,
-        timeout: float | None = None,
-        lease: float | None = None,
-        job_id: str | None = None,
-    ) -> tuple[Job, bool]:
+    def submit(self, spec: JobSpec, now: float) -> tuple[Job, bool]:
         """Accept a job; return it and whether it is new.
 
-        A ``job_id`` the manager still knows returns the existing job
+        A ``spec.job_id`` the manager still knows returns the existing job
         unchanged (idempotent submit). Raises :class:`QueueFullError`.
         """
+        job_id = spec.job_id
+        max_attempts = spec.max_attempts
+        lease = spec.lease
+        delay = spec.delay
+        priority = spec.priority
         if job_id is not None:
             existing = self.jobs.get(job_id)
             if existing is not None:
@@ -258,8 +251,8 @@ class JobManager:
         self.check_capacity(1)
         # Every job's task and queue name arrives as a new string; share one.
         names = self._names
-        task = names.get(task) or self._intern(task)
-        queue = names.get(queue) or self._intern(queue)
+        task = names.get(spec.task) or self._intern(spec.task)
+        queue = names.get(spec.queue) or self._intern(spec.queue)
         if max_attempts is None or lease is None:
             defaults = self.task_defaults.get(task)
             if defaults is not None:
@@ -268,12 +261,12 @@ class JobManager:
         job = Job(
             job_id,
             task,
-            payload,
+            spec.payload,
             queue,
             priority,
             order_key(priority, next(self._seq)),
             max(1, max_attempts or self.config.max_attempts),
-            timeout or None,
+            spec.timeout or None,
             lease or self.config.lease,
             now,
         )

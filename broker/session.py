@@ -20,6 +20,7 @@ from broker.jobs import Job, JobState
 from broker.manager import Consumer, QueueFullError
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import ENVELOPE_RESERVE, FrameDecoder, encode_frame
+from protocol.job_spec import JobSpec
 from protocol.messages import PROTOCOL_VERSION, Op, Role, request_id, validate_request
 from protocol.security import proof_matches
 
@@ -515,18 +516,7 @@ class Session(asyncio.Protocol):
         already_done: list[Job] = []
         watch = message.get("watch", False)
         for spec in specs:
-            job, _ = submit(
-                spec["task"],
-                spec["payload"],
-                now,
-                queue=spec.get("queue") or "default",
-                priority=spec.get("priority") or 0,
-                delay=spec.get("delay") or 0.0,
-                max_attempts=spec.get("max_attempts"),
-                timeout=spec.get("timeout"),
-                lease=spec.get("lease"),
-                job_id=spec.get("id"),
-            )
+            job, _ = submit(JobSpec.from_wire(spec), now)
             ids.append(job.id)
             if watch:
                 if job.state.finished:

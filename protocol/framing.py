@@ -26,7 +26,8 @@ DEFAULT_MAX_FRAME = 1024 * 1024
 # Lengths above this cannot be represented in the 4-byte prefix.
 ABSOLUTE_MAX_FRAME = 2**32 - 1
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+# The one msgpack encoder (bin type for bytes): frames, payloads, results, journal records.
+packb = msgpack.Packer(use_bin_type=True).pack
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -39,7 +40,7 @@ def encode_frame(message: Any) -> bytes:
     Raises ``TypeError``, ``ValueError`` or ``OverflowError`` (from msgpack)
     when the message holds something msgpack cannot encode: the caller's bug.
     """
-    body: bytes = _packb(message)
+    body: bytes = packb(message)
     return len(body).to_bytes(4, "big") + body
 
 

@@ -31,6 +31,7 @@ from broker.journal import (
     submitted_record,
 )
 from broker.manager import Consumer, JobManager, ManagerConfig
+from tests.builders import submit_job
 
 PATH = Path("journal-1.jwj")
 
@@ -247,10 +248,12 @@ def test_replaying_the_journal_gives_the_live_state(
         consumer = consumers[n % 2]
         held = list(consumer.jobs.values())
         if op == "submit":
-            manager.submit("t", bytes([n]), now, priority=n % 3, queue=("default", "other")[n % 2],
-                           max_attempts=1 + n % 3)  # fmt: skip
+            queue = ("default", "other")[n % 2]
+            submit_job(
+                manager, "t", bytes([n]), now, priority=n % 3, queue=queue, max_attempts=1 + n % 3
+            )
         elif op == "delay":
-            manager.submit("t", b"", now, delay=1 + n % 5, job_id=f"d{n % 7}")
+            submit_job(manager, "t", b"", now, delay=1 + n % 5, job_id=f"d{n % 7}")
         elif op == "grant":
             manager.grant(consumer, 1 + n % 3, now)
         elif op in ("ack", "fail", "retry_in", "release") and held:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from broker.jobs import MAX_ERRORS_KEPT, Job, JobState
 from broker.manager import Consumer, JobManager, ManagerConfig, QueueFullError
+from tests.builders import submit_job
 
 QUEUED = JobState.QUEUED
 DELAYED = JobState.DELAYED
@@ -73,7 +74,7 @@ class Harness:
         return consumer, sink
 
     def submit(self, now: float = 0.0, **options: Any) -> Job:
-        job, created = self.manager.submit("task", b"payload", now, **options)
+        job, created = submit_job(self.manager, "task", b"payload", now, **options)
         assert created
         return job
 
@@ -184,7 +185,7 @@ def test_consumer_dedupes_queues_in_order() -> None:
 
 def test_submit_queues_the_job() -> None:
     h = Harness()
-    job, created = h.manager.submit("add", b"args", 12.5)
+    job, created = submit_job(h.manager, "add", b"args", 12.5)
     assert created
     assert job.id == "t-1"
     assert job.task == "add"
@@ -245,8 +246,8 @@ def test_generated_ids_never_collide_with_client_chosen_ids() -> None:
 def test_submit_with_a_known_id_returns_the_existing_job(state: JobState) -> None:
     h = Harness(max_attempts=1)
     consumer, _ = h.consumer()
-    job, created = h.manager.submit(
-        "task", b"first", 0.0, job_id="fixed", delay=5.0 if state is DELAYED else 0.0
+    job, created = submit_job(
+        h.manager, "task", b"first", 0.0, job_id="fixed", delay=5.0 if state is DELAYED else 0.0
     )
     assert created
     if state in (RUNNING, SUCCEEDED, FAILED):
@@ -260,8 +261,8 @@ def test_submit_with_a_known_id_returns_the_existing_job(state: JobState) -> Non
     assert job.state is state
     before = h.snapshot()
 
-    again, created = h.manager.submit(
-        "other", b"second", 2.0, job_id="fixed", queue="elsewhere", priority=9, delay=3.0
+    again, created = submit_job(
+        h.manager, "other", b"second", 2.0, job_id="fixed", queue="elsewhere", priority=9, delay=3.0
     )
 
     assert again is job
@@ -284,11 +285,11 @@ def test_a_finished_id_is_new_again_once_its_result_expires(finish: str) -> None
         assert h.manager.cancel("fixed", 1.0)
 
     h.manager.tick(10.9)
-    assert h.manager.submit("task", b"", 10.9, job_id="fixed") == (job, False)
+    assert submit_job(h.manager, "task", b"", 10.9, job_id="fixed") == (job, False)
 
     h.manager.tick(11.0)
     assert h.manager.get("fixed") is None
-    fresh, created = h.manager.submit("task", b"again", 11.0, job_id="fixed")
+    fresh, created = submit_job(h.manager, "task", b"again", 11.0, job_id="fixed")
     assert created
     assert fresh is not job
     assert fresh.state is QUEUED
@@ -306,24 +307,24 @@ def test_submit_past_max_jobs_is_refused_and_changes_nothing() -> None:
     before = h.snapshot()
 
     with pytest.raises(QueueFullError):
-        h.manager.submit("task", b"", 1.0, queue="new")
+        submit_job(h.manager, "task", b"", 1.0, queue="new")
     with pytest.raises(QueueFullError):
-        h.manager.submit("task", b"", 1.0, job_id="brand-new")
+        submit_job(h.manager, "task", b"", 1.0, job_id="brand-new")
 
     assert h.snapshot() == before
     assert "new" not in h.manager.queues
     assert h.manager.get("brand-new") is None
     # A known id is still answered while the broker is full.
-    assert h.manager.submit("task", b"", 1.0, job_id=first.id) == (first, False)
+    assert submit_job(h.manager, "task", b"", 1.0, job_id=first.id) == (first, False)
     # Running jobs count too.
     consumer, _ = h.consumer()
     h.manager.grant(consumer, 1, 1.0)
     assert first.state is RUNNING
     with pytest.raises(QueueFullError):
-        h.manager.submit("task", b"", 1.0)
+        submit_job(h.manager, "task", b"", 1.0)
     # A finished job makes room.
     assert h.manager.ack(consumer, first.id, 1, b"", 2.0)
-    _, created = h.manager.submit("task", b"", 2.0)
+    _, created = submit_job(h.manager, "task", b"", 2.0)
     assert created
     assert h.manager.unfinished == 2
     with pytest.raises(QueueFullError):
@@ -1158,7 +1159,7 @@ def test_purge_failed_forgets_the_failed_jobs() -> None:
     assert h.manager.retry_failed(None, 4.0) == 0
     assert h.manager.purge_failed() == 0
     # The ids are free again.
-    fresh, created = h.manager.submit("task", b"", 5.0, job_id=jobs[0].id)
+    fresh, created = submit_job(h.manager, "task", b"", 5.0, job_id=jobs[0].id)
     assert created
     assert fresh is not jobs[0]
 
@@ -1244,25 +1245,25 @@ def test_stats_shape_and_counters() -> None:
 
 def test_announced_task_defaults_apply_to_later_submits() -> None:
     h = Harness(max_attempts=3, lease=60.0)
-    before = h.manager.submit("resize", b"", 0.0)[0]
+    before = submit_job(h.manager, "resize", b"", 0.0)[0]
     assert h.manager.announce_tasks({"resize": {"max_attempts": 7, "lease": 5}}) is None
     assert h.manager.task_defaults == {"resize": {"max_attempts": 7, "lease": 5.0}}
     assert isinstance(h.manager.task_defaults["resize"]["lease"], float)
 
-    default, _ = h.manager.submit("resize", b"", 1.0)
+    default, _ = submit_job(h.manager, "resize", b"", 1.0)
     assert (default.max_attempts, default.lease) == (7, 5.0)
-    explicit, _ = h.manager.submit("resize", b"", 1.0, max_attempts=2, lease=9.0)
+    explicit, _ = submit_job(h.manager, "resize", b"", 1.0, max_attempts=2, lease=9.0)
     assert (explicit.max_attempts, explicit.lease) == (2, 9.0)
-    half, _ = h.manager.submit("resize", b"", 1.0, lease=9.0)
+    half, _ = submit_job(h.manager, "resize", b"", 1.0, lease=9.0)
     assert (half.max_attempts, half.lease) == (7, 9.0)
-    other, _ = h.manager.submit("other", b"", 1.0)
+    other, _ = submit_job(h.manager, "other", b"", 1.0)
     assert (other.max_attempts, other.lease) == (3, 60.0)
     assert (before.max_attempts, before.lease) == (3, 60.0)
 
     # A later announcement of one field replaces that field and keeps the other.
     assert h.manager.announce_tasks({"resize": {"lease": 2.5}, "email": {}}) is None
     assert h.manager.task_defaults == {"resize": {"max_attempts": 7, "lease": 2.5}, "email": {}}
-    job, _ = h.manager.submit("resize", b"", 2.0)
+    job, _ = submit_job(h.manager, "resize", b"", 2.0)
     assert (job.max_attempts, job.lease) == (7, 2.5)
 
     # The announced lease is what the lease timer uses.
@@ -1420,7 +1421,8 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
         held = sorted(consumer.jobs.values(), key=lambda job: job.id)
         if operation == "submit":
             delay = data.draw(st.sampled_from([0.0, 0.0, 0.5, 4.0, 12.0]), label="delay")
-            job, created = manager.submit(
+            job, created = submit_job(
+                manager,
                 "task",
                 b"",
                 now,

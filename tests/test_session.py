@@ -16,6 +16,7 @@ from broker.session import Session
 from fuzz.targets import FakeTransport
 from protocol.framing import ENVELOPE_RESERVE, FrameDecoder, encode_frame
 from protocol.messages import PROTOCOL_VERSION
+from tests.builders import submit_job
 from tests.rawpeer import RawPeer
 
 PAYLOAD = msgpack.packb([[1], {}])
@@ -93,7 +94,7 @@ async def test_status_of_a_job_with_huge_errors_fits_in_a_frame() -> None:
     broker = Broker(BrokerConfig(port=0))
     broker.adopt_running_loop()
     client = Peer(broker, "client")
-    job, _ = broker.manager.submit("t", PAYLOAD, 0.0, max_attempts=100)
+    job, _ = submit_job(broker.manager, "t", PAYLOAD, 0.0, max_attempts=100)
     wide = "\U0001f4a5" * 70_000  # 4 bytes each in UTF-8
     for attempt in range(30):
         job.add_error({"type": wide, "message": wide, "traceback": wide, "attempt": attempt})
@@ -136,7 +137,7 @@ async def test_a_revoked_job_delivered_again_in_the_same_turn_goes_out_once() ->
     broker = Broker(BrokerConfig(port=0))
     broker.adopt_running_loop()
     worker = Peer(broker, "worker")
-    job, _ = broker.manager.submit("t", PAYLOAD, 0.0, lease=1.0)
+    job, _ = submit_job(broker.manager, "t", PAYLOAD, 0.0, lease=1.0)
     consumer = worker.session.consumer
     assert consumer is not None
     broker.manager.grant(consumer, 2, 0.0)  # delivered (not yet sent) ...

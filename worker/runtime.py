@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import ConnectionLost, JobwireError, ProtocolError, RemoteError
-from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
+from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.messages import Op, Role
 from protocol.stream import Connection, Message, open_connection
 from worker.registry import TaskRegistry, default_registry
@@ -34,7 +34,6 @@ from worker.retry import Retry
 
 log = logging.getLogger("worker")
 
-_packb = msgpack.Packer(use_bin_type=True).pack
 
 RECONNECT_BASE = 0.1
 RECONNECT_CAP = 10.0
@@ -518,7 +517,7 @@ class UnencodableResult(JobwireError, TypeError):
 
 def _encode_result(result: Any, limit: int) -> bytes:
     try:
-        encoded: bytes = _packb(result)
+        encoded: bytes = packb(result)
     except Exception as exc:
         raise UnencodableResult(
             f"the task's return value of type {type(result).__name__} cannot be encoded "

@@ -1,0 +1,82 @@
+"""One job to submit, as one object from the producer's call to the broker's manager.
+
+:class:`JobSpec` is what ``Client.submit`` builds, what a ``SUBMIT`` frame's
+``jobs`` entries carry (:meth:`JobSpec.to_wire`, :meth:`JobSpec.from_wire`)
+and what ``JobManager.submit`` takes. A new job option is one field here, one
+entry in :data:`WIRE_NAMES` and one ``Field`` in ``protocol.messages.JOB_SPEC``
+(a test holds the three to the same names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+DEFAULT_QUEUE: Final = "default"
+
+# Attribute name -> key in a SUBMIT job entry, where the two differ.
+WIRE_NAMES: Final = {
+    "task": "task",
+    "payload": "payload",
+    "queue": "queue",
+    "priority": "priority",
+    "delay": "delay",
+    "max_attempts": "max_attempts",
+    "timeout": "timeout",
+    "lease": "lease",
+    "job_id": "id",
+}
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A job to submit. ``payload`` is the msgpack encoding of ``[args, kwargs]``.
+
+    ``None`` for ``max_attempts``, ``timeout`` or ``lease`` means: the task's
+    announced default, else the broker's.
+    """
+
+    task: str
+    payload: bytes
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    delay: float = 0.0
+    max_attempts: int | None = None
+    timeout: float | None = None
+    lease: float | None = None
+    job_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``SUBMIT`` entry: only the fields that differ from their defaults."""
+        wire: dict[str, Any] = {"task": self.task, "payload": self.payload}
+        if self.queue != DEFAULT_QUEUE:
+            wire["queue"] = self.queue
+        if self.priority:
+            wire["priority"] = self.priority
+        if self.delay:
+            wire["delay"] = self.delay
+        if self.max_attempts is not None:
+            wire["max_attempts"] = self.max_attempts
+        if self.timeout is not None:
+            wire["timeout"] = self.timeout
+        if self.lease is not None:
+            wire["lease"] = self.lease
+        if self.job_id is not None:
+            wire["id"] = self.job_id
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> JobSpec:
+        """A ``SUBMIT`` entry that :func:`protocol.messages.validate_request` accepted."""
+        get = wire.get
+        return cls(
+            wire["task"],
+            wire["payload"],
+            get("queue") or DEFAULT_QUEUE,
+            get("priority") or 0,
+            get("delay") or 0.0,
+            get("max_attempts"),
+            get("timeout"),
+            get("lease"),
+            get("id"),
+        )
