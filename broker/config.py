@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from broker.journal import JournalConfig
 from broker.manager import ManagerConfig
 from protocol.framing import DEFAULT_MAX_FRAME
+
+if TYPE_CHECKING:  # only a type here: sessions need the config, not the journal
+    from broker.journal import JournalConfig
 
 
 @dataclass(slots=True)

@@ -1,13 +1,19 @@
-"""The asyncio server: owns the listener, the sessions, the journal and the timer.
+"""The asyncio server: owns the listener, the journal, the timer and the shared state.
 
-:class:`Broker` is the state that every :class:`~broker.session.Session`
-shares, passed to each one (no globals). It can run inside any asyncio
-program::
+:class:`Broker` builds the :class:`~broker.state.BrokerState` that every
+:class:`~broker.session.Session` is given (no globals, and no session ever
+sees the server). It can run inside any asyncio program::
 
     broker = Broker(BrokerConfig(port=0))
     await broker.start()
     ...  # broker.port is the real port
     await broker.stop()
+
+Storage failures reach it as a state, not an exception: while the journal
+cannot take records :attr:`Broker.storage_failure` is set, the sessions
+refuse new work with ``STORAGE_FAILED``, the manager hands out no new jobs,
+and all of it undoes itself when the journal recovers. An embedding app
+reads the property (or ``stats()["storage"]``) and decides what to do.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import time
 from typing import Any
 
 from broker.config import BrokerConfig
-from broker.jobs import Job
+from broker.durability import StorageFailure
 from broker.journal import Journal, JournalConfig
 from broker.manager import JobManager
-from broker.session import Session, done_message
+from broker.session import Session
+from broker.state import BrokerState
 from protocol.framing import encode_frame
-from protocol.messages import Op, Role
+from protocol.messages import Op
 from protocol.security import is_loopback
 
 log = logging.getLogger("broker")
@@ -35,18 +42,18 @@ class ExposureRefused(ValueError):
 
 class Broker:
     def __init__(self, config: BrokerConfig | None = None) -> None:
-        self.config = config or BrokerConfig()
-        self.manager = JobManager(self.config.manager, on_finished=self._job_finished)
-        self.sessions: set[Session] = set()
-        self.burst_sessions: set[Session] = set()
-        self.shutting_down = False
+        self.config = config = config or BrokerConfig()
+        self.manager = JobManager(config.manager)
+        self.state = BrokerState(config, self.manager, arm_timer=self.arm_timer)
+        self.manager.on_finished = self.state.job_finished
+        self.journal: Journal | None = None
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
-        self._sessions_gone: asyncio.Event | None = None
-        self.journal: Journal | None = None
-        self.started_at = time.time()
+        # Set when storage fails for good (another writer took over): stop serving.
+        self.fatal_failure: StorageFailure | None = None
+        self._fatal = asyncio.Event()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -63,6 +70,19 @@ class Broker:
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
+
+    @property
+    def sessions(self) -> set[Session]:
+        return self.state.sessions
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.state.shutting_down
+
+    @property
+    def storage_failure(self) -> StorageFailure | None:
+        """Why storage cannot take records now, or None while it works."""
+        return self.state.gate.failure
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond this machine with no token, unless told it is on purpose."""
@@ -87,6 +107,9 @@ class Broker:
             journal.abandon()
             raise
         self.journal = journal
+        self.state.gate = journal
+        self.state.storage_stats = journal.stats
+        journal.add_failure_listener(self._storage_changed)
         journal.compact_soon()
         stats = self.manager.stats()
         log.info(
@@ -95,6 +118,19 @@ class Broker:
             stats["jobs"] - stats["unfinished"],
             stats["failed_list"],
         )
+
+    def _storage_changed(self, failure: StorageFailure | None) -> None:
+        """The journal's listener: pause or resume handing out jobs; stop if fenced out."""
+        if failure is None:
+            self.manager.resume_dispatch(time.time())
+            self.arm_timer()
+        elif failure.fatal:
+            self.fatal_failure = failure
+            log.critical("%s: this broker stops serving", failure.describe())
+            self._abort_everything()
+            self._fatal.set()
+        else:
+            self.manager.pause_dispatch()
 
     def adopt_running_loop(self) -> None:
         """Use the running loop without listening: for driving sessions by hand (fuzzing)."""
@@ -106,7 +142,7 @@ class Broker:
         if self.config.journal is not None:
             await self._open_journal(self.config.journal)
         self._server = await self._loop.create_server(
-            lambda: Session(self),
+            lambda: Session(self.state),
             self.config.host,
             self.config.port,
             reuse_address=True,
@@ -122,9 +158,17 @@ class Broker:
         log.info("listening on %s:%d", self.config.host, self.port)
 
     async def serve_until(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set (or storage fails for good), then stop."""
         await self.start()
         try:
-            await stop.wait()
+            stopping = asyncio.ensure_future(stop.wait())
+            fatal = asyncio.ensure_future(self._fatal.wait())
+            try:
+                await asyncio.wait({stopping, fatal}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in (stopping, fatal):
+                    waiter.cancel()
+                await asyncio.gather(stopping, fatal, return_exceptions=True)
         finally:
             await self.stop()
 
@@ -132,21 +176,25 @@ class Broker:
         """Stop accepting, tell everyone, flush, and close within ``shutdown_grace``."""
         if self._server is None:
             return
-        self.shutting_down = True
+        state = self.state
+        state.shutting_down = True
         self._server.close()
         goodbye = encode_frame({"op": Op.SHUTDOWN})
-        for session in list(self.sessions):
+        for session in list(state.sessions):
             session.send_frame(goodbye)
             session.close()
-        if self.sessions:
-            self._sessions_gone = asyncio.Event()
+        if state.sessions:
+            gone = asyncio.Event()
+            state.when_no_sessions(gone.set)
             try:
                 async with asyncio.timeout(self.config.shutdown_grace):
-                    await self._sessions_gone.wait()
+                    await gone.wait()
             except TimeoutError:
-                log.warning("%d connections did not close in time; aborting", len(self.sessions))
-                for session in list(self.sessions):
+                log.warning("%d connections did not close in time; aborting", len(state.sessions))
+                for session in list(state.sessions):
                     session.abort()
+            finally:
+                state.when_no_sessions(None)
         await self._server.wait_closed()
         if self._timer is not None:
             self._timer.cancel()
@@ -155,19 +203,13 @@ class Broker:
         self._server = None
         log.info("stopped")
 
-    def session_closed(self, session: Session) -> None:
-        if self._sessions_gone is not None and not self.sessions:
-            self._sessions_gone.set()
-
-    def _job_finished(self, job: Job) -> None:
-        watchers: list[Session] = job.take_watchers()
-        if watchers:
-            frame = encode_frame(done_message(job))
-            for session in watchers:
-                session.push_outcome(frame)
-        if self.burst_sessions:
-            for session in list(self.burst_sessions):
-                session.check_burst_empty()
+    def _abort_everything(self) -> None:
+        """Fenced out: say nothing more to anyone (another broker owns the jobs now)."""
+        self.state.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.state.sessions):
+            session.abort()
 
     # -- time -----------------------------------------------------------------
 
@@ -194,17 +236,4 @@ class Broker:
     # -- questions ----------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        stats = self.manager.stats()
-        stats["workers"] = sum(1 for s in self.sessions if s.role == Role.WORKER)
-        stats["clients"] = sum(1 for s in self.sessions if s.role == Role.CLIENT)
-        stats["connections"] = len(self.sessions)
-        stats["uptime"] = time.time() - self.started_at
-        if self.journal is not None:
-            stats["journal"] = {
-                "generation": self.journal.generation,
-                "journal_bytes": self.journal.journal_bytes,
-                "snapshot_bytes": self.journal.snapshot_bytes,
-                "compactions": self.journal.compactions,
-                "fsync": self.journal.config.fsync.value,
-            }
-        return stats
+        return self.state.stats()

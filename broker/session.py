@@ -1,9 +1,13 @@
-"""One connection to the broker: decode frames, check them, run the handler.
+"""One connection to the broker: frames in, the handshake, then routed requests.
 
-A :class:`Session` is an ``asyncio.Protocol``. Everything it does is
-synchronous: frames in, calls into the :class:`~broker.manager.JobManager`,
-frames out. Output is coalesced: whatever a loop turn produces for a peer
-leaves in one ``write``. Handlers are looked up by op in one table.
+A :class:`Session` is an ``asyncio.Protocol`` over the sans-I/O pieces:
+:class:`~protocol.framing.FrameDecoder` and the message validator turn bytes
+into checked messages; the handshake (``WELCOME``, ``HELLO``, the token's
+proof, the role) is here; every later request goes through the one table
+:data:`~broker.handlers.ROUTES` to the handler object of the peer's role;
+everything the broker says goes through the connection's one writer,
+:class:`~broker.output.Output`. A session is given the config and the
+shared :class:`~broker.state.BrokerState`, never the server.
 """
 
 from __future__ import annotations
@@ -12,20 +16,16 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from broker.jobs import Job, JobState
-from broker.manager import Consumer, QueueFullError
+from broker.handlers import ROUTES, ClientHandlers, PeerHandlers, WorkerHandlers
+from broker.manager import QueueFullError
+from broker.output import Output
+from broker.state import BrokerState
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.framing import ENVELOPE_RESERVE, FrameDecoder, encode_frame
-from protocol.job_spec import JobSpec
+from protocol.framing import ENVELOPE_RESERVE, FrameDecoder
 from protocol.messages import PROTOCOL_VERSION, Op, Role, request_id, validate_request
 from protocol.security import proof_matches
-
-if TYPE_CHECKING:
-    from broker.server import Broker
 
 log = logging.getLogger("broker.session")
 
@@ -34,117 +34,57 @@ Message = dict[str, Any]
 SERVER_NAME = "jobwire"
 NONCE_SIZE = 16
 
-# Ops each role may send once the handshake is done.
-CLIENT_OPS = frozenset(
-    {
-        Op.PING,
-        Op.SUBMIT,
-        Op.WATCH,
-        Op.STATUS,
-        Op.CANCEL,
-        Op.STATS,
-        Op.FAILED,
-        Op.RETRY,
-        Op.PURGE_FAILED,
-    }
-)
-WORKER_OPS = frozenset(
-    {Op.PING, Op.STATS, Op.READY, Op.ACK, Op.FAIL, Op.RELEASE, Op.HEARTBEAT, Op.QUIET}
-)
-DEFAULT_FAILED_LIMIT = 100
-# DONE pushes held back from a slow peer go out this many per write.
-HELD_BACK_BATCH = 64
-# Deliveries are cut into JOBS frames whose payloads add up to at most this
-# share of the peer's frame limit, so the envelope always fits too.
-DELIVERY_BATCH_SHARE = 2
-
-
-def done_message(job: Job) -> Message:
-    """The DONE push announcing a finished job's outcome."""
-    message: Message = {"op": Op.DONE, "id": job.id, "state": job.state.value}
-    if job.state is JobState.SUCCEEDED:
-        message["result"] = job.result
-    else:
-        error = job.last_error
-        if job.state is JobState.CANCELLED:
-            message["error"] = {"type": "Cancelled", "message": "the job was cancelled"}
-        elif error is not None:
-            message["error"] = {
-                "type": error["type"],
-                "message": error["message"],
-                "traceback": error.get("traceback") or "",
-            }
-    return message
-
 
 class Session(asyncio.Protocol):
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.config = broker.config
-        self.manager = broker.manager
-        self.loop = broker.loop
-        self.decoder = FrameDecoder(self.config.max_frame)
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, state: BrokerState) -> None:
+        self.state = state
+        self.config = config = state.config
+        self.manager = state.manager
+        self.loop = asyncio.get_running_loop()
+        self.decoder = FrameDecoder(config.max_frame)
+        self.output: Output
         self.peer = "?"
         self.role: str | None = None
         self.name = ""
         self.nonce = os.urandom(NONCE_SIZE)
-        self.consumer: Consumer | None = None
-        self.burst = False
-        self.empty_sent = False
-        self._out: list[bytes] = []
-        self._deliveries: list[tuple[Job, int]] = []
-        self._flush_scheduled = False
-        self._reading_paused = False
-        self._stall_timer: asyncio.TimerHandle | None = None
-        self._awaiting_disk = False
-        self._held_back: deque[bytes] = deque()
-        self._held_back_bytes = 0
-        self._close_after_flush = False
+        # The role's handlers, from the handshake on.
+        self.handlers: PeerHandlers | None = None
+        self.worker: WorkerHandlers | None = None
         self._closing = False
         self._last_seen = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         # A payload or result must leave room for the envelope around it in
         # a JOBS or DONE frame, which must fit the peer's frame limit.
-        self.payload_limit = self.config.max_frame - ENVELOPE_RESERVE
-        self._handlers: dict[str, Callable[[Message, float], None]] = {
-            Op.HELLO: self._on_hello,
-            Op.PING: self._on_ping,
-            Op.SUBMIT: self._on_submit,
-            Op.WATCH: self._on_watch,
-            Op.STATUS: self._on_status,
-            Op.CANCEL: self._on_cancel,
-            Op.STATS: self._on_stats,
-            Op.FAILED: self._on_failed,
-            Op.RETRY: self._on_retry,
-            Op.PURGE_FAILED: self._on_purge_failed,
-            Op.READY: self._on_ready,
-            Op.ACK: self._on_ack,
-            Op.FAIL: self._on_fail,
-            Op.RELEASE: self._on_release,
-            Op.HEARTBEAT: self._on_heartbeat,
-            Op.QUIET: self._on_quiet,
-        }
+        self.payload_limit = config.max_frame - ENVELOPE_RESERVE
 
     def __repr__(self) -> str:
         return f"<Session {self.role or 'new'} {self.name or self.peer}>"
+
+    @property
+    def is_worker(self) -> bool:
+        return self.role == Role.WORKER
+
+    @property
+    def is_client(self) -> bool:
+        return self.role == Role.CLIENT
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
-        self.transport = transport = cast(asyncio.Transport, transport)
+        transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        transport.set_write_buffer_limits(high=self.config.output_pause_bytes)
-        self.broker.sessions.add(self)
-        if len(self.broker.sessions) > self.config.max_connections:
+        self.output = Output(transport, self.loop, self.config, self.state.gate, self.__repr__)
+        state = self.state
+        state.register(self)
+        if len(state.sessions) > self.config.max_connections:
             self.fail_connection(
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"the broker serves at most {self.config.max_connections} connections",
             )
             return
-        if self.broker.shutting_down:
+        if state.shutting_down:
             self.fail_connection(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
             return
         self.send(
@@ -154,7 +94,8 @@ class Session(asyncio.Protocol):
                 "server": SERVER_NAME,
                 "nonce": self.nonce,
                 "auth": self.config.token is not None,
-            }
+            },
+            durable=False,
         )
         self._timer = self.loop.call_later(self.config.handshake_timeout, self._check_timeouts)
 
@@ -172,34 +113,44 @@ class Session(asyncio.Protocol):
             self.handle(message, now)
             if self._closing:
                 break
-        self.broker.arm_timer()
+        self.state.arm_timer()
 
     def handle(self, message: Any, now: float) -> None:
         """Run one decoded message; reply with an error rather than raise."""
         try:
             op = validate_request(message)
         except ProtocolError as exc:
-            if self.role is None:
+            if self.handlers is None:
                 self.fail_connection(exc.code, exc.message, request_id(message))
             else:
                 self.reply_error(request_id(message), exc.code, exc.message)
             return
-        if self.role is None and op != Op.HELLO:
-            code = ErrorCode.AUTH_REQUIRED if self.config.token else ErrorCode.HANDSHAKE_REQUIRED
-            self.fail_connection(code, f"{op} before the HELLO handshake", message.get("rid"))
-            return
-        if self.role is not None:
+        handlers = self.handlers
+        if handlers is None:
             if op == Op.HELLO:
-                self.fail_connection(ErrorCode.BAD_REQUEST, "a second HELLO", message["rid"])
-                return
-            allowed = WORKER_OPS if self.role == Role.WORKER else CLIENT_OPS
-            if op not in allowed:
-                self.reply_error(
-                    message.get("rid"), ErrorCode.FORBIDDEN, f"a {self.role} may not send {op}"
+                self._on_hello(message)
+            else:
+                code = (
+                    ErrorCode.AUTH_REQUIRED if self.config.token else ErrorCode.HANDSHAKE_REQUIRED
                 )
+                self.fail_connection(code, f"{op} before the HELLO handshake", message.get("rid"))
+            return
+        route = ROUTES.get(op)
+        if route is None:  # HELLO, the only op without a route
+            self.fail_connection(ErrorCode.BAD_REQUEST, "a second HELLO", message["rid"])
+            return
+        if self.role not in route.roles:
+            self.reply_error(
+                message.get("rid"), ErrorCode.FORBIDDEN, f"a {self.role} may not send {op}"
+            )
+            return
+        if route.changes_jobs:
+            failure = self.state.gate.failure
+            if failure is not None:
+                self.reply_error(message["rid"], ErrorCode.STORAGE_FAILED, failure.describe())
                 return
         try:
-            self._handlers[op](message, now)
+            route.handler(handlers, message, now)
         except QueueFullError as exc:
             self.reply_error(message.get("rid"), ErrorCode.QUEUE_FULL, str(exc))
         except Exception:
@@ -210,206 +161,70 @@ class Session(asyncio.Protocol):
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-        self._held_back.clear()
-        self.broker.sessions.discard(self)
-        if self.consumer is not None:
-            self.manager.detach(self.consumer, time.time(), "worker connection closed")
-            self.broker.burst_sessions.discard(self)
-            self.broker.arm_timer()
+        self.output.connection_lost()
+        if self.worker is not None:
+            self.worker.detach(time.time(), "worker connection closed")
+            self.state.arm_timer()
             log.info("worker %s disconnected", self.name or self.peer)
-        self.transport = None
-        self.broker.session_closed(self)
+        self.state.unregister(self)
 
     def pause_writing(self) -> None:
-        # The peer reads slower than we produce. Stop reading its requests
-        # until it catches up, hold its DONE pushes back as job references
-        # (the results are stored anyway), and drop it if it stays stuck.
-        if self.transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
-            self._stall_timer = self.loop.call_later(
-                self.config.output_stall_timeout, self._drop_stalled
-            )
+        # The peer reads slower than we produce: stop reading its requests
+        # until it catches up (the output holds its DONE pushes back).
+        if not self.output.paused and not self._closing:
+            self.output.pause()
+            transport = self.output.transport
+            if transport is not None:
+                transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and self._reading_paused:
-            self._reading_paused = False
-            if self._stall_timer is not None:
-                self._stall_timer.cancel()
-                self._stall_timer = None
-            self.transport.resume_reading()
-            self._send_held_back_outcomes()
+        if self.output.paused:
+            transport = self.output.transport
+            if transport is not None:
+                transport.resume_reading()
+            self.output.resume()
 
-    def _on_durable(self) -> None:
-        self._awaiting_disk = False
-        self.flush()
+    # -- output ---------------------------------------------------------------------
 
-    def _drop_stalled(self) -> None:
-        self._stall_timer = None
-        if self.transport is None or self._closing:
-            return
-        log.warning(
-            "dropping %s: it reads too slowly (no progress for %gs, %d bytes and %d results "
-            "waiting)",
-            self,
-            self.config.output_stall_timeout,
-            self.transport.get_write_buffer_size(),
-            len(self._held_back),
-        )
-        self.abort()
-
-    def push_outcome(self, frame: bytes) -> None:
-        """Send a watched job's DONE now, or once a slow peer has caught up.
-
-        Held-back frames are the outcome as it was when the job finished (it
-        may be retried since); they count against ``output_drop_bytes``.
-        """
-        if self.transport is None or self._closing:
-            return  # the watcher went away
-        if not self._reading_paused:
-            self.send_frame(frame)
-            return
-        self._held_back.append(frame)
-        self._held_back_bytes += len(frame)
-        waiting = self._held_back_bytes + self.transport.get_write_buffer_size()
-        if waiting > self.config.output_drop_bytes:
-            log.warning("dropping %s: it reads too slowly (%d bytes waiting)", self, waiting)
-            self.abort()
-
-    def _send_held_back_outcomes(self) -> None:
-        held = self._held_back
-        while held and not self._reading_paused and not self._closing:
-            for _ in range(min(len(held), HELD_BACK_BATCH)):
-                frame = held.popleft()
-                self._held_back_bytes -= len(frame)
-                self._out.append(frame)
-            self.flush()  # write() calls pause_writing() again once the buffer is full
-
-    # -- output -----------------------------------------------------------------
-
-    def send(self, message: Message) -> None:
-        self.send_frame(encode_frame(message))
+    def send(self, message: Message, durable: bool = True) -> None:
+        self.output.send(message, durable)
 
     def send_frame(self, frame: bytes) -> None:
-        if self.transport is None or self._closing:
-            return
-        self._out.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+        self.output.send_frame(frame)
+
+    def push_outcome(self, frame: bytes) -> None:
+        """A watched job finished (the state's fan-out calls this)."""
+        self.output.push_outcome(frame)
 
     def flush(self) -> None:
-        self._flush_scheduled = False
-        if self._deliveries:
-            self._encode_deliveries()
-        transport = self.transport
-        if transport is None:
-            return
-        if not self._out:
-            if self._close_after_flush:
-                transport.close()
-            return
-        journal = self.broker.journal
-        if journal is not None:
-            # What we are about to say may acknowledge changes: they go to the
-            # journal first, and in fsync=always mode we wait for the disk.
-            journal.flush_writes()
-            upto = journal.appended
-            if not journal.is_durable(upto):
-                if not self._awaiting_disk:
-                    self._awaiting_disk = True
-                    journal.when_durable(upto, self._on_durable)
-                return
-        out = self._out
-        self._out = []
-        transport.write(b"".join(out) if len(out) > 1 else out[0])
-        if self._close_after_flush:
-            transport.close()
-        elif transport.get_write_buffer_size() > self.config.output_drop_bytes:
-            log.warning(
-                "dropping %s: it reads too slowly (%d bytes waiting)",
-                self,
-                transport.get_write_buffer_size(),
-            )
-            self._closing = True
-            transport.abort()
+        self.output.flush()
 
-    def _encode_deliveries(self) -> None:
-        budget = self.config.max_frame // DELIVERY_BATCH_SHARE
-        batch: list[Message] = []
-        size = 0
-        for job, attempt in self._deliveries:
-            if (
-                job.owner is not self.consumer
-                or job.state is not JobState.RUNNING
-                or job.attempts != attempt
-            ):
-                continue  # revoked, cancelled or delivered again before it left
-            # Room for the fields around the payload, 4 bytes a character at worst.
-            cost = len(job.payload) + 64 + 4 * (len(job.id) + len(job.task) + len(job.queue))
-            if batch and size + cost > budget:
-                self._out.append(encode_frame({"op": Op.JOBS, "jobs": batch}))
-                batch, size = [], 0
-            batch.append(
-                {
-                    "id": job.id,
-                    "task": job.task,
-                    "payload": job.payload,
-                    "queue": job.queue,
-                    "attempt": job.attempts,
-                    "max_attempts": job.max_attempts,
-                    "lease": job.lease,
-                    "timeout": job.timeout,
-                }
-            )
-            size += cost
-        if batch:
-            self._out.append(encode_frame({"op": Op.JOBS, "jobs": batch}))
-        self._deliveries = []
-
-    def reply(self, rid: int, fields: Message | None = None) -> None:
+    def reply(self, rid: int, fields: Message | None = None, durable: bool = True) -> None:
         message: Message = {"op": Op.OK, "rid": rid}
         if fields:
             message.update(fields)
-        self.send(message)
+        self.output.send(message, durable)
 
     def reply_error(self, rid: int | None, code: ErrorCode, text: str) -> None:
         log.info("%s: %s %s", self, code.value, text)
-        self.send({"op": Op.ERR, "rid": rid, "code": code.value, "message": text})
+        self.output.send({"op": Op.ERR, "rid": rid, "code": code.value, "message": text}, False)
 
     def fail_connection(self, code: ErrorCode, text: str, rid: int | None = None) -> None:
         """Send a last error and close: the peer broke the protocol or may not stay."""
         log.warning("closing %s: %s %s", self, code.value, text)
-        if self.transport is None or self._closing:
+        if self.output.transport is None or self._closing:
             return
-        self.send({"op": Op.ERR, "rid": rid, "code": code.value, "message": text})
+        self.reply_error(rid, code, text)
         self.close()
 
     def close(self) -> None:
-        """Stop reading, send what is queued (after the journal, if it must wait), then close."""
-        if self.transport is not None and not self._closing:
-            self._closing = True
-            self._close_after_flush = True
-            self.flush()
+        """Stop reading, send what is queued (after the gate, if it must wait), then close."""
+        self._closing = True
+        self.output.close()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self._closing = True
-            self.transport.abort()
-
-    # -- consumer sink (called by the manager) --------------------------------------
-
-    def deliver(self, job: Job) -> None:
-        self.empty_sent = False
-        self._deliveries.append((job, job.attempts))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def revoke(self, job: Job) -> None:
-        self.send({"op": Op.REVOKE, "id": job.id, "attempt": job.attempts})
+        self._closing = True
+        self.output.abort()
 
     # -- timeouts ---------------------------------------------------------------
 
@@ -417,13 +232,13 @@ class Session(asyncio.Protocol):
         self._timer = None
         if self._closing:
             return
-        if self.role is None:
+        if self.handlers is None:
             self.fail_connection(
                 ErrorCode.TIMEOUT,
                 f"no handshake within {self.config.handshake_timeout:g} seconds",
             )
             return
-        if self._reading_paused:
+        if self.output.paused:
             self._last_seen = time.monotonic()  # we stopped listening, not the peer
         idle = time.monotonic() - self._last_seen
         if idle >= self.config.idle_timeout:
@@ -433,9 +248,9 @@ class Session(asyncio.Protocol):
             return
         self._timer = self.loop.call_later(self.config.idle_timeout - idle, self._check_timeouts)
 
-    # -- handlers ---------------------------------------------------------------
+    # -- the handshake ------------------------------------------------------------
 
-    def _on_hello(self, message: Message, now: float) -> None:
+    def _on_hello(self, message: Message) -> None:
         rid = message["rid"]
         if message["version"] != PROTOCOL_VERSION:
             self.fail_connection(
@@ -452,27 +267,26 @@ class Session(asyncio.Protocol):
         if role not in (Role.CLIENT, Role.WORKER):
             self.fail_connection(ErrorCode.BAD_REQUEST, f"unknown role {role!r}", rid)
             return
-        self.role = role
         self.name = message.get("name") or ""
         if role == Role.WORKER:
             tasks = message.get("tasks")
             if tasks:
                 error = self.manager.announce_tasks(tasks)
                 if error is not None:
-                    self.role = None
                     self.fail_connection(ErrorCode.BAD_REQUEST, f"HELLO.tasks: {error}", rid)
                     return
-            self.consumer = Consumer(self, message.get("queues") or ["default"], self.name)
-            self.manager.attach(self.consumer)
-            self.burst = bool(message.get("burst"))
-            if self.burst:
-                self.broker.burst_sessions.add(self)
+            queues = message.get("queues") or ["default"]
+            self.worker = WorkerHandlers(self, self.state, queues, bool(message.get("burst")))
+            self.handlers = self.worker
             log.info(
                 "worker %s connected from %s, queues %s",
                 self.name or "?",
                 self.peer,
-                ",".join(self.consumer.queues),
+                ",".join(self.worker.consumer.queues),
             )
+        else:
+            self.handlers = ClientHandlers(self, self.state)
+        self.role = role
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_later(self.config.idle_timeout, self._check_timeouts)
@@ -483,171 +297,9 @@ class Session(asyncio.Protocol):
                 "idle_timeout": self.config.idle_timeout,
                 "max_frame": self.config.max_frame,
             },
+            durable=False,
         )
-
-    def _on_ping(self, message: Message, now: float) -> None:
-        self.reply(message["rid"])
-
-    def _on_submit(self, message: Message, now: float) -> None:
-        rid = message["rid"]
-        if self.broker.shutting_down:
-            self.reply_error(rid, ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
-            return
-        specs = message["jobs"]
-        manager = self.manager
-        known = manager.jobs
-        limit = self.payload_limit
-        new = 0
-        for index, spec in enumerate(specs):
-            if len(spec["payload"]) > limit:
-                self.reply_error(
-                    rid,
-                    ErrorCode.BAD_REQUEST,
-                    f"SUBMIT.jobs[{index}].payload: {len(spec['payload'])} bytes is more than "
-                    f"the {limit} a delivery can carry",
-                )
-                return
-            job_id = spec.get("id")
-            if job_id is None or job_id not in known:
-                new += 1
-        manager.check_capacity(new)
-        submit = manager.submit
-        ids: list[str] = []
-        already_done: list[Job] = []
-        watch = message.get("watch", False)
-        for spec in specs:
-            job, _ = submit(JobSpec.from_wire(spec), now)
-            ids.append(job.id)
-            if watch:
-                if job.state.finished:
-                    already_done.append(job)
-                else:
-                    job.add_watcher(self)
-        self.reply(rid, {"ids": ids})
-        for job in already_done:
-            self.send(done_message(job))
-
-    def _on_watch(self, message: Message, now: float) -> None:
-        unknown: list[str] = []
-        already_done: list[Job] = []
-        for job_id in message["ids"]:
-            job = self.manager.get(job_id)
-            if job is None:
-                unknown.append(job_id)
-            elif job.state.finished:
-                already_done.append(job)
-            else:
-                job.add_watcher(self)
-        self.reply(message["rid"], {"unknown": unknown})
-        for job in already_done:
-            self.send(done_message(job))
-
-    def _on_status(self, message: Message, now: float) -> None:
-        job = self.manager.get(message["id"])
-        if job is None:
-            self.reply_error(message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}")
-            return
-        described = job.describe()
-        errors = described["errors"]
-        # Many long errors in non-ASCII text could pass the frame limit: the
-        # oldest go first, and the reply says how many were left out.
-        budget = self.config.max_frame // 2
-        kept = len(errors)
-        while errors and len(encode_frame(described)) > budget:
-            del errors[: max(1, len(errors) // 2)]
-            described["errors_left_out"] = kept - len(errors)
-        self.reply(message["rid"], {"job": described})
-
-    def _on_cancel(self, message: Message, now: float) -> None:
-        outcome = self.manager.cancel(message["id"], now)
-        if outcome is None:
-            self.reply_error(message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}")
-            return
-        self.reply(message["rid"], {"cancelled": outcome})
-
-    def _on_stats(self, message: Message, now: float) -> None:
-        self.reply(message["rid"], {"stats": self.broker.stats()})
-
-    def _on_failed(self, message: Message, now: float) -> None:
-        described: list[Message] = []
-        budget = self.config.max_frame // 2
-        limit = message.get("limit")
-        for job in self.manager.failed_jobs(DEFAULT_FAILED_LIMIT if limit is None else limit):
-            entry = job.describe(last_error_only=True)
-            budget -= len(encode_frame(entry))
-            if budget < 0:
-                break  # the reply must fit in one frame: the oldest are left out
-            described.append(entry)
-        self.reply(message["rid"], {"jobs": described})
-
-    def _on_retry(self, message: Message, now: float) -> None:
-        ids = message.get("ids")
-        if ids is None and not message.get("all"):
-            self.reply_error(message["rid"], ErrorCode.BAD_REQUEST, "RETRY needs 'ids' or 'all'")
-            return
-        count = self.manager.retry_failed(None if message.get("all") else ids, now)
-        self.reply(message["rid"], {"retried": count})
-
-    def _on_purge_failed(self, message: Message, now: float) -> None:
-        self.reply(message["rid"], {"purged": self.manager.purge_failed()})
-
-    def _on_ready(self, message: Message, now: float) -> None:
-        assert self.consumer is not None
-        if not self.broker.shutting_down:
-            self.manager.grant(self.consumer, message["n"], now)
-        self.check_burst_empty()
-
-    def _on_ack(self, message: Message, now: float) -> None:
-        assert self.consumer is not None
-        result = message["result"]
-        if len(result) > self.payload_limit:
-            self.manager.fail(
-                self.consumer,
-                message["id"],
-                message["attempt"],
-                {
-                    "type": "ResultTooLarge",
-                    "message": f"the result of {len(result)} bytes is more than the "
-                    f"{self.payload_limit} a DONE frame can carry",
-                    "traceback": "",
-                },
-                now,
-            )
-            return
-        self.manager.ack(self.consumer, message["id"], message["attempt"], result, now)
-
-    def _on_fail(self, message: Message, now: float) -> None:
-        assert self.consumer is not None
-        self.manager.fail(
-            self.consumer,
-            message["id"],
-            message["attempt"],
-            message["error"],
-            now,
-            message.get("retry_in"),
-        )
-
-    def _on_release(self, message: Message, now: float) -> None:
-        assert self.consumer is not None
-        self.manager.release(self.consumer, message["id"], message["attempt"], now)
-
-    def _on_heartbeat(self, message: Message, now: float) -> None:
-        assert self.consumer is not None
-        self.manager.heartbeat(self.consumer, message["ids"], now)
-
-    def _on_quiet(self, message: Message, now: float) -> None:
-        assert self.consumer is not None
-        self.manager.quiet(self.consumer)
 
     def check_burst_empty(self) -> None:
-        """Tell a burst worker with nothing left to do that its queues are empty."""
-        consumer = self.consumer
-        if (
-            self.burst
-            and consumer is not None
-            and not self.empty_sent
-            and not consumer.jobs
-            and self.manager.queues_idle(consumer.queues)
-        ):
-            self.empty_sent = True
-            self.send({"op": Op.EMPTY})
+        if self.worker is not None:
+            self.worker.check_burst_empty()

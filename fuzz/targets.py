@@ -110,7 +110,7 @@ class SessionHarness:
         broker = Broker(BrokerConfig(port=0, token=FUZZ_TOKEN, max_frame=64 * 1024))
         broker.adopt_running_loop()
         transport = FakeTransport()
-        session = Session(broker)
+        session = Session(broker.state)
         session.connection_made(transport)  # type: ignore[arg-type]
         self.detector.records.clear()
         try:

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     # The broker's situation.
     SHUTTING_DOWN = "SHUTTING_DOWN"
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    STORAGE_FAILED = "STORAGE_FAILED"
     INTERNAL = "INTERNAL"
 
 

@@ -27,7 +27,7 @@ class Peer:
 
     def __init__(self, broker: Broker, role: str) -> None:
         self.transport = FakeTransport()
-        self.session = Session(broker)
+        self.session = Session(broker.state)
         self.session.connection_made(self.transport)  # type: ignore[arg-type]
         self.decoder = FrameDecoder(max_frame=64 * 1024 * 1024)
         self.send({"op": "HELLO", "rid": 0, "version": PROTOCOL_VERSION, "role": role})
@@ -138,8 +138,8 @@ async def test_a_revoked_job_delivered_again_in_the_same_turn_goes_out_once() ->
     broker.adopt_running_loop()
     worker = Peer(broker, "worker")
     job, _ = submit_job(broker.manager, "t", PAYLOAD, 0.0, lease=1.0)
-    consumer = worker.session.consumer
-    assert consumer is not None
+    assert worker.session.worker is not None
+    consumer = worker.session.worker.consumer
     broker.manager.grant(consumer, 2, 0.0)  # delivered (not yet sent) ...
     broker.manager.tick(5.0)  # ... its lease runs out: revoked, requeued, delivered again
     frames = worker.received()

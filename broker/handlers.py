@@ -1,0 +1,265 @@
+"""What the broker does for each request, by op and by role.
+
+:data:`ROUTES` is the one table: op -> handler, the roles that may send it,
+and whether it changes jobs (refused with ``STORAGE_FAILED`` while the
+broker's storage cannot take records). A session creates the handler
+object for its peer's role at the handshake: :class:`ClientHandlers` for a
+producer, :class:`WorkerHandlers` (which is also the manager's sink for
+that worker's deliveries and revocations) for a worker. Handlers are
+synchronous: a message and the time in, manager calls and frames out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from broker.jobs import Job
+from broker.manager import Consumer
+from broker.state import BrokerState
+from broker.wire import done_message, failed_reply, status_reply
+from protocol.errors import ErrorCode
+from protocol.job_spec import JobSpec
+from protocol.messages import Op, Role
+
+if TYPE_CHECKING:
+    from broker.session import Session
+
+Message = dict[str, Any]
+
+DEFAULT_FAILED_LIMIT = 100
+
+
+class PeerHandlers:
+    """What any peer may ask once its handshake is done."""
+
+    def __init__(self, session: Session, state: BrokerState) -> None:
+        self.session = session
+        self.state = state
+        self.manager = state.manager
+
+    def ping(self, message: Message, now: float) -> None:
+        self.session.reply(message["rid"], durable=False)
+
+    def stats(self, message: Message, now: float) -> None:
+        self.session.reply(message["rid"], {"stats": self.state.stats()}, durable=False)
+
+
+class ClientHandlers(PeerHandlers):
+    """A producer's requests: submit and watch jobs, ask about them, manage failures."""
+
+    def submit(self, message: Message, now: float) -> None:
+        session = self.session
+        rid = message["rid"]
+        if self.state.shutting_down:
+            session.reply_error(rid, ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
+            return
+        entries = message["jobs"]
+        manager = self.manager
+        known = manager.jobs
+        limit = session.payload_limit
+        new = 0
+        for index, entry in enumerate(entries):
+            size = len(entry["payload"])
+            if size > limit:
+                session.reply_error(
+                    rid,
+                    ErrorCode.BAD_REQUEST,
+                    f"SUBMIT.jobs[{index}].payload: {size} bytes is more than "
+                    f"the {limit} a delivery can carry",
+                )
+                return
+            job_id = entry.get("id")
+            if job_id is None or job_id not in known:
+                new += 1
+        manager.check_capacity(new)  # all or nothing: QUEUE_FULL before any is accepted
+        submit = manager.submit
+        from_wire = JobSpec.from_wire
+        ids: list[str] = []
+        already_done: list[Job] = []
+        watch = message.get("watch", False)
+        for entry in entries:
+            job, _ = submit(from_wire(entry), now)
+            ids.append(job.id)
+            if watch:
+                if job.state.finished:
+                    already_done.append(job)
+                else:
+                    job.add_watcher(session)
+        session.reply(rid, {"ids": ids})
+        for job in already_done:
+            session.send(done_message(job))
+
+    def watch(self, message: Message, now: float) -> None:
+        unknown: list[str] = []
+        already_done: list[Job] = []
+        session = self.session
+        for job_id in message["ids"]:
+            job = self.manager.get(job_id)
+            if job is None:
+                unknown.append(job_id)
+            elif job.state.finished:
+                already_done.append(job)
+            else:
+                job.add_watcher(session)
+        session.reply(message["rid"], {"unknown": unknown}, durable=False)
+        for job in already_done:
+            session.send(done_message(job))
+
+    def status(self, message: Message, now: float) -> None:
+        job = self.manager.get(message["id"])
+        if job is None:
+            self.session.reply_error(
+                message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}"
+            )
+            return
+        described = status_reply(job, self.state.config.max_frame // 2)
+        self.session.reply(message["rid"], {"job": described}, durable=False)
+
+    def cancel(self, message: Message, now: float) -> None:
+        outcome = self.manager.cancel(message["id"], now)
+        if outcome is None:
+            self.session.reply_error(
+                message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}"
+            )
+            return
+        self.session.reply(message["rid"], {"cancelled": outcome})
+
+    def failed(self, message: Message, now: float) -> None:
+        limit = message.get("limit")
+        jobs = self.manager.failed_jobs(DEFAULT_FAILED_LIMIT if limit is None else limit)
+        described = failed_reply(jobs, self.state.config.max_frame // 2)
+        self.session.reply(message["rid"], {"jobs": described}, durable=False)
+
+    def retry(self, message: Message, now: float) -> None:
+        ids = message.get("ids")
+        retry_all = bool(message.get("all"))
+        if ids is None and not retry_all:
+            self.session.reply_error(
+                message["rid"], ErrorCode.BAD_REQUEST, "RETRY needs 'ids' or 'all'"
+            )
+            return
+        count = self.manager.retry_failed(None if retry_all else ids, now)
+        self.session.reply(message["rid"], {"retried": count})
+
+    def purge_failed(self, message: Message, now: float) -> None:
+        self.session.reply(message["rid"], {"purged": self.manager.purge_failed()})
+
+
+class WorkerHandlers(PeerHandlers):
+    """A worker's reports and credit, and the manager's sink for this worker."""
+
+    def __init__(
+        self, session: Session, state: BrokerState, queues: list[str], burst: bool
+    ) -> None:
+        super().__init__(session, state)
+        self.consumer = Consumer(self, queues, session.name)
+        self.burst = burst
+        self._empty_sent = False
+        state.manager.attach(self.consumer)
+        if burst:
+            state.burst_workers.add(self)
+
+    # -- the manager's sink --
+
+    def deliver(self, job: Job) -> None:
+        self._empty_sent = False
+        self.session.output.deliver(job, self.consumer)
+
+    def revoke(self, job: Job) -> None:
+        self.session.send({"op": Op.REVOKE, "id": job.id, "attempt": job.attempts})
+
+    # -- requests --
+
+    def ready(self, message: Message, now: float) -> None:
+        if not self.state.shutting_down:
+            self.manager.grant(self.consumer, message["n"], now)
+        self.check_burst_empty()
+
+    def ack(self, message: Message, now: float) -> None:
+        result = message["result"]
+        limit = self.session.payload_limit
+        if len(result) > limit:
+            error = {
+                "type": "ResultTooLarge",
+                "message": f"the result of {len(result)} bytes is more than the "
+                f"{limit} a DONE frame can carry",
+                "traceback": "",
+            }
+            self.manager.fail(self.consumer, message["id"], message["attempt"], error, now)
+            return
+        self.manager.ack(self.consumer, message["id"], message["attempt"], result, now)
+
+    def fail(self, message: Message, now: float) -> None:
+        self.manager.fail(
+            self.consumer,
+            message["id"],
+            message["attempt"],
+            message["error"],
+            now,
+            message.get("retry_in"),
+        )
+
+    def release(self, message: Message, now: float) -> None:
+        self.manager.release(self.consumer, message["id"], message["attempt"], now)
+
+    def heartbeat(self, message: Message, now: float) -> None:
+        self.manager.heartbeat(self.consumer, message["ids"], now)
+
+    def quiet(self, message: Message, now: float) -> None:
+        self.manager.quiet(self.consumer)
+
+    # -- the end --
+
+    def check_burst_empty(self) -> None:
+        """Tell a burst worker with nothing left to do that its queues are empty."""
+        consumer = self.consumer
+        if (
+            self.burst
+            and not self._empty_sent
+            and not consumer.jobs
+            and self.manager.queues_idle(consumer.queues)
+        ):
+            self._empty_sent = True
+            self.session.send({"op": Op.EMPTY}, durable=False)
+
+    def detach(self, now: float, reason: str) -> None:
+        """The connection is gone: every job this worker held goes back to its queue."""
+        self.state.burst_workers.discard(self)
+        self.manager.detach(self.consumer, now, reason)
+
+
+Handler = Callable[[Any, Message, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Handler
+    roles: frozenset[str]
+    # Changes jobs: refused with STORAGE_FAILED while storage cannot take records.
+    changes_jobs: bool = False
+
+
+_ANY = frozenset({Role.CLIENT, Role.WORKER})
+_CLIENT = frozenset({Role.CLIENT})
+_WORKER = frozenset({Role.WORKER})
+
+# Every op a peer may send after its handshake (HELLO is the session's own).
+ROUTES: dict[str, Route] = {
+    Op.PING: Route(PeerHandlers.ping, _ANY),
+    Op.STATS: Route(PeerHandlers.stats, _ANY),
+    Op.SUBMIT: Route(ClientHandlers.submit, _CLIENT, changes_jobs=True),
+    Op.WATCH: Route(ClientHandlers.watch, _CLIENT),
+    Op.STATUS: Route(ClientHandlers.status, _CLIENT),
+    Op.CANCEL: Route(ClientHandlers.cancel, _CLIENT, changes_jobs=True),
+    Op.FAILED: Route(ClientHandlers.failed, _CLIENT),
+    Op.RETRY: Route(ClientHandlers.retry, _CLIENT, changes_jobs=True),
+    Op.PURGE_FAILED: Route(ClientHandlers.purge_failed, _CLIENT, changes_jobs=True),
+    Op.READY: Route(WorkerHandlers.ready, _WORKER),
+    Op.ACK: Route(WorkerHandlers.ack, _WORKER),
+    Op.FAIL: Route(WorkerHandlers.fail, _WORKER),
+    Op.RELEASE: Route(WorkerHandlers.release, _WORKER),
+    Op.HEARTBEAT: Route(WorkerHandlers.heartbeat, _WORKER),
+    Op.QUIET: Route(WorkerHandlers.quiet, _WORKER),
+}
