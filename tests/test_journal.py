@@ -113,7 +113,7 @@ def sample_records() -> list[list[Any]]:
 def test_records_round_trip_with_header_and_checksums() -> None:
     records = sample_records()
     data = journal_bytes(records)
-    assert data[: HEADER.size] == b"JOBWIRE\x00JRNL\x00\x00\x00\x01"
+    assert data[: HEADER.size] == b"JOBWIRE\x00JRNL\x00\x00\x00\x02"
     result = read_records(data, KIND_JOURNAL, PATH)
     assert result.records == records
     assert result.torn_at is None

@@ -1,0 +1,88 @@
+"""Writing a snapshot of the live state without holding the event loop.
+
+Used by compaction (the journal grew: start generation N+1 and snapshot) and
+by the recovery from a storage failure (rebase: the same, because the live
+state in memory is the truth). The snapshot is written to a ``.tmp`` file a
+slice of jobs per loop turn, the writes and the fsync in a thread, then
+renamed into place and the directory fsync'd: only a complete snapshot ever
+carries the final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.jobs import Job
+from broker.journal.codec import HEADER, KIND_SNAPSHOT, encode_record, file_header
+from broker.journal.fileops import FileOps
+from broker.journal.records import SNAPSHOT_END, snapshot_record
+from broker.journal.recovery import older_generations, snapshot_path
+
+# How many jobs a compaction step writes before it lets the loop run again.
+COMPACTION_SLICE = 500
+
+
+@dataclass(slots=True)
+class Snapshot:
+    generation: int
+    size: int
+    jobs: int
+
+
+async def write_snapshot(
+    ops: FileOps, directory: Path, generation: int, jobs_view: Callable[[], dict[str, Job]]
+) -> Snapshot:
+    """Write snapshot-<generation> from the live state, a slice per loop turn.
+
+    The job ids are taken now: the state as of the new journal's first
+    record. A job changed while the snapshot is written may be captured in
+    its newer state, which replaying journal-<generation> in order makes
+    right. Raises :class:`OSError` (the temporary file removed) if any
+    write, the fsync, the rename or the directory's fsync fails.
+    """
+    loop = asyncio.get_running_loop()
+    jobs = jobs_view()
+    ids = list(jobs)
+    final = snapshot_path(directory, generation)
+    temporary = final.with_suffix(".tmp")
+    written = 0
+    try:
+        fd = ops.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            ops.write_all(fd, file_header(KIND_SNAPSHOT))
+            size = HEADER.size
+            for first in range(0, len(ids), COMPACTION_SLICE):
+                chunk = bytearray()
+                for job_id in ids[first : first + COMPACTION_SLICE]:
+                    job = jobs.get(job_id)
+                    if job is not None:
+                        chunk += encode_record(snapshot_record(job))
+                        written += 1
+                await loop.run_in_executor(None, ops.write_all, fd, bytes(chunk))
+                size += len(chunk)
+            end = encode_record([SNAPSHOT_END, written])
+            await loop.run_in_executor(None, ops.write_all, fd, end)
+            size += len(end)
+            await loop.run_in_executor(None, ops.fsync, fd)
+        finally:
+            ops.close(fd)
+        ops.replace(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            ops.unlink(temporary)
+        raise
+    await loop.run_in_executor(None, ops.fsync_directory, directory)
+    return Snapshot(generation, size, written)
+
+
+def delete_older_generations(ops: FileOps, directory: Path, generation: int) -> None:
+    """After snapshot-<generation> is complete and durable: everything older is dead weight."""
+    for path in older_generations(directory, generation):
+        # A file left behind costs only space: the next compaction deletes it.
+        with contextlib.suppress(OSError):
+            ops.unlink(path)
