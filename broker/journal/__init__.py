@@ -6,9 +6,11 @@ One concern per module (see ``docs/JOURNAL.md``):
 - ``records``: jobs to records and back, and ``replay`` (pure);
 - ``recovery``: reading a directory back at start, repair, generations;
 - ``lock``: the exclusive writer role (DIR/LOCK);
-- ``compaction``: writing a snapshot without holding the loop;
-- ``fileops``: the file operations, replaceable to inject faults;
-- ``file_journal``: the group-commit writer, the fsync thread, the failed state;
+- ``compaction``: writing a snapshot without holding the loop (compaction, rebase);
+- ``fileops``: the file operations, replaceable to inject faults, and the fsync thread's work;
+- ``failure``: the failed state (logged once per change, listeners, retry backoff);
+- ``config``: ``JournalConfig`` and ``FsyncMode``;
+- ``file_journal``: the group-commit writer, the fsync thread, recovery from a failure;
 - ``backend``: the interface the broker depends on (:class:`JournalBackend`).
 """
 
@@ -29,8 +31,10 @@ from broker.journal.codec import (
     read_records,
 )
 from broker.journal.compaction import COMPACTION_SLICE
+from broker.journal.config import FsyncMode, JournalConfig
 from broker.journal.errors import JournalCorrupt, JournalError
-from broker.journal.file_journal import FsyncMode, Journal, JournalConfig, describe_error
+from broker.journal.failure import describe_error
+from broker.journal.file_journal import Journal
 from broker.journal.fileops import FileOps
 from broker.journal.lock import DirectoryLock
 from broker.journal.records import (

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from broker.jobs import Job
-from broker.journal.codec import HEADER, KIND_SNAPSHOT, encode_record, file_header
+from broker.journal.codec import HEADER, KIND_JOURNAL, KIND_SNAPSHOT, encode_record, file_header
 from broker.journal.fileops import FileOps
 from broker.journal.records import SNAPSHOT_END, snapshot_record
-from broker.journal.recovery import older_generations, snapshot_path
+from broker.journal.recovery import journal_path, older_generations, snapshot_path
+
+log = logging.getLogger("broker.journal")
 
 # How many jobs a compaction step writes before it lets the loop run again.
 COMPACTION_SLICE = 500
@@ -86,3 +90,55 @@ def delete_older_generations(ops: FileOps, directory: Path, generation: int) -> 
         # A file left behind costs only space: the next compaction deletes it.
         with contextlib.suppress(OSError):
             ops.unlink(path)
+
+
+async def compact(
+    ops: FileOps, directory: Path, generation: int, jobs_view: Callable[[], dict[str, Job]]
+) -> Snapshot:
+    """Compaction proper, journal-<generation> being already in use: its snapshot, then
+    the older generations deleted. Raises :class:`OSError` as :func:`write_snapshot`."""
+    started = time.perf_counter()
+    snapshot = await write_snapshot(ops, directory, generation, jobs_view)
+    delete_older_generations(ops, directory, generation)
+    log.info(
+        "compacted: snapshot-%d holds %d jobs (%d bytes), written in %.0f ms",
+        generation,
+        snapshot.jobs,
+        snapshot.size,
+        (time.perf_counter() - started) * 1000,
+    )
+    return snapshot
+
+
+def create_journal(ops: FileOps, directory: Path, generation: int) -> int:
+    """Open journal-<generation> for appending (its header written if it is new)."""
+    fd = ops.open(journal_path(directory, generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        if ops.size(fd) == 0:
+            ops.write_all(fd, file_header(KIND_JOURNAL))
+    except BaseException:
+        ops.close(fd)
+        raise
+    return fd
+
+
+async def rebase(
+    ops: FileOps, directory: Path, generation: int, jobs_view: Callable[[], dict[str, Job]]
+) -> tuple[int, Snapshot]:
+    """Generation ``generation`` from nothing but the live state: its (empty) journal,
+    open for appending, and a durable snapshot. On :class:`OSError` (raised) nothing
+    of the new generation is left behind; the older ones stay as they were."""
+    path = journal_path(directory, generation)
+    fd = -1
+    try:
+        fd = create_journal(ops, directory, generation)
+        snapshot = await write_snapshot(ops, directory, generation, jobs_view)
+    except BaseException:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                ops.close(fd)
+        with contextlib.suppress(OSError):
+            ops.unlink(path)
+        raise
+    delete_older_generations(ops, directory, generation)
+    return fd, snapshot

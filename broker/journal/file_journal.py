@@ -24,19 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from broker.durability import FailureListener, StorageFailure
 from broker.jobs import Job
-from broker.journal.codec import KIND_JOURNAL, encode_record, file_header
-from broker.journal.compaction import delete_older_generations, write_snapshot
-from broker.journal.fileops import FileOps
+from broker.journal.codec import encode_record
+from broker.journal.compaction import compact, create_journal, rebase
+from broker.journal.config import FsyncMode, JournalConfig
+from broker.journal.failure import FailureState
+from broker.journal.fileops import FileOps, sync_files
 from broker.journal.lock import DirectoryLock
 from broker.journal.records import (
     changed_record,
@@ -44,40 +41,9 @@ from broker.journal.records import (
     reserved_record,
     submitted_record,
 )
-from broker.journal.recovery import journal_path, recover
-from protocol.backoff import backoff_delay
+from broker.journal.recovery import recover
 
 log = logging.getLogger("broker.journal")
-
-
-class FsyncMode(StrEnum):
-    ALWAYS = "always"
-    BATCH = "batch"
-    OFF = "off"
-
-
-@dataclass(slots=True)
-class JournalConfig:
-    directory: Path
-    fsync: FsyncMode = FsyncMode.BATCH
-    fsync_interval: float = 0.1
-    # Compact when the journal passes this many bytes and this many times
-    # the size of the last snapshot.
-    compact_min_bytes: int = 64 * 1024 * 1024
-    compact_ratio: float = 4.0
-    repair: bool = False
-    # After a storage failure, rebase attempts follow backoff_delay(n, base, cap).
-    retry_base: float = 0.1
-    retry_cap: float = 5.0
-
-
-def describe_error(error: BaseException) -> str:
-    """The cause in words: ``"no space left on device"`` for ENOSPC."""
-    if isinstance(error, OSError) and error.errno is not None:
-        text = os.strerror(error.errno)
-    else:
-        text = str(error) or type(error).__name__
-    return text[:1].lower() + text[1:]
 
 
 class Journal:
@@ -112,10 +78,7 @@ class Journal:
         self._closed = False
         self.compactions = 0
         # The failed state and its recovery.
-        self._failure: StorageFailure | None = None
-        self._failure_listeners: list[FailureListener] = []
-        self._retry_attempt = 0
-        self._retry_timer: asyncio.TimerHandle | None = None
+        self._failed = FailureState(config.retry_base, config.retry_cap)
         self._rebase_task: asyncio.Task[None] | None = None
         self.rebases = 0
 
@@ -155,7 +118,7 @@ class Journal:
     def compact_soon(self) -> None:
         """Snapshot the state in the background (after recovery: so the next start reads
         the live state, not the history)."""
-        if self._loop is not None and self._failure is None and not self._compacting():
+        if self._loop is not None and self._failed.current is None and not self._compacting():
             self._compaction = self._loop.create_task(self._compact(self.generation))
 
     def _compacting(self) -> bool:
@@ -163,8 +126,8 @@ class Journal:
 
     def _open_generation(self, generation: int) -> None:
         """Switch to a new journal file. Its fsync, the directory's, and the last one
-        of the file it replaces happen in the sync thread (:func:`_sync_files`)."""
-        fd = self._create_journal(generation)
+        of the file it replaces happen in the sync thread (:func:`sync_files`)."""
+        fd = create_journal(self._ops, self.directory, generation)
         if self._fd >= 0:
             # Its unsynced records still need their fsync: the sync thread
             # does it, then closes it; a sync in flight may be using it now.
@@ -174,19 +137,6 @@ class Journal:
         self.generation = generation
         self.journal_bytes = 0
         self._start_sync()
-
-    def _create_journal(self, generation: int) -> int:
-        ops = self._ops
-        fd = ops.open(
-            journal_path(self.directory, generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        )
-        try:
-            if ops.size(fd) == 0:
-                ops.write_all(fd, file_header(KIND_JOURNAL))
-        except BaseException:
-            ops.close(fd)
-            raise
-        return fd
 
     def _close_files(self) -> None:
         """Close the current and retired journals, writing nothing more to them."""
@@ -200,9 +150,9 @@ class Journal:
     def abandon(self) -> None:
         """Release the directory after a failed start, writing nothing more."""
         self._closed = True
-        for timer in (self._batch_timer, self._retry_timer):
-            if timer is not None:
-                timer.cancel()
+        self._failed.cancel_retry()
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
         self._close_files()
         self._lock.release()
 
@@ -215,9 +165,9 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        for timer in (self._batch_timer, self._retry_timer):
-            if timer is not None:
-                timer.cancel()
+        self._failed.cancel_retry()
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
         for task in (self._compaction, self._rebase_task):
             if task is not None:
                 task.cancel()
@@ -226,23 +176,23 @@ class Journal:
         self.flush_writes()
         while self._sync_in_flight is not None:
             await asyncio.gather(self._sync_in_flight, return_exceptions=True)
-        if self._failure is None and self._fd >= 0:
+        if self._failed.current is None and self._fd >= 0:
             assert self._loop is not None
             retired, self._retired = self._retired, []
             directory = self.directory if self._directory_dirty else None
             try:
                 await self._loop.run_in_executor(
-                    None, _sync_files, self._ops, retired, self._fd, directory
+                    None, sync_files, self._ops, retired, self._fd, directory
                 )
             except OSError as error:
                 self._fail("fsync", error)
             else:
                 self.synced = self.written
                 self._release_waiters()
-        if self._failure is not None:
+        if self._failed.current is not None:
             log.error(
                 "closing the journal while %s: the last %d changes are not on disk",
-                self._failure.describe(),
+                self._failed.current.describe(),
                 self.appended - self._durable_count(),
             )
         self._close_files()
@@ -273,10 +223,10 @@ class Journal:
 
     @property
     def failure(self) -> StorageFailure | None:
-        return self._failure
+        return self._failed.current
 
     def add_failure_listener(self, listener: FailureListener) -> None:
-        self._failure_listeners.append(listener)
+        self._failed.listeners.append(listener)
 
     def is_durable(self, mark: int) -> bool:
         """Whether the first ``mark`` records are as durable as the fsync mode promises.
@@ -312,7 +262,7 @@ class Journal:
             callback()
 
     def stats(self) -> dict[str, Any]:
-        failure = self._failure
+        failure = self._failed.current
         return {
             "generation": self.generation,
             "journal_bytes": self.journal_bytes,
@@ -332,7 +282,7 @@ class Journal:
     def flush_writes(self) -> None:
         """Hand every appended record to the OS: after this a process crash loses none."""
         self._flush_scheduled = False
-        if not self._buffer or self._fd < 0 or self._failure is not None:
+        if not self._buffer or self._fd < 0 or self._failed.current is not None:
             return
         data = self._buffer
         self._buffer = bytearray()
@@ -356,7 +306,7 @@ class Journal:
             self._sync_in_flight is not None
             or self._fd < 0
             or self._loop is None
-            or self._failure is not None
+            or self._failed.current is not None
         ):
             return
         if self.synced >= self.written and not self._retired and not self._directory_dirty:
@@ -366,7 +316,7 @@ class Journal:
         directory = self.directory if self._directory_dirty else None
         self._directory_dirty = False
         future = self._loop.run_in_executor(
-            None, _sync_files, self._ops, retired, self._fd, directory
+            None, sync_files, self._ops, retired, self._fd, directory
         )
         self._sync_in_flight = future
         future.add_done_callback(lambda done: self._synced(done, target))
@@ -397,46 +347,12 @@ class Journal:
 
     def _fail(self, operation: str, error: BaseException) -> None:
         """Storage failed: enter (or stay in) the failed state and retry by rebasing."""
-        self._set_failure(StorageFailure(operation, describe_error(error), time.time()))
-        self._schedule_rebase()
-
-    def _set_failure(self, failure: StorageFailure | None) -> None:
-        previous = self._failure
-        if failure is None:
-            if previous is None:
-                return
-            log.info(
-                "storage works again after %.1f s (%s): every change is on disk",
-                time.time() - previous.since,
-                previous.describe(),
-            )
-        elif previous is None:
-            log.critical(
-                "%s; refusing new work and retrying until a new snapshot can be written",
-                failure.describe(),
-            )
-        elif previous.cause == failure.cause:
-            return  # the same failure, still there
-        else:
-            log.warning("%s (was: %s)", failure.describe(), previous.cause)
-        self._failure = failure
-        for listener in list(self._failure_listeners):
-            try:
-                listener(failure)
-            except Exception:
-                log.exception("a storage failure listener failed")
-
-    def _schedule_rebase(self) -> None:
-        if self._closed or self._loop is None or self._retry_timer is not None:
-            return
-        if self._rebase_task is not None:
-            return  # running: it schedules the next attempt if it fails
-        self._retry_attempt += 1
-        delay = backoff_delay(self._retry_attempt, self.config.retry_base, self.config.retry_cap)
-        self._retry_timer = self._loop.call_later(delay, self._start_rebase)
+        self._failed.fail(operation, error)
+        if self._closed or self._loop is None or self._rebase_task is not None:
+            return  # a running rebase schedules the next attempt itself if it fails
+        self._failed.retry_later(self._loop, self._start_rebase)
 
     def _start_rebase(self) -> None:
-        self._retry_timer = None
         if not self._closed and self._loop is not None:
             self._rebase_task = self._loop.create_task(self._rebase())
 
@@ -451,20 +367,10 @@ class Journal:
         self._buffer = bytearray()
         self._close_files()
         self.generation += 1
-        generation = self.generation
-        fd = -1
         try:
-            fd = self._create_journal(generation)
-            snapshot = await write_snapshot(self._ops, self.directory, generation, self._jobs_view)
-        except BaseException as error:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    self._ops.close(fd)
-            with contextlib.suppress(OSError):
-                self._ops.unlink(journal_path(self.directory, generation))
+            fd, snapshot = await rebase(self._ops, self.directory, self.generation, self._jobs_view)
+        except OSError as error:
             self._rebase_task = None
-            if not isinstance(error, Exception):
-                raise
             self._fail("snapshot", error)
             return
         self._rebase_task = None
@@ -474,11 +380,9 @@ class Journal:
         self.journal_bytes = 0
         self.snapshot_bytes = snapshot.size
         self.rebases += 1
-        self._retry_attempt = 0
         self.written = max(self.written, covered)
         self.synced = max(self.synced, covered)
-        delete_older_generations(self._ops, self.directory, generation)
-        self._set_failure(None)
+        self._failed.set(None)
         self.flush_writes()  # the records appended while the snapshot was written
         self._release_waiters()
 
@@ -502,7 +406,7 @@ class Journal:
             self._begin_compaction()
 
     def _begin_compaction(self) -> bool:
-        if self._loop is None or self._failure is not None:
+        if self._loop is None or self._failed.current is not None:
             return False
         try:
             self._open_generation(self.generation + 1)
@@ -513,37 +417,13 @@ class Journal:
         return True
 
     async def _compact(self, generation: int) -> None:
-        """Write snapshot-<generation>; records of changes made meanwhile go to
-        journal-<generation>, which recovery replays over it."""
+        """Snapshot into generation ``generation``; records of changes made meanwhile go
+        to journal-<generation>, which recovery replays over the snapshot."""
         assert self._jobs_view is not None
-        started = time.perf_counter()
         try:
-            snapshot = await write_snapshot(self._ops, self.directory, generation, self._jobs_view)
+            snapshot = await compact(self._ops, self.directory, generation, self._jobs_view)
         except OSError as error:
             self._fail("snapshot", error)
             return
         self.snapshot_bytes = snapshot.size
         self.compactions += 1
-        delete_older_generations(self._ops, self.directory, generation)
-        log.info(
-            "compacted: snapshot-%d holds %d jobs (%d bytes), written in %.0f ms",
-            generation,
-            snapshot.jobs,
-            snapshot.size,
-            (time.perf_counter() - started) * 1000,
-        )
-
-
-def _sync_files(ops: FileOps, retired: list[int], current: int, directory: Path | None) -> None:
-    """In the sync thread: the last fsync of replaced journals (then close them), the
-    current journal's, and the directory's when a journal file was created in it."""
-    try:
-        for fd in retired:
-            ops.fsync(fd)
-        ops.fsync(current)
-        if directory is not None:
-            ops.fsync_directory(directory)
-    finally:
-        for fd in retired:
-            with contextlib.suppress(OSError):
-                ops.close(fd)

@@ -9,6 +9,7 @@ error there stops the start, which is what it should do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -48,3 +49,18 @@ class FileOps:
             self.fsync(fd)
         finally:
             self.close(fd)
+
+
+def sync_files(ops: FileOps, retired: list[int], current: int, directory: Path | None) -> None:
+    """In the sync thread: the last fsync of replaced journals (then close them), the
+    current journal's, and the directory's when a journal file was created in it."""
+    try:
+        for fd in retired:
+            ops.fsync(fd)
+        ops.fsync(current)
+        if directory is not None:
+            ops.fsync_directory(directory)
+    finally:
+        for fd in retired:
+            with contextlib.suppress(OSError):
+                ops.close(fd)
