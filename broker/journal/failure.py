@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from broker.durability import FailureListener, StorageFailure
 from protocol.backoff import backoff_delay
@@ -69,9 +70,12 @@ class FailureState:
             except Exception:
                 log.exception("a storage failure listener failed")
 
-    @property
-    def retry_pending(self) -> bool:
-        return self._timer is not None
+    def as_dict(self) -> dict[str, Any] | None:
+        """For ``stats``: None while storage works."""
+        failure = self.current
+        if failure is None:
+            return None
+        return {"operation": failure.operation, "cause": failure.cause, "since": failure.since}
 
     def retry_later(self, loop: asyncio.AbstractEventLoop, retry: Callable[[], None]) -> None:
         """Call ``retry`` after the next backoff delay (unless one is already pending)."""

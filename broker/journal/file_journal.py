@@ -89,22 +89,13 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         try:
-            for stale in self.directory.glob("*.tmp"):
-                stale.unlink()
-            recovered = recover(self.directory, self.config.repair)
+            recovered = recover(self.directory, self.config.repair, remove_temporary=True)
         except BaseException:
             self._lock.release()
             raise
         self.generation = recovered.generation
         self.snapshot_bytes = recovered.snapshot_bytes
         self.journal_bytes = recovered.journal_bytes
-        log.info(
-            "recovered %d jobs from %s (generation %d, %d journal bytes)",
-            len(recovered.jobs),
-            self.directory,
-            recovered.generation,
-            recovered.journal_bytes,
-        )
         return recovered.jobs
 
     def start(self, jobs_view: Callable[[], dict[str, Job]]) -> None:
@@ -262,7 +253,6 @@ class Journal:
             callback()
 
     def stats(self) -> dict[str, Any]:
-        failure = self._failed.current
         return {
             "generation": self.generation,
             "journal_bytes": self.journal_bytes,
@@ -272,9 +262,7 @@ class Journal:
             "fsync": self.config.fsync.value,
             "appended": self.appended,
             "durable": self._durable_count(),
-            "failure": None
-            if failure is None
-            else {"operation": failure.operation, "cause": failure.cause, "since": failure.since},
+            "failure": self._failed.as_dict(),
         }
 
     # -- writing and syncing --

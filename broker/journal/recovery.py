@@ -59,8 +59,15 @@ def older_generations(directory: Path, generation: int) -> list[Path]:
     ]
 
 
-def recover(directory: Path, repair: bool = False) -> Recovered:
-    """Rebuild the jobs from the newest complete snapshot and the journals after it."""
+def recover(directory: Path, repair: bool = False, remove_temporary: bool = False) -> Recovered:
+    """Rebuild the jobs from the newest complete snapshot and the journals after it.
+
+    ``remove_temporary``: delete the ``*.tmp`` files snapshots being written
+    left behind (only the directory's writer may).
+    """
+    if remove_temporary:
+        for stale in directory.glob("*.tmp"):
+            stale.unlink()
     snapshots = generations(directory, SNAPSHOT_NAME)
     journals = generations(directory, JOURNAL_NAME)
     jobs: dict[str, Job] = {}
@@ -102,4 +109,11 @@ def recover(directory: Path, repair: bool = False) -> Recovered:
         replay(result.records, jobs)
         journal_bytes += result.good_until
     generation = max([base, *later]) if later or base else 0
+    log.info(
+        "recovered %d jobs from %s (generation %d, %d journal bytes)",
+        len(jobs),
+        directory,
+        generation,
+        journal_bytes,
+    )
     return Recovered(jobs, generation, journal_bytes, snapshot_bytes)
