@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker.jobs import Job
 from broker.journal.codec import HEADER, KIND_JOURNAL, KIND_SNAPSHOT, encode_record, file_header
@@ -67,12 +68,12 @@ async def write_snapshot(
                     if job is not None:
                         chunk += encode_record(snapshot_record(job))
                         written += 1
-                await loop.run_in_executor(None, ops.write_all, fd, bytes(chunk))
+                await _in_thread(loop, ops.write_all, fd, bytes(chunk))
                 size += len(chunk)
             end = encode_record([SNAPSHOT_END, written])
-            await loop.run_in_executor(None, ops.write_all, fd, end)
+            await _in_thread(loop, ops.write_all, fd, end)
             size += len(end)
-            await loop.run_in_executor(None, ops.fsync, fd)
+            await _in_thread(loop, ops.fsync, fd)
         finally:
             ops.close(fd)
         ops.replace(temporary, final)
@@ -82,6 +83,19 @@ async def write_snapshot(
         raise
     await loop.run_in_executor(None, ops.fsync_directory, directory)
     return Snapshot(generation, size, written)
+
+
+async def _in_thread(
+    loop: asyncio.AbstractEventLoop, call: Callable[..., None], *args: Any
+) -> None:
+    """``call`` in a thread; if cancelled meanwhile, the thread is still let finish, so
+    the file it uses is not closed (and its number reused) under it."""
+    future = loop.run_in_executor(None, call, *args)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
 
 
 def delete_older_generations(ops: FileOps, directory: Path, generation: int) -> None:

@@ -141,6 +141,9 @@ class Journal:
     def abandon(self) -> None:
         """Release the directory after a failed start, writing nothing more."""
         self._closed = True
+        for task in (self._compaction, self._rebase_task):
+            if task is not None:
+                task.cancel()
         self._failed.cancel_retry()
         if self._batch_timer is not None:
             self._batch_timer.cancel()
