@@ -23,6 +23,7 @@ import pytest
 from broker.durability import StorageFailure
 from broker.jobs import Job
 from broker.journal import FileOps, FsyncMode, Journal, JournalBackend, JournalConfig
+from broker.journal.failure import FailureState
 from broker.manager import Consumer, JobManager, ManagerConfig
 from tests.builders import submit_job
 from tests.test_journal import NullSink, summary
@@ -365,3 +366,20 @@ async def test_a_real_full_file_system(tmp_path: Path) -> None:
         back = reopened(directory)
         assert set(acknowledged) <= set(back)
         assert summary(back) == live
+
+
+def test_listeners_hear_each_change_of_the_failure_once() -> None:
+    state = FailureState(0.1, 5.0)
+    heard: list[StorageFailure | None] = []
+    state.listeners.append(heard.append)
+    state.fail("write", OSError(errno.ENOSPC, "No space left on device"))
+    state.fail("snapshot", OSError(errno.ENOSPC, "No space left on device"))  # same cause
+    state.fail("fsync", OSError(errno.EIO, "Input/output error"))
+    state.set(None)
+    state.set(None)
+    assert [(f.operation, f.cause) if f else None for f in heard] == [
+        ("write", "no space left on device"),
+        ("fsync", "input/output error"),
+        None,
+    ]
+    assert state.as_dict() is None
