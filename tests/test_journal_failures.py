@@ -61,8 +61,10 @@ class FaultyOps(FileOps):
 
     async def raised_at_least(self, count: int) -> None:
         async with asyncio.timeout(WAIT):
-            while self.raised < count:
-                self._raised_event.clear()
+            while True:
+                self._raised_event.clear()  # before looking: a raise after it sets it again
+                if self.raised >= count:
+                    return
                 await self._raised_event.wait()
 
     def _check(self, operation: str, fd: int) -> Fault | None:
