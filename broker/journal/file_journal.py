@@ -1,22 +1,19 @@
-"""The file journal: the group-commit writer, the fsync thread, and the failed state.
+"""The file journal: the group-commit writer, the fsync thread, and recovery from a failure.
 
-Records of one loop turn leave in one ``write`` before any reply that
-depends on them; fsync runs in a thread and, in ``always`` mode, the replies
-wait for it (group commit). Records are counted from the start: ``appended``,
-``written`` (handed to the OS) and ``synced`` (fsync'd); a mark is durable
-when the count the fsync mode promises has reached it.
+Records of one loop turn leave in one ``write`` before any reply that depends
+on them; fsync runs in a thread and, in ``always`` mode, replies wait for it
+(group commit). Records are counted from the start: ``appended``, ``written``
+(handed to the OS), ``synced`` (fsync'd); a mark is durable when the count
+the fsync mode promises has reached it.
 
-Storage errors never leave a loop callback as exceptions. A failed write,
-fsync or snapshot sets :attr:`Journal.failure` (logged once per change, told
-to the failure listeners); the current file is not written again (after a
-failed fsync its dirty pages may be gone, "fsyncgate", and after a partial
-write its tail is torn); records appended meanwhile stay in memory and their
-marks stay not durable. Recovery is a *rebase*, retried on a backoff: a new
-generation and a full snapshot of the live state, exactly as compaction
-writes it. Once that snapshot is durable it covers every record appended
-before the rebase began: they become durable, waiters are released, the
-failure is cleared, and the records appended during the rebase go to the new
-generation's journal.
+A failed write, fsync or snapshot never raises out of a loop callback: it
+sets :attr:`Journal.failure` (``failure.py``) and the current file is not
+written again (after a failed fsync its dirty pages may be gone, after a
+partial write its tail is torn). Records appended meanwhile are not durable.
+Recovery is a *rebase*, retried on a backoff: a new generation from a full
+snapshot of the live state, as compaction writes it. Once durable it covers
+every record appended before it began; those appended during it go to the
+new generation's journal.
 """
 
 from __future__ import annotations
@@ -35,12 +32,7 @@ from broker.journal.config import FsyncMode, JournalConfig
 from broker.journal.failure import FailureState
 from broker.journal.fileops import FileOps, sync_files
 from broker.journal.lock import DirectoryLock
-from broker.journal.records import (
-    changed_record,
-    deleted_record,
-    reserved_record,
-    submitted_record,
-)
+from broker.journal.records import changed_record, deleted_record, reserved_record, submitted_record
 from broker.journal.recovery import recover
 
 log = logging.getLogger("broker.journal")
