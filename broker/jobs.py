@@ -43,6 +43,7 @@ class Job:
     __slots__ = (
         "attempts",
         "created_at",
+        "error_count",
         "errors",
         "finished_at",
         "id",
@@ -96,6 +97,9 @@ class Job:
         self.owner: Any = None
         self.result: bytes | None = None
         self.errors: list[dict[str, Any]] | None = None
+        # Every error the job ever had, kept or not: monotonic, so a journal
+        # record carrying it can be replayed over any snapshot exactly once.
+        self.error_count = 0
         # Who wants a DONE push when the job finishes: None, one watcher, or a
         # list. Kept on the job, so watching costs no table entry and a
         # watcher that went away is skipped when the job finishes.
@@ -132,6 +136,7 @@ class Job:
         if self.errors is None:
             self.errors = []
         self.errors.append(error)
+        self.error_count += 1
         if len(self.errors) > MAX_ERRORS_KEPT:
             del self.errors[0]
 

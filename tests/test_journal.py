@@ -41,18 +41,29 @@ class RecordingJournal:
 
     def __init__(self) -> None:
         self.data = bytearray(file_header(KIND_JOURNAL))
+        # Where each record starts: a replay may begin at any of them.
+        self.starts: list[int] = []
+
+    def _add(self, record: list[Any]) -> None:
+        self.starts.append(len(self.data))
+        self.data += encode_record(record)
 
     def job_submitted(self, job: Job) -> None:
-        self.data += encode_record(submitted_record(job))
+        self._add(submitted_record(job))
 
     def job_changed(self, job: Job) -> None:
-        self.data += encode_record(changed_record(job))
+        self._add(changed_record(job))
 
     def job_deleted(self, job_id: str) -> None:
-        self.data += encode_record(deleted_record(job_id))
+        self._add(deleted_record(job_id))
 
     def job_reserved(self, job: Job) -> None:
-        self.data += encode_record(reserved_record(job))
+        self._add(reserved_record(job))
+
+    def suffix(self, start: int) -> list[list[Any]]:
+        """The records from byte offset ``start`` on (a record boundary)."""
+        return read_records(file_header(KIND_JOURNAL) + bytes(self.data[start:]),
+                            KIND_JOURNAL, PATH).records  # fmt: skip
 
 
 class NullSink:
@@ -81,6 +92,7 @@ FIELDS = (
     "finished_at",
     "result",
     "errors",
+    "error_count",
 )
 
 
@@ -113,7 +125,7 @@ def sample_records() -> list[list[Any]]:
 def test_records_round_trip_with_header_and_checksums() -> None:
     records = sample_records()
     data = journal_bytes(records)
-    assert data[: HEADER.size] == b"JOBWIRE\x00JRNL\x00\x00\x00\x01"
+    assert data[: HEADER.size] == b"JOBWIRE\x00JRNL\x00\x00\x00\x02"
     result = read_records(data, KIND_JOURNAL, PATH)
     assert result.records == records
     assert result.torn_at is None
@@ -210,14 +222,26 @@ def test_two_locks_on_one_directory(tmp_path: Path) -> None:
     second.release()
 
 
+def expired_dropped(jobs: dict[str, Job], live: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """The summary of ``jobs`` without the finished jobs the live state dropped by time."""
+    for job_id in set(jobs) - set(live):
+        assert jobs[job_id].state in (JobState.SUCCEEDED, JobState.CANCELLED)
+        del jobs[job_id]
+    return summary(jobs)
+
+
 operations = st.lists(
     st.tuples(
         st.sampled_from(
             ["submit", "delay", "grant", "ack", "fail", "retry_in", "release", "cancel", "tick",
-             "detach", "retry_failed", "purge", "snapshot_point"]
+             "detach", "retry_failed", "purge", "snapshot_point", "full_snapshot"]
         ),
         st.integers(0, 50),
+        # Time passed before the operation: often none, so errors can share a time.
+        st.sampled_from([0.0, 0.0, 0.5, 3.0]),
     ),
+    # Long enough for a job to fail more than once, with a snapshot in between.
+    min_size=20,
     max_size=80,
 )  # fmt: skip
 
@@ -225,9 +249,11 @@ operations = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(operations, st.integers(0, 2**32))
 def test_replaying_the_journal_gives_the_live_state(
-    history: list[tuple[str, int]], rng_seed: int
+    history: list[tuple[str, int, float]], rng_seed: int
 ) -> None:
-    """Any history; a snapshot taken job by job while the history goes on; both replays agree."""
+    """Any history; snapshots taken at any point, whole or job by job while the history
+    goes on; the journal, replayed from any record before a snapshot began over that
+    snapshot, gives the live state (errors and their count included)."""
     rng = random.Random(rng_seed)
     sink = RecordingJournal()
     manager = JobManager(
@@ -243,14 +269,16 @@ def test_replaying_the_journal_gives_the_live_state(
     snapshot_ids: list[str] | None = None
     snapshot_parts: list[bytes] = []
     journal_mark = 0
-    for op, n in history:
-        now += rng.choice([0.0, 0.5, 3.0])
+    # Whole snapshots: their records and the journal offset when each was taken.
+    full_snapshots: list[tuple[list[list[Any]], int]] = []
+    for op, n, step in history:
+        now += step
         consumer = consumers[n % 2]
         held = list(consumer.jobs.values())
         if op == "submit":
             queue = ("default", "other")[n % 2]
             submit_job(
-                manager, "t", bytes([n]), now, priority=n % 3, queue=queue, max_attempts=1 + n % 3
+                manager, "t", bytes([n]), now, priority=n % 3, queue=queue, max_attempts=1 + n % 4
             )
         elif op == "delay":
             submit_job(manager, "t", b"", now, delay=1 + n % 5, job_id=f"d{n % 7}")
@@ -280,6 +308,9 @@ def test_replaying_the_journal_gives_the_live_state(
         elif op == "snapshot_point" and snapshot_ids is None:
             snapshot_ids = list(manager.jobs)
             journal_mark = len(sink.data)
+        elif op == "full_snapshot":
+            records = [snapshot_record(job) for job in manager.jobs.values()]
+            full_snapshots.append((records, len(sink.data)))
         # A compaction writes one slice of the snapshot between other work.
         if snapshot_ids:
             for job_id in snapshot_ids[: 1 + n % 3]:
@@ -308,12 +339,19 @@ def test_replaying_the_journal_gives_the_live_state(
         from_snapshot: dict[str, Job] = {}
         replay(read_records(file_header(KIND_SNAPSHOT) + b"".join(snapshot_parts),
                             KIND_SNAPSHOT, PATH).records, from_snapshot)  # fmt: skip
-        tail = file_header(KIND_JOURNAL) + bytes(sink.data[journal_mark:])
-        replay(read_records(tail, KIND_JOURNAL, PATH).records, from_snapshot)
-        for job_id in set(from_snapshot) - set(live):
-            assert from_snapshot[job_id].state in (JobState.SUCCEEDED, JobState.CANCELLED)
-            del from_snapshot[job_id]
-        assert summary(from_snapshot) == live
+        replay(sink.suffix(journal_mark), from_snapshot)
+        assert expired_dropped(from_snapshot, live) == live
+
+    for records, mark in full_snapshots:
+        # Encoded and decoded, as a snapshot file would be.
+        encoded = file_header(KIND_SNAPSHOT) + b"".join(encode_record(r) for r in records)
+        decoded = read_records(encoded, KIND_SNAPSHOT, PATH).records
+        earlier = [start for start in sink.starts if start <= mark] + [mark]
+        for start in {mark, rng.choice(earlier)}:
+            from_full: dict[str, Job] = {}
+            replay(decoded, from_full)
+            replay(sink.suffix(start), from_full)
+            assert expired_dropped(from_full, live) == live
 
     # A manager restored from the replay loses nothing: jobs that were running
     # are queued again (or failed, on their last attempt), the rest as they were.
@@ -331,3 +369,84 @@ def test_replaying_the_journal_gives_the_live_state(
         elif job.state in (JobState.QUEUED, JobState.DELAYED, JobState.FAILED):
             assert back is not None
             assert back.state is job.state
+
+
+def failed_twice(at: tuple[float, float]) -> tuple[JobManager, RecordingJournal, Job]:
+    """A job that failed two attempts, at the given times, with every change recorded."""
+    sink = RecordingJournal()
+    manager = JobManager(ManagerConfig(), id_prefix="e")
+    manager.journal = sink
+    consumer = Consumer(NullSink(), ["default"], "c")
+    manager.attach(consumer)
+    job, _ = submit_job(manager, "t", b"", 1.0, max_attempts=5)
+    for now in at:
+        manager.grant(consumer, 1, now)
+        error = {"type": "E", "message": "boom", "traceback": ""}
+        assert manager.fail(consumer, job.id, job.attempts, error, now, 0.0)
+    assert job.errors is not None
+    assert [(e["attempt"], e["at"]) for e in job.errors] == [(1, at[0]), (2, at[1])]
+    return manager, sink, job
+
+
+def test_a_snapshot_taken_between_failures_then_the_journal_keeps_each_error_once() -> None:
+    manager, sink, job = failed_twice((2.0, 3.0))
+    snapshot = snapshot_record(job)  # taken after both failures
+    replayed: dict[str, Job] = {}
+    replay([snapshot], replayed)
+    replay(sink.suffix(sink.starts[1]), replayed)  # the journal since it was submitted
+    assert replayed[job.id].errors == job.errors
+    assert replayed[job.id].error_count == 2
+    assert summary(replayed) == summary(manager.jobs)
+
+
+def test_two_errors_at_the_same_time_are_both_replayed() -> None:
+    manager, sink, job = failed_twice((2.0, 2.0))
+    replayed: dict[str, Job] = {}
+    replay(sink.suffix(sink.starts[0]), replayed)
+    assert replayed[job.id].errors == job.errors
+    assert summary(replayed) == summary(manager.jobs)
+
+
+def test_more_errors_than_kept_still_replay_exactly() -> None:
+    """Only the last 25 errors are kept; the count goes on, and replay agrees."""
+    sink = RecordingJournal()
+    manager = JobManager(ManagerConfig(), id_prefix="m")
+    manager.journal = sink
+    consumer = Consumer(NullSink(), ["default"], "c")
+    manager.attach(consumer)
+    job, _ = submit_job(manager, "t", b"", 1.0, max_attempts=40)
+    snapshots: list[tuple[list[Any], int]] = []
+    for attempt in range(30):
+        manager.grant(consumer, 1, 2.0)
+        error = {"type": "E", "message": str(attempt), "traceback": ""}
+        manager.fail(consumer, job.id, job.attempts, error, 2.0, 0.0)
+        snapshots.append((snapshot_record(job), len(sink.data)))
+    assert job.errors is not None
+    assert len(job.errors) == 25
+    assert job.error_count == 30
+    for snapshot, _ in snapshots:
+        replayed: dict[str, Job] = {}
+        replay([snapshot], replayed)
+        replay(sink.suffix(sink.starts[1]), replayed)
+        assert summary(replayed) == summary(manager.jobs)
+
+
+def test_version_1_records_without_an_error_count_are_still_read(tmp_path: Path) -> None:
+    """A directory written by the previous format: errors deduplicated by time, as then."""
+    job = Job("j1", "echo", b"", "q", 0, 1, 3, None, 60.0, 1.0)
+    error = {"type": "E", "message": "x", "traceback": "", "attempt": 1, "at": 5.0}
+    v1_snapshot = snapshot_record(job)[:-1]  # no count
+    job.state = JobState.QUEUED
+    job.attempts = 1
+    v1_changed = changed_record(job)[:-1]
+    v1_changed[-1] = error
+    header = HEADER.pack(b"JOBWIRE\x00", KIND_SNAPSHOT, 1)
+    records = [v1_snapshot, [SNAPSHOT_END, 1]]
+    snapshot_file = header + b"".join(encode_record(r) for r in records)
+    (tmp_path / "snapshot-1.jws").write_bytes(snapshot_file)
+    journal = HEADER.pack(b"JOBWIRE\x00", KIND_JOURNAL, 1) + encode_record(v1_changed) * 2
+    (tmp_path / "journal-1.jwj").write_bytes(journal)
+    back = recover(tmp_path).jobs["j1"]
+    assert back.attempts == 1
+    assert back.errors == [error]
+    assert back.error_count == 1
