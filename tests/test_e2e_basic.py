@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broker import Client, JobFailed, NotFound
-from tests.procs import BrokerProc, WorkerProc
+from harness.processes import BrokerProc, WorkerProc
 
 WAIT = 30.0
 

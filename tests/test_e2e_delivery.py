@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from broker import Client, ConnectionLost, JobCancelled, JobFailed
-from tests.procs import BrokerProc, WorkerProc
+from harness.processes import BrokerProc, WorkerProc
 
 WAIT = 30.0
 
@@ -193,7 +193,7 @@ async def test_worker_and_client_reconnect_after_broker_restart(
         assert await asyncio.to_thread(first.stop) == 0
         with pytest.raises(ConnectionLost):
             await asyncio.wait_for(waiting, WAIT)
-        mark = len(worker.lines)
+        mark = worker.line_count()
         await wait_line(worker, r"cannot reach the broker", mark)
         second = start_broker(port=first.port)
         await wait_line(worker, r"reconnected to the broker", mark)

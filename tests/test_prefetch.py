@@ -7,7 +7,7 @@ import signal
 from collections.abc import Callable
 
 from broker import Client
-from tests.procs import BrokerProc, WorkerProc
+from harness.processes import BrokerProc, WorkerProc
 from tests.test_e2e_basic import max_overlap
 
 WAIT = 30.0
