@@ -62,3 +62,25 @@ async def timed_nap(seconds: float) -> list[float]:
     start = time.time()
     await asyncio.sleep(seconds)
     return [start, time.time()]
+
+
+# Gates: a task that waits until the test creates a file, so that a test
+# controls when a job ends instead of betting on how long a sleep takes.
+GATE_POLL = 0.01
+
+
+@task
+async def gated(gate: str, value: Any = None) -> Any:
+    """Returns ``value`` once the file ``gate`` exists."""
+    # Another process's file: nothing to await but a look (a stat is not worth a thread).
+    while not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(GATE_POLL)
+    return value
+
+
+@task
+async def gated_span(gate: str) -> list[float]:
+    """Waits for the file ``gate``; returns when it really ran, as seen by the worker."""
+    start = time.time()
+    await gated(gate)
+    return [start, time.time()]

@@ -7,7 +7,7 @@ landing in time; every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -23,6 +23,7 @@ from broker import (
     NotFound,
 )
 from broker.manager import Consumer, ManagerConfig
+from tests.waiting import eventually
 from worker import Retry, TaskRegistry, Worker, current_job
 
 WAIT = 30.0
@@ -50,19 +51,6 @@ async def serving(worker: Worker) -> AsyncIterator[Worker]:
     finally:
         worker.stop_now()
         await asyncio.wait_for(run, WAIT)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Until ``check()`` holds; fails after WAIT seconds.
-
-    For what is only seen by asking the broker over the wire: no event to wait on.
-    """
-    try:
-        async with asyncio.timeout(WAIT):
-            while not await check():  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"not within {WAIT}s: {what}") from None
 
 
 class Gates:
