@@ -21,6 +21,7 @@ from protocol.job_spec import WIRE_NAMES, JobSpec
 from protocol.messages import JOB_SPEC, validate_request
 from protocol.security import TOKEN_ENV, add_peer_arguments, peer_settings, resolve_token
 from protocol.states import JobState
+from worker.__main__ import parser as worker_parser
 
 SERVER_SIDE = ("broker.server", "broker.session", "broker.manager", "broker.journal", "fcntl")
 
@@ -147,3 +148,9 @@ def test_the_peer_command_lines_strip_the_token_too() -> None:
     add_peer_arguments(parser)
     token, context = peer_settings(parser.parse_args(["--token", " s3cret\n"]))
     assert (token, context) == ("s3cret", None)
+
+
+def test_worker_help_says_which_queues_it_serves_by_default() -> None:
+    help_text = " ".join(worker_parser().format_help().split())
+    assert "the queues the loaded tasks name" in help_text
+    assert "plus 'default' if some task names none" in help_text
