@@ -26,14 +26,22 @@ async def test_prefetched_jobs_wait_for_a_slot(
     broker: BrokerProc, start_worker: Callable[..., WorkerProc], tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
+    marks = [tmp_path / f"started-{i}" for i in range(8)]
     worker = start_worker(broker.address, concurrency=2, extra=["--prefetch", "4"])
     async with Client(broker.address) as client:
         jobs = await client.submit_many(
-            [{"task": "gated_span", "args": [str(gate)]} for _ in range(8)]
+            [{"task": "gated_span", "args": [str(gate), str(mark)]} for mark in marks]
         )
         await wait_for_lines(worker, r"waits for a slot", 4)
         stats = await client.stats()
         assert stats["queues"]["default"] == {"queued": 2, "delayed": 0, "running": 6}
+
+        async def first_two_started() -> bool:
+            return all(mark.exists() for mark in marks[:2])
+
+        # Both slots are busy, and only they: what runs next waits for the gate.
+        await eventually(first_two_started, "the first two jobs started")
+        assert not any(mark.exists() for mark in marks[2:])
         open_gate(gate)
         spans = await asyncio.wait_for(asyncio.gather(*(job.result() for job in jobs)), WAIT)
         assert max_overlap([(start, end) for start, end in spans]) == 2

@@ -336,17 +336,17 @@ class Worker:
 
     # -- running one job ---------------------------------------------------------
 
-    def _launch(self, running: _HeldJob, connection: Connection) -> None:
+    def _launch(self, held: _HeldJob, connection: Connection) -> None:
         """Start a job's task; its slot is taken already."""
-        running.started = time.perf_counter()
-        task = running.task = asyncio.create_task(self._run_job(running, connection))
+        held.started = time.perf_counter()
+        task = held.task = asyncio.create_task(self._run_job(held, connection))
         # A callback, not a finally: it runs even if the task is cancelled
         # before it starts (say, a REVOKE in the same read as the JOBS).
-        task.add_done_callback(lambda _: self._job_done(running, connection))
+        task.add_done_callback(lambda _: self._job_done(held, connection))
 
-    async def _run_job(self, running: _HeldJob, connection: Connection) -> None:
+    async def _run_job(self, held: _HeldJob, connection: Connection) -> None:
         """Run the task and report; the bookkeeping after it is :meth:`_job_done`'s."""
-        delivery = running.delivery
+        delivery = held.delivery
         job_id: str = delivery["id"]
         attempt: int = delivery["attempt"]
         report: Message
@@ -360,13 +360,13 @@ class Worker:
                 "attempt": attempt,
                 "result": _encode_result(result, self.max_frame - ENVELOPE_RESERVE),
             }
-            running.outcome = JobState.SUCCEEDED
+            held.outcome = JobState.SUCCEEDED
         except asyncio.CancelledError:
-            if running.stop_reason is None:
+            if held.stop_reason is None:
                 raise  # not ours: the worker itself is being torn down
             return  # _job_done settles it by the reason
         except Retry as exc:
-            running.outcome = f"retry in {exc.delay:g}s"
+            held.outcome = f"retry in {exc.delay:g}s"
             report = {
                 "op": Op.FAIL,
                 "id": job_id,
@@ -375,22 +375,22 @@ class Worker:
                 "retry_in": exc.delay,
             }
         except Exception as exc:
-            running.outcome = f"failed: {type(exc).__name__}: {exc}"
+            held.outcome = f"failed: {type(exc).__name__}: {exc}"
             report = {"op": Op.FAIL, "id": job_id, "attempt": attempt, "error": error_info(exc)}
         if connection.is_open:
             connection.send(report)
 
-    def _job_done(self, running: _HeldJob, connection: Connection) -> None:
+    def _job_done(self, held: _HeldJob, connection: Connection) -> None:
         """A job's task ended, however (even cancelled before it began): settle its slot."""
-        delivery = running.delivery
+        delivery = held.delivery
         job_id: str = delivery["id"]
-        reason = running.stop_reason
+        reason = held.stop_reason
         # The same job may be redelivered here while this attempt winds down:
         # the slots hold on to the newer one.
-        self._slots.ended(job_id, running, reason)
+        self._slots.ended(job_id, held, reason)
         self.jobs_done += 1
-        if running.outcome is None and reason is not None:
-            running.outcome = reason.value
+        if held.outcome is None and reason is not None:
+            held.outcome = reason.value
             if reason is StopReason.SHUTDOWN and connection.is_open:
                 # Cancelled unfinished: hand it back to run again elsewhere, uncounted.
                 connection.send({"op": Op.RELEASE, "id": job_id, "attempt": delivery["attempt"]})
@@ -401,8 +401,8 @@ class Worker:
                 "job %s %s %s in %.3fs",
                 job_id,
                 delivery["task"],
-                running.outcome or "ended",
-                time.perf_counter() - running.started,
+                held.outcome or "ended",
+                time.perf_counter() - held.started,
             )
         if connection.is_open:
             waiting = self._slots.start_next()
