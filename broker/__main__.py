@@ -29,6 +29,7 @@ from protocol.security import (
     resolve_token,
     server_ssl_context,
 )
+from protocol.states import UNFINISHED_STATES, JobState
 from protocol.stream import DEFAULT_PORT, install_uvloop
 
 ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed")
@@ -162,12 +163,12 @@ def print_json(value: Any) -> None:
 
 
 def print_stats(stats: dict[str, Any]) -> None:
-    print(f"{'queue':<20} {'queued':>8} {'delayed':>8} {'running':>8}")
+    print(f"{'queue':<20}" + "".join(f" {state:>8}" for state in UNFINISHED_STATES))
     for name, counts in stats["queues"].items():
-        print(f"{name:<20} {counts['queued']:>8} {counts['delayed']:>8} {counts['running']:>8}")
+        print(f"{name:<20}" + "".join(f" {counts[state]:>8}" for state in UNFINISHED_STATES))
     print(
         f"workers {stats['workers']}  clients {stats['clients']}  running {stats['running']}  "
-        f"succeeded {stats['succeeded']}  failed {stats['failed']}  "
+        f"succeeded {stats[JobState.SUCCEEDED]}  failed {stats[JobState.FAILED]}  "
         f"failed list {stats['failed_list']}  submitted {stats['submitted']}"
     )
 

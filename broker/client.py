@@ -7,6 +7,7 @@ connection. Results are pushed by the broker (``DONE``), never polled.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -16,8 +17,10 @@ import msgpack
 
 from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
+from protocol.job_spec import JobSpec
 from protocol.messages import Op, Role
 from protocol.security import resolve_token
+from protocol.states import JobState
 from protocol.stream import (
     DEFAULT_CONNECT_TIMEOUT,
     Connection,
@@ -30,19 +33,10 @@ from protocol.stream import (
 # an exception, so an outcome nobody awaits never logs "exception never retrieved".
 LOST = "LOST"
 
+# What a ``submit_many`` entry may hold: JobSpec's options, with the arguments
+# in place of their encoding. A new job option is added in JobSpec alone.
 SUBMIT_FIELDS = frozenset(
-    {
-        "task",
-        "args",
-        "kwargs",
-        "queue",
-        "priority",
-        "delay",
-        "max_attempts",
-        "timeout",
-        "lease",
-        "job_id",
-    }
+    {f.name for f in dataclasses.fields(JobSpec) if f.name != "payload"} | {"args", "kwargs"}
 )
 
 
@@ -74,34 +68,12 @@ def job_spec(
     task: str,
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
-    *,
-    queue: str = "default",
-    priority: int = 0,
-    delay: float = 0,
-    max_attempts: int | None = None,
-    timeout: float | None = None,
-    lease: float | None = None,
-    job_id: str | None = None,
-) -> Message:
-    """The wire form of one job to submit (only the fields that differ from the defaults)."""
+    **options: Any,
+) -> JobSpec:
+    """One job to submit; ``options`` are :class:`JobSpec`'s (``queue``, ``priority``, ...)."""
     if not isinstance(task, str) or not task:
         raise ValueError("task must be a non-empty string")
-    spec: Message = {"task": task, "payload": encode_payload(args, kwargs)}
-    if queue != "default":
-        spec["queue"] = queue
-    if priority:
-        spec["priority"] = priority
-    if delay:
-        spec["delay"] = delay
-    if max_attempts is not None:
-        spec["max_attempts"] = max_attempts
-    if timeout is not None:
-        spec["timeout"] = timeout
-    if lease is not None:
-        spec["lease"] = lease
-    if job_id is not None:
-        spec["id"] = job_id
-    return spec
+    return JobSpec(task, encode_payload(args, kwargs), **options)
 
 
 # A generous bound on what a job spec adds around its payload on the wire.
@@ -191,12 +163,12 @@ class Job:
 def unpack_outcome(outcome: Message) -> Any:
     """A DONE message to the task's return value, or the matching exception."""
     state = outcome.get("state")
-    if state == "succeeded":
+    if state == JobState.SUCCEEDED:
         return msgpack.unpackb(outcome["result"], raw=False, strict_map_key=False)
     if outcome["op"] == LOST:
         raise ConnectionLost("connection to the broker lost while waiting for a job's result")
     error = outcome.get("error") or {}
-    error_class = JobCancelled if state == "cancelled" else JobFailed
+    error_class = JobCancelled if state == JobState.CANCELLED else JobFailed
     raise error_class(
         outcome["id"],
         error.get("type", "Error"),
@@ -227,7 +199,7 @@ class Client:
         """
         self.address = address
         self._watch_on_submit = watch
-        self._token = token if token is not None else resolve_token()
+        self._token = token.strip() if token is not None else resolve_token()
         self._ssl = ssl
         self._name = name
         self._max_frame = max_frame
@@ -331,7 +303,7 @@ class Client:
             timeout=timeout,
             lease=lease,
             job_id=job_id,
-        )
+        ).to_wire()
         connection = self._connection
         if connection is None or not connection.is_open:
             return (await self._submit_specs([spec]))[0]
@@ -356,7 +328,7 @@ class Client:
                 raise ValueError(f"job {i}: unknown keys {sorted(set(job) - SUBMIT_FIELDS)}")
             if "task" not in job:
                 raise ValueError(f"job {i}: 'task' is required")
-            specs.append(job_spec(**job))
+            specs.append(job_spec(**job).to_wire())
         if not specs:
             return []
         return await self._submit_specs(specs)

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 from broker import Client
+from harness.processes import BrokerProc, Proc, WorkerProc
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 10
 TOTAL = 30
-STARTUP_TIMEOUT = 20.0
 
 
 def say(line: str) -> None:
@@ -30,54 +25,31 @@ def say(line: str) -> None:
     os.write(1, f"{line}\n".encode())
 
 
-def start_broker() -> tuple[subprocess.Popen[str], str]:
-    broker = subprocess.Popen(
-        [sys.executable, "-m", "broker", "--port", "0", "--log-level", "info"],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert broker.stderr is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    for line in broker.stderr:
-        if "listening on " in line:
-            address = line.rsplit("listening on ", 1)[1].strip()
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError("the broker did not start")
+def show_problems(line: str) -> None:
+    """The broker's lines worth a look: warnings and errors, on stderr."""
+    if " WARNING " in line or " ERROR " in line:
+        print(f"[broker] {line}", file=sys.stderr)
+
+
+def show_worker_line(line: str) -> None:
+    """A worker's task prints go to stdout; its warnings and errors to stderr."""
+    if " WARNING " in line or " ERROR " in line:
+        print(line, file=sys.stderr)
     else:
-        raise RuntimeError(f"the broker exited ({broker.wait()})")
-    # Keep reading so the pipe never fills; show only what is worth a look.
-    threading.Thread(target=forward_problems, args=(broker.stderr,), daemon=True).start()
-    return broker, address
+        say(line)
 
 
-def forward_problems(stream: object) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        if " WARNING " in line or " ERROR " in line:
-            print(f"[broker] {line}", end="", file=sys.stderr)
-
-
-def start_worker(address: str, name: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "examples.demo_tasks",
-            "--connect",
-            address,
-            "--concurrency",
-            "5",
-            "--name",
-            name,
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        text=True,
+def start_worker(address: str, name: str) -> WorkerProc:
+    return WorkerProc(
+        address,
+        ["examples.demo_tasks"],
+        concurrency=5,
+        log_level="warning",
+        extra=["--name", name],
+        wait_connected=False,
+        name=name,
+        keep_lines=100,
+        echo=show_worker_line,
     )
 
 
@@ -102,29 +74,19 @@ async def dispatch(address: str) -> None:
     )
 
 
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def main() -> int:
-    processes: list[subprocess.Popen[str]] = []
+    processes: list[Proc] = []
     try:
-        broker, address = start_broker()
+        broker = BrokerProc(keep_lines=100, echo=show_problems)
         processes.append(broker)
-        processes.extend(start_worker(address, f"worker-{i}") for i in (1, 2))
-        asyncio.run(dispatch(address))
+        processes.extend(start_worker(broker.address, f"worker-{i}") for i in (1, 2))
+        asyncio.run(dispatch(broker.address))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         for process in reversed(processes):
-            stop(process)
+            process.stop(10)
     return 0
 
 

@@ -13,6 +13,7 @@ from protocol.errors import (
     ProtocolError,
     QueueFull,
     RemoteError,
+    StorageFailed,
     remote_error,
 )
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, decode_body, encode_frame
@@ -31,6 +32,7 @@ __all__ = [
     "QueueFull",
     "RemoteError",
     "Role",
+    "StorageFailed",
     "decode_body",
     "encode_frame",
     "remote_error",

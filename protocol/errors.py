@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     STORAGE_FAILED = "STORAGE_FAILED"
     INTERNAL = "INTERNAL"
+    STORAGE_FAILED = "STORAGE_FAILED"
 
 
 class JobwireError(Exception):
@@ -73,6 +74,14 @@ class QueueFull(RemoteError):
     """The broker holds as many jobs as it may (``--max-jobs``)."""
 
 
+class StorageFailed(RemoteError):
+    """The broker's storage (its journal) cannot take records now; retry later.
+
+    Nothing the broker acknowledged is lost, and the condition clears by
+    itself once a write succeeds again.
+    """
+
+
 class ConnectionLost(JobwireError, ConnectionError):
     """The connection closed while a call waited on it; the call's outcome is unknown."""
 
@@ -83,4 +92,6 @@ def remote_error(code: str, message: str) -> RemoteError:
         return NotFound(code, message)
     if code == ErrorCode.QUEUE_FULL:
         return QueueFull(code, message)
+    if code == ErrorCode.STORAGE_FAILED:
+        return StorageFailed(code, message)
     return RemoteError(code, message)

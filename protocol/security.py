@@ -31,15 +31,20 @@ def proof_matches(token: str, nonce: bytes, proof: bytes | None) -> bool:
 
 
 def resolve_token(token: str | None = None, token_file: str | None = None) -> str | None:
-    """The token from an explicit value, a file (first line), or ``BROKER_TOKEN``, in that order."""
-    if token:
-        return token
+    """The token from an explicit value, a file (first line), or ``BROKER_TOKEN``, in that order.
+
+    Surrounding whitespace is stripped from all three alike (a trailing newline
+    from ``echo`` or a secrets mount is never part of a token); a value that is
+    only whitespace counts as none given.
+    """
+    if token and token.strip():
+        return token.strip()
     if token_file:
         text = Path(token_file).read_text(encoding="utf-8").strip()
         if not text:
             raise ValueError(f"token file {token_file} is empty")
         return text.splitlines()[0].strip()
-    return os.environ.get(TOKEN_ENV) or None
+    return os.environ.get(TOKEN_ENV, "").strip() or None
 
 
 def is_loopback(host: str) -> bool:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import BrokerProc, Proc, WorkerProc
+from harness.processes import BrokerProc, Proc, WorkerProc
 
 E2E_TASKS = "tests.tasks_e2e"
 
@@ -20,13 +20,13 @@ def procs() -> Iterator[list[Proc]]:
     # pytest shows this only for a failed test: the processes' own account.
     for proc in started:
         print(f"----- {proc.name} {proc.pid} (exit {proc.popen.returncode}) -----")
-        print("\n".join(proc.lines[-60:]))
+        print(proc.tail(60))
 
 
 @pytest.fixture
 def start_broker(procs: list[Proc]) -> Callable[..., BrokerProc]:
     def start(*extra: str, port: int = 0) -> BrokerProc:
-        proc = BrokerProc(*extra, port=port)
+        proc = BrokerProc(extra, port=port)
         procs.append(proc)
         return proc
 
@@ -41,7 +41,7 @@ def broker(start_broker: Callable[..., BrokerProc]) -> BrokerProc:
 @pytest.fixture
 def start_worker(procs: list[Proc]) -> Callable[..., WorkerProc]:
     def start(address: str, *modules: str, **kwargs: Any) -> WorkerProc:
-        proc = WorkerProc(address, *(modules or (E2E_TASKS,)), **kwargs)
+        proc = WorkerProc(address, modules or (E2E_TASKS,), **kwargs)
         procs.append(proc)
         return proc
 

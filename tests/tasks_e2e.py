@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from worker import Retry, current_job, task
@@ -61,4 +62,31 @@ async def timed_nap(seconds: float) -> list[float]:
     """Sleeps; returns when it really ran, as seen by the worker: [start, end]."""
     start = time.time()
     await asyncio.sleep(seconds)
+    return [start, time.time()]
+
+
+# Gates: a task that waits until the test creates a file, so that a test
+# controls when a job ends instead of betting on how long a sleep takes.
+GATE_POLL = 0.01
+
+
+@task
+async def gated(gate: str, value: Any = None) -> Any:
+    """Returns ``value`` once the file ``gate`` exists."""
+    # Another process's file: nothing to await but a look (a stat is not worth a thread).
+    while not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(GATE_POLL)
+    return value
+
+
+@task
+async def gated_span(gate: str, started: str | None = None) -> list[float]:
+    """Waits for the file ``gate``; returns when it really ran, as seen by the worker.
+
+    With ``started``, creates that file once its start is recorded.
+    """
+    start = time.time()
+    if started is not None:
+        Path(started).touch()  # noqa: ASYNC240 - a tiny file, once
+    await gated(gate)
     return [start, time.time()]

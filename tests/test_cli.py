@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from tests.procs import ROOT, BrokerProc, WorkerProc
+from harness.processes import ROOT, BrokerProc, WorkerProc
 
 
 def admin(address: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.procs import ROOT
+from harness.processes import ROOT
 
 
 def test_demo_dispatches_the_next_batch_only_when_all_ten_finished() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker import Client, JobFailed, NotFound
-from tests.procs import BrokerProc, WorkerProc
+from harness.processes import BrokerProc, WorkerProc
+from tests.waiting import open_gate
 
 WAIT = 30.0
 
@@ -51,18 +53,26 @@ async def test_thousand_jobs_two_workers_each_finish_once(
 
 
 async def test_concurrency_four_runs_four_at_once_never_five(
-    broker: BrokerProc, start_worker: Callable[..., WorkerProc]
+    broker: BrokerProc, start_worker: Callable[..., WorkerProc], tmp_path: Path
 ) -> None:
-    start_worker(broker.address, concurrency=4)
+    gate = tmp_path / "gate"
+    worker = start_worker(broker.address, concurrency=4)
     async with Client(broker.address) as client:
         jobs = await client.submit_many(
-            [{"task": "nap", "args": [1.0, i]} for i in range(4)]
-            + [{"task": "blocking_nap", "args": [0.3, i]} for i in range(4, 9)]
+            [{"task": "gated", "args": [str(gate), i]} for i in range(4)]
+            + [{"task": "blocking_nap", "args": [0.05, i]} for i in range(4, 9)]
         )
+        # The four gated jobs run side by side, and hold every slot ...
+        start = 0
+        for _ in range(4):
+            start = 1 + await asyncio.to_thread(
+                worker.wait_for_line_number, r"gated started", WAIT, start
+            )
+        assert (await client.stats())["queues"]["default"]["running"] == 4
+        open_gate(gate)
         done = await asyncio.wait_for(asyncio.gather(*(job.result() for job in jobs)), WAIT)
         assert done == list(range(9))
         intervals = await run_intervals(client, [job.id for job in jobs])
-        # The four one-second sleeps all ran side by side ...
         assert max_overlap(intervals[:4]) == 4
         # ... and nothing ever ran as a fifth.
         assert max_overlap(intervals) == 4
@@ -91,14 +101,12 @@ async def test_delay_is_honoured(
 ) -> None:
     start_worker(broker.address, concurrency=2)
     async with Client(broker.address) as client:
-        delayed = await client.submit("echo", ["late"], delay=0.6)
+        delayed = await client.submit("echo", ["late"], delay=2.0)
         prompt = await client.submit("echo", ["now"])
-        assert (await client.status(delayed.id))["state"] == "delayed"
         assert await asyncio.wait_for(prompt.result(), WAIT) == "now"
-        assert (await client.status(delayed.id))["state"] == "delayed"
         assert await asyncio.wait_for(delayed.result(), WAIT) == "late"
         status = await client.status(delayed.id)
-        assert status["started_at"] >= status["created_at"] + 0.6
+        assert status["started_at"] >= status["created_at"] + 2.0
 
 
 async def test_unknown_task_and_failing_task_raise_job_failed(
@@ -160,18 +168,23 @@ async def test_result_awaited_from_another_client(
 
 
 async def test_as_completed_yields_in_finishing_order(
-    broker: BrokerProc, start_worker: Callable[..., WorkerProc]
+    broker: BrokerProc, start_worker: Callable[..., WorkerProc], tmp_path: Path
 ) -> None:
     start_worker(broker.address, concurrency=4)
+    gates = {name: tmp_path / name for name in ("a", "b", "c")}
+    order = ["b", "c", "a"]
     async with Client(broker.address) as client:
         jobs = await client.submit_many(
-            [{"task": "nap", "args": [seconds, seconds]} for seconds in (0.6, 0.1, 0.35)]
+            [{"task": "gated", "args": [str(gate), name]} for name, gate in gates.items()]
         )
+        open_gate(gates[order[0]])
         finished = []
         async with asyncio.timeout(WAIT):
             async for job in client.as_completed(jobs):
                 finished.append(await job.result())
-        assert finished == [0.1, 0.35, 0.6]
+                if len(finished) < len(order):  # the next one finishes only now
+                    open_gate(gates[order[len(finished)]])
+        assert finished == order
 
 
 async def test_lost_connection_fails_pending_calls(start_broker: Callable[..., BrokerProc]) -> None:

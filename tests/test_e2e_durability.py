@@ -13,7 +13,7 @@ import pytest
 
 from broker import Client, NotFound
 from broker.journal import HEADER
-from tests.procs import ROOT, BrokerProc, WorkerProc
+from harness.processes import ROOT, BrokerProc, WorkerProc
 
 WAIT = 60.0
 IN_FLIGHT = 50

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from broker import Broker, BrokerConfig, Client
 from broker.manager import ManagerConfig
-from tests.procs import BrokerProc, WorkerProc
+from harness.processes import BrokerProc, WorkerProc
 from worker import Retry, TaskRegistry, Worker, current_job
 
 WAIT = 30.0

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from fuzz.targets import fuzz_decoder, fuzz_session, fuzz_session_messages
+from harness.processes import ROOT
 from protocol.framing import FrameDecoder
 from protocol.messages import REQUESTS, Role
-from tests.procs import ROOT
 
 FIXED = settings(
     max_examples=600,

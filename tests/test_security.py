@@ -19,10 +19,10 @@ import pytest
 from broker import Client, QueueFull, RemoteError
 from broker.config import BrokerConfig
 from broker.server import Broker, ExposureRefused
+from harness.processes import ROOT, BrokerProc, WorkerProc
 from protocol.errors import ProtocolError
 from protocol.framing import encode_frame
 from protocol.security import auth_proof, client_ssl_context
-from tests.procs import ROOT, BrokerProc, WorkerProc
 from tests.rawpeer import RawPeer
 
 TOKEN = "s3cret-token"
@@ -343,7 +343,7 @@ def test_exposure_policy(host: str, token: str | None, insecure: bool, allowed: 
 
 def test_worker_with_a_wrong_token_exits_with_a_clear_error(secured: BrokerProc) -> None:
     worker = WorkerProc(
-        secured.address, "tests.tasks_e2e", extra=["--token", "nope"], wait_connected=False
+        secured.address, ["tests.tasks_e2e"], extra=["--token", "nope"], wait_connected=False
     )
     try:
         assert worker.wait(WAIT) == 1

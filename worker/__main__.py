@@ -38,7 +38,12 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="jobs taken beyond --concurrency, to wait here for a slot (default 0)",
     )
-    p.add_argument("--queues", default=None, help="comma-separated queues (default: default)")
+    p.add_argument(
+        "--queues",
+        default=None,
+        help="comma-separated queues to take jobs from (default: the queues the loaded "
+        "tasks name with @task(queue=...), plus 'default' if some task names none)",
+    )
     p.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
     p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM")
     p.add_argument("--name", default=None, help="name shown in the broker's logs")

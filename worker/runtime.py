@@ -2,9 +2,11 @@
 
 Flow control is by credit: the worker tells the broker how many more jobs
 it can take (``READY n``) and the broker never delivers more. A finished
-job gives its slot back. Leases are renewed by a heartbeat loop while jobs
-run. Every task the worker starts is owned (``self._running``) and awaited
-or cancelled before the worker returns.
+job gives its slot back. The numbers and decisions (slots, prefetch, credit,
+what a stopped job needs) are :class:`worker.slots.Slots`'s; this module
+does the I/O. Leases are renewed by a heartbeat loop while jobs are held.
+Every task the worker starts is owned (by its :class:`_HeldJob` in
+``self._slots``) and awaited or cancelled before the worker returns.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ import asyncio
 import contextvars
 import functools
 import logging
-import random
 import ssl as ssl_module
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,12 +25,15 @@ from typing import Any
 
 import msgpack
 
+from protocol.backoff import backoff_delay
 from protocol.errors import ConnectionLost, JobwireError, ProtocolError, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.messages import Op, Role
+from protocol.states import JobState
 from protocol.stream import Connection, Message, open_connection
 from worker.registry import TaskRegistry, default_registry
 from worker.retry import Retry
+from worker.slots import Arrival, Slots, StopReason
 
 log = logging.getLogger("worker")
 
@@ -68,8 +71,9 @@ def error_info(exc: BaseException) -> dict[str, str]:
     }
 
 
-class _Running:
-    """A job this worker runs: its delivery, its task, and why it was stopped."""
+class _HeldJob:
+    """A job this worker holds (executing, or waiting for a slot): its delivery, its
+    task once started, and why it was stopped."""
 
     __slots__ = ("delivery", "lease", "outcome", "started", "stop_reason", "task")
 
@@ -78,8 +82,8 @@ class _Running:
         self.lease: float = delivery["lease"]
         self.started = time.perf_counter()
         self.task: asyncio.Task[None] | None = None
-        # Set before the task is cancelled: "revoked", "shutdown" or "lost".
-        self.stop_reason: str | None = None
+        # Set before the task is cancelled.
+        self.stop_reason: StopReason | None = None
         # How it ended, for the log: set by whoever ends it.
         self.outcome: str | None = None
 
@@ -100,10 +104,9 @@ class Worker:
         max_frame: int = DEFAULT_MAX_FRAME,
         prefetch: int = 0,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if prefetch < 0:
-            raise ValueError("prefetch must be at least 0")
+        # Jobs taken beyond the executing ones, so that a freed slot never waits a
+        # round trip for its next job (see worker.slots). Raises ValueError early.
+        self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch)
         self.address = address
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency
@@ -114,25 +117,18 @@ class Worker:
         self.name = name
         self.grace = grace
         self.max_frame = max_frame
-        # Jobs taken beyond the running ones, so that a freed slot never waits a
-        # round trip for its next job. They count as running at the broker (their
-        # leases are renewed like the others') and wait here in arrival order.
         self.prefetch = prefetch
         self.jobs_done = 0
-        # Every job this worker holds, executing or waiting for a slot.
-        self._running: dict[str, _Running] = {}
-        self._waiting: deque[_Running] = deque()
-        self._executing = 0
         self._connection: Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._stopping = False
         self._stopped: asyncio.Event | None = None
         self._burst_done = False
         self._heartbeat_wake: asyncio.Event | None = None
         self._heartbeat_interval = 0.0
         self._idle_timeout = 300.0
         self._log_jobs = False
-        self._slots_freed = 0
+        # A READY is scheduled for the end of this loop turn.
+        self._ready_scheduled = False
 
     # -- control ---------------------------------------------------------------
 
@@ -143,13 +139,12 @@ class Worker:
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobwire-task")
         try:
             failures = 0
-            while not self._stopping:
+            while not self._slots.stopping:
                 try:
                     connection = await self._connect()
                 except (OSError, TimeoutError, ConnectionLost) as exc:
                     failures += 1
-                    delay = min(RECONNECT_CAP, RECONNECT_BASE * 2 ** min(failures - 1, 20))
-                    delay *= random.uniform(0.5, 1.0)
+                    delay = backoff_delay(failures, RECONNECT_BASE, RECONNECT_CAP)
                     log.warning(
                         "cannot reach the broker at %s (%s); attempt %d, retrying in %.1fs",
                         self.address,
@@ -169,21 +164,24 @@ class Worker:
                 if self._burst_done:
                     break
         finally:
-            await self._cancel_all("shutdown")
+            await self._cancel_all(StopReason.SHUTDOWN)
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
             log.info("stopped after %d job(s)", self.jobs_done)
 
     def stop(self) -> None:
         """Begin a graceful stop: no new jobs; running ones get ``grace`` seconds."""
-        if self._stopping:
+        if self._slots.stopping:
             return
-        self._stopping = True
-        log.info("stopping: %d job(s) running, waiting up to %gs", self._executing, self.grace)
-        if self._connection is not None and self._connection.is_open:
-            self._connection.send({"op": Op.QUIET})
-        for waiting in list(self._waiting):
-            self._stop_job(waiting, "shutdown")  # never started: hand back at once
+        log.info(
+            "stopping: %d job(s) running, waiting up to %gs", self._slots.executing, self.grace
+        )
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.send({"op": Op.QUIET})
+        for waiting in self._slots.stop():  # never started: hand back at once
+            waiting.stop_reason = StopReason.SHUTDOWN
+            self._release(waiting.delivery)
         if self._stopped is not None:
             self._stopped.set()
 
@@ -191,8 +189,8 @@ class Worker:
         """Stop at once: running jobs are cancelled and handed back to the broker."""
         self.grace = 0.0
         self.stop()
-        for running in list(self._running.values()):
-            self._stop_job(running, "shutdown")
+        for held in self._slots.held():
+            self._stop_job(held, StopReason.SHUTDOWN)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         assert self._stopped is not None
@@ -223,7 +221,6 @@ class Worker:
 
     async def _serve(self, connection: Connection) -> None:
         self._connection = connection
-        self._slots_freed = 0
         self._log_jobs = log.isEnabledFor(logging.INFO)
         log.info(
             "connected to %s: queues %s, concurrency %d, tasks %s",
@@ -235,12 +232,12 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat_loop(connection))
         stopped = asyncio.create_task(self._wait_stopped())
         try:
-            free = self.concurrency + self.prefetch - len(self._running)
-            if free > 0 and not self._stopping:
-                connection.send({"op": Op.READY, "n": free})
+            credit = self._slots.connected()
+            if credit:
+                connection.send({"op": Op.READY, "n": credit})
             closed: asyncio.Future[Any] = connection.closed
             await asyncio.wait({stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if self._stopping and connection.is_open:
+            if self._slots.stopping and connection.is_open:
                 await self._drain_gracefully()
                 await connection.close()
         finally:
@@ -252,9 +249,9 @@ class Worker:
                 connection.abort()
             # The broker requeues whatever this connection held; results
             # of those attempts would be ignored, so stop computing them.
-            await self._cancel_all("lost")
+            await self._cancel_all(StopReason.LOST)
         reason = connection.closed.result() if connection.closed.done() else None
-        if not self._stopping and not self._burst_done:
+        if not self._slots.stopping and not self._burst_done:
             log.warning("connection to the broker lost (%s); reconnecting", reason or "closed")
 
     async def _wait_stopped(self) -> None:
@@ -262,41 +259,37 @@ class Worker:
         await self._stopped.wait()
 
     async def _drain_gracefully(self) -> None:
-        tasks = [r.task for r in self._running.values() if r.task is not None]
+        tasks = [held.task for held in self._slots.held() if held.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=self.grace)
-        await self._cancel_all("shutdown")
+        await self._cancel_all(StopReason.SHUTDOWN)
 
-    async def _cancel_all(self, reason: str) -> None:
-        running = list(self._running.values())
-        for job in running:
+    async def _cancel_all(self, reason: StopReason) -> None:
+        held = self._slots.held()
+        for job in held:
             self._stop_job(job, reason)
-        tasks = [job.task for job in running if job.task is not None]
+        tasks = [job.task for job in held if job.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _stop_job(self, running: _Running, reason: str) -> None:
-        if running.task is not None:
-            if not running.task.done():
-                running.stop_reason = running.stop_reason or reason
-                running.task.cancel()
+    def _stop_job(self, held: _HeldJob, reason: StopReason) -> None:
+        if held.task is not None:
+            if not held.task.done():
+                held.stop_reason = held.stop_reason or reason
+                held.task.cancel()
             return
         # Still waiting for a slot: nothing to cancel, only the slot to settle.
-        if running not in self._waiting:
-            return
-        self._waiting.remove(running)
-        job_id = running.delivery["id"]
-        if self._running.get(job_id) is running:
-            del self._running[job_id]
+        held.stop_reason = held.stop_reason or reason
+        if self._slots.drop(held.delivery["id"], held, reason):
+            self._release(held.delivery)
+        self._schedule_ready()
+
+    def _release(self, delivery: Message) -> None:
+        """Hand a job back unfinished, to run again elsewhere, its attempt uncounted."""
         connection = self._connection
-        if connection is None or not connection.is_open or reason == "lost":
-            return
-        if reason == "shutdown":
-            connection.send(
-                {"op": Op.RELEASE, "id": job_id, "attempt": running.delivery["attempt"]}
-            )
-        elif not self._stopping:
-            self._give_back_slot(connection)
+        if connection is not None and connection.is_open:
+            release = {"op": Op.RELEASE, "id": delivery["id"], "attempt": delivery["attempt"]}
+            connection.send(release)
 
     # -- pushes from the broker --------------------------------------------------
 
@@ -306,15 +299,15 @@ class Worker:
             for delivery in message["jobs"]:
                 self._start(delivery)
         elif op == Op.REVOKE:
-            running = self._running.get(message["id"])
-            if running is not None and running.delivery["attempt"] == message["attempt"]:
+            held = self._slots.get(message["id"])
+            if held is not None and held.delivery["attempt"] == message["attempt"]:
                 log.info("job %s revoked by the broker", message["id"])
-                self._stop_job(running, "revoked")
+                self._stop_job(held, StopReason.REVOKED)
         elif op == Op.EMPTY:
-            if self.burst and not self._running:
+            if self.burst and not self._slots:
                 log.info("burst mode: queues are empty, exiting")
                 self._burst_done = True
-                self._stopping = True
+                self._slots.stop()  # holds nothing: nothing to hand back
                 if self._stopped is not None:
                     self._stopped.set()
         elif op == Op.SHUTDOWN:
@@ -322,46 +315,38 @@ class Worker:
 
     def _start(self, delivery: Message) -> None:
         connection = self._connection
-        if self._stopping or connection is None:
-            if connection is not None and connection.is_open:
-                connection.send(
-                    {"op": Op.RELEASE, "id": delivery["id"], "attempt": delivery["attempt"]}
-                )
+        if connection is None:
             return
-        running = _Running(delivery)
-        previous = self._running.get(delivery["id"])
+        previous = self._slots.get(delivery["id"])
         if previous is not None:
-            self._stop_job(previous, "revoked")  # an older attempt, already given away
-        self._running[delivery["id"]] = running
-        if self._executing < self.concurrency:
-            self._launch(running, connection)
-        else:
-            self._waiting.append(running)
-            if self._log_jobs:
-                log.info("job %s %s waits for a slot", delivery["id"], delivery["task"])
+            self._stop_job(previous, StopReason.REVOKED)  # an older attempt, given away
+        held = _HeldJob(delivery)
+        arrival = self._slots.arrive(delivery["id"], held)
+        if arrival is Arrival.HAND_BACK:
+            self._release(delivery)
+            return
+        if arrival is Arrival.START:
+            self._launch(held, connection)
+        elif self._log_jobs:
+            log.info("job %s %s waits for a slot", delivery["id"], delivery["task"])
         if self._heartbeat_wake is not None and (
-            running.lease / HEARTBEAT_FRACTION < self._heartbeat_interval
+            held.lease / HEARTBEAT_FRACTION < self._heartbeat_interval
         ):
             self._heartbeat_wake.set()
 
     # -- running one job ---------------------------------------------------------
 
-    def _launch(self, running: _Running, connection: Connection) -> None:
-        self._executing += 1
-        running.started = time.perf_counter()
-        task = running.task = asyncio.create_task(self._run_job(running, connection))
+    def _launch(self, held: _HeldJob, connection: Connection) -> None:
+        """Start a job's task; its slot is taken already."""
+        held.started = time.perf_counter()
+        task = held.task = asyncio.create_task(self._run_job(held, connection))
         # A callback, not a finally: it runs even if the task is cancelled
         # before it starts (say, a REVOKE in the same read as the JOBS).
-        task.add_done_callback(lambda _: self._job_done(running, connection))
+        task.add_done_callback(lambda _: self._job_done(held, connection))
 
-    def _launch_waiting(self, connection: Connection) -> None:
-        """A slot is free: start the job that has waited longest for one."""
-        if self._waiting and not self._stopping and connection.is_open:
-            self._launch(self._waiting.popleft(), connection)
-
-    async def _run_job(self, running: _Running, connection: Connection) -> None:
+    async def _run_job(self, held: _HeldJob, connection: Connection) -> None:
         """Run the task and report; the bookkeeping after it is :meth:`_job_done`'s."""
-        delivery = running.delivery
+        delivery = held.delivery
         job_id: str = delivery["id"]
         attempt: int = delivery["attempt"]
         report: Message
@@ -375,13 +360,13 @@ class Worker:
                 "attempt": attempt,
                 "result": _encode_result(result, self.max_frame - ENVELOPE_RESERVE),
             }
-            running.outcome = "succeeded"
+            held.outcome = JobState.SUCCEEDED
         except asyncio.CancelledError:
-            if running.stop_reason is None:
+            if held.stop_reason is None:
                 raise  # not ours: the worker itself is being torn down
             return  # _job_done settles it by the reason
         except Retry as exc:
-            running.outcome = f"retry in {exc.delay:g}s"
+            held.outcome = f"retry in {exc.delay:g}s"
             report = {
                 "op": Op.FAIL,
                 "id": job_id,
@@ -390,24 +375,23 @@ class Worker:
                 "retry_in": exc.delay,
             }
         except Exception as exc:
-            running.outcome = f"failed: {type(exc).__name__}: {exc}"
+            held.outcome = f"failed: {type(exc).__name__}: {exc}"
             report = {"op": Op.FAIL, "id": job_id, "attempt": attempt, "error": error_info(exc)}
         if connection.is_open:
             connection.send(report)
 
-    def _job_done(self, running: _Running, connection: Connection) -> None:
+    def _job_done(self, held: _HeldJob, connection: Connection) -> None:
         """A job's task ended, however (even cancelled before it began): settle its slot."""
-        delivery = running.delivery
+        delivery = held.delivery
         job_id: str = delivery["id"]
-        # The same job may be redelivered here while this attempt winds down.
-        if self._running.get(job_id) is running:
-            del self._running[job_id]
-        self._executing -= 1
+        reason = held.stop_reason
+        # The same job may be redelivered here while this attempt winds down:
+        # the slots hold on to the newer one.
+        self._slots.ended(job_id, held, reason)
         self.jobs_done += 1
-        reason = running.stop_reason
-        if running.outcome is None and reason is not None:
-            running.outcome = reason
-            if reason == "shutdown" and connection.is_open:
+        if held.outcome is None and reason is not None:
+            held.outcome = reason.value
+            if reason is StopReason.SHUTDOWN and connection.is_open:
                 # Cancelled unfinished: hand it back to run again elsewhere, uncounted.
                 connection.send({"op": Op.RELEASE, "id": job_id, "attempt": delivery["attempt"]})
             # Revoked (cancelled, or lease lost) or connection lost: the broker
@@ -417,22 +401,28 @@ class Worker:
                 "job %s %s %s in %.3fs",
                 job_id,
                 delivery["task"],
-                running.outcome or "ended",
-                time.perf_counter() - running.started,
+                held.outcome or "ended",
+                time.perf_counter() - held.started,
             )
-        self._launch_waiting(connection)
-        if connection.is_open and not self._stopping and reason != "lost":
-            self._give_back_slot(connection)
+        if connection.is_open:
+            waiting = self._slots.start_next()
+            if waiting is not None:
+                self._launch(waiting, connection)
+        self._schedule_ready()
 
-    def _give_back_slot(self, connection: Connection) -> None:
-        """Credit one slot back to the broker; the slots freed in one loop turn go as one READY."""
-        self._slots_freed += 1
-        if self._slots_freed == 1:
-            asyncio.get_running_loop().call_soon(self._send_ready, connection)
+    def _schedule_ready(self) -> None:
+        """Credit the freed slots back: those freed in one loop turn go as one READY."""
+        if self._slots.credit_owed and not self._ready_scheduled:
+            self._ready_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_ready)
 
-    def _send_ready(self, connection: Connection) -> None:
-        freed, self._slots_freed = self._slots_freed, 0
-        if freed and connection.is_open and not self._stopping:
+    def _send_ready(self) -> None:
+        self._ready_scheduled = False
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return  # the next connection announces its credit afresh
+        freed = self._slots.take_credit()
+        if freed:
             connection.send({"op": Op.READY, "n": freed})
 
     async def _call_task(self, delivery: Message) -> Any:
@@ -480,7 +470,7 @@ class Worker:
         assert self._heartbeat_wake is not None
         keepalive = self._idle_timeout / HEARTBEAT_FRACTION
         while connection.is_open:
-            leases = [r.lease for r in self._running.values()]
+            leases = [held.lease for held in self._slots.held()]
             self._heartbeat_interval = (
                 min(keepalive, min(leases) / HEARTBEAT_FRACTION) if leases else keepalive
             )
@@ -492,7 +482,7 @@ class Worker:
             except TimeoutError:
                 pass
             if connection.is_open:
-                connection.send({"op": Op.HEARTBEAT, "ids": list(self._running)})
+                connection.send({"op": Op.HEARTBEAT, "ids": self._slots.held_ids()})
 
 
 class WorkerRefused(JobwireError):
