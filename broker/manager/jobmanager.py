@@ -18,6 +18,7 @@ from broker.manager.dispatch import Dispatch
 from broker.manager.leases import Leases
 from broker.manager.recovery import Recovery
 from broker.manager.retention import Retention
+from protocol.backoff import backoff_delay
 from protocol.job_spec import JobSpec
 
 log = logging.getLogger("broker.manager")
@@ -199,12 +200,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         self._requeue(job, now, retry_in)
 
     def backoff(self, attempts: int) -> float:
-        """Delay before the next attempt: exponential, capped, jittered over its upper half."""
-        ceiling: float = min(
-            self.config.backoff_cap, self.config.backoff_base * 2 ** min(attempts - 1, 60)
-        )
-        jitter: float = self._rng.uniform(0.5, 1.0)
-        return ceiling * jitter
+        """Delay before the next attempt (``protocol.backoff``, with the manager's rng)."""
+        return backoff_delay(attempts, self.config.backoff_base, self.config.backoff_cap, self._rng)
 
     # -- cancelling ---------------------------------------------------------------
 
