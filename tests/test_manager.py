@@ -78,6 +78,11 @@ class Harness:
         assert created
         return job
 
+    def advance(self, now: float) -> None:
+        """Run every timer due by ``now``, leases included, as the server's timer does."""
+        self.manager.tick(now)
+        self.manager.expire_leases(now)
+
     def counts(self, queue: str = "default") -> tuple[int, int, int]:
         """(queued, delayed, running) of one queue."""
         counts = self.manager.queues[queue]
@@ -614,7 +619,7 @@ def test_report_for_an_unknown_job_is_ignored() -> None:
 def test_late_ack_after_the_lease_was_lost_never_overwrites_the_outcome() -> None:
     h = Harness(lease=10.0)
     job, first, _ = running_one(h, 0.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     second, _ = h.consumer()
     h.manager.grant(second, 1, 11.0)
     assert job.attempts == 2
@@ -796,11 +801,11 @@ def test_expired_lease_requeues_the_job_and_revokes_it() -> None:
     assert job.lease_deadline == 10.0
     assert h.manager.next_deadline() == 10.0
 
-    h.manager.tick(9.99)
+    h.advance(9.99)
     assert job.state is RUNNING
     assert first_sink.revoked == []
 
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert first_sink.revoked == [(job.id, 1)]
     assert job.state is QUEUED
     assert job.attempts == 1
@@ -815,7 +820,7 @@ def test_expired_lease_requeues_the_job_and_revokes_it() -> None:
     h.manager.grant(second, 1, 11.0)
     assert second_sink.deliveries == [(job.id, 2)]
     assert job.lease_deadline == 21.0
-    h.manager.tick(20.0)
+    h.advance(20.0)
     assert first_sink.revoked == [(job.id, 1)]
     assert second_sink.revoked == []
 
@@ -825,7 +830,7 @@ def test_expired_lease_hands_the_job_to_a_waiting_consumer() -> None:
     job, _, first_sink = running_one(h, 0.0)
     waiting, waiting_sink = h.consumer()
     h.manager.grant(waiting, 1, 0.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert first_sink.revoked == [(job.id, 1)]
     assert waiting_sink.deliveries == [(job.id, 2)]
     assert job.owner is waiting
@@ -836,7 +841,7 @@ def test_per_job_lease() -> None:
     h = Harness(lease=100.0)
     job, _, sink = running_one(h, 0.0, lease=3.0)
     assert job.lease_deadline == 3.0
-    h.manager.tick(3.0)
+    h.advance(3.0)
     assert sink.revoked == [(job.id, 1)]
 
 
@@ -849,14 +854,14 @@ def test_heartbeat_renews_the_lease() -> None:
     assert h.manager.heartbeat(consumer, [job.id, "unknown"], 6.0) == 1
     assert job.lease_deadline == 16.0
 
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert job.state is RUNNING
     assert sink.revoked == []
     assert h.manager.next_deadline() == 16.0
-    h.manager.tick(15.9)
+    h.advance(15.9)
     assert job.state is RUNNING
 
-    h.manager.tick(16.0)
+    h.advance(16.0)
     assert sink.revoked == [(job.id, 1)]
     assert job.state is QUEUED
 
@@ -864,10 +869,10 @@ def test_heartbeat_renews_the_lease() -> None:
 def test_lease_lost_on_the_last_attempt_fails_the_job() -> None:
     h = Harness(lease=10.0, max_attempts=2)
     job, consumer, sink = running_one(h, 0.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     h.manager.grant(consumer, 1, 10.0)
     assert sink.deliveries == [(job.id, 1), (job.id, 2)]
-    h.manager.tick(20.0)
+    h.advance(20.0)
     assert sink.revoked == [(job.id, 1), (job.id, 2)]
     assert job.state is FAILED
     assert job.finished_at == 20.0
@@ -882,6 +887,138 @@ def test_lease_lost_on_the_last_attempt_fails_the_job() -> None:
     assert h.counts() == (0, 0, 0)
     assert consumer.jobs == {}
     assert h.finished == [job]
+
+
+def test_tick_leaves_leases_to_expire_leases() -> None:
+    h = Harness(lease=10.0)
+    job, consumer, sink = running_one(h, 0.0)
+    assert h.manager.next_deadline() == 10.0
+    assert h.manager.next_lease_deadline() == 10.0
+
+    h.manager.tick(50.0)
+    assert job.state is RUNNING
+    assert job.owner is consumer
+    assert sink.revoked == []
+    assert h.manager.next_deadline() == 10.0
+
+    assert h.manager.expire_leases(9.99) == 0
+    assert job.state is RUNNING
+    assert h.manager.expire_leases(50.0) == 1
+    assert sink.revoked == [(job.id, 1)]
+    assert job.state is QUEUED
+    assert h.manager.counters["requeued"] == 1
+    assert h.manager.expire_leases(50.0) == 0
+    assert h.manager.next_lease_deadline() is None
+
+
+def test_expire_leases_runs_no_other_timer() -> None:
+    h = Harness(lease=10.0, result_ttl=5.0)
+    done, consumer, _ = running_one(h, 0.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    delayed = h.submit(0.0, delay=3.0)
+    held, _, sink = running_one(h, 0.0)
+    assert h.manager.expire_leases(100.0) == 1
+    assert sink.revoked == [(held.id, 1)]
+    assert delayed.state is DELAYED
+    assert h.manager.get(done.id) is done
+    h.manager.tick(100.0)
+    assert delayed.state is QUEUED
+    assert h.manager.get(done.id) is None
+
+
+def test_expire_leases_counts_requeued_and_failed_jobs() -> None:
+    h = Harness(lease=10.0)
+    last = h.submit(0.0, max_attempts=1)
+    more = h.submit(0.0, max_attempts=2)
+    renewed = h.submit(0.0)
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 3, 0.0)
+    assert h.manager.heartbeat(consumer, [renewed.id], 5.0) == 1
+    assert h.manager.expire_leases(10.0) == 2
+    assert sorted(sink.revoked) == sorted([(last.id, 1), (more.id, 1)])
+    assert last.state is FAILED
+    assert more.state is QUEUED
+    assert renewed.state is RUNNING
+    assert h.manager.next_lease_deadline() == 15.0
+
+
+def test_next_lease_deadline_skips_leases_that_ended_or_were_renewed() -> None:
+    h = Harness(lease=10.0)
+    assert h.manager.next_lease_deadline() is None
+    first = h.submit(0.0)
+    second = h.submit(0.0)
+    consumer, _ = h.consumer()
+    h.manager.grant(consumer, 1, 0.0)
+    h.manager.grant(consumer, 1, 4.0)
+    assert (first.lease_deadline, second.lease_deadline) == (10.0, 14.0)
+    assert h.manager.next_lease_deadline() == 10.0
+    # Renewed: the next deadline is the other job's.
+    assert h.manager.heartbeat(consumer, [first.id], 6.0) == 1
+    assert h.manager.next_lease_deadline() == 14.0
+    # Ended: none is left, though stale timer entries still wake next_deadline.
+    assert h.manager.ack(consumer, second.id, 1, b"", 7.0)
+    assert h.manager.next_lease_deadline() == 16.0
+    assert h.manager.ack(consumer, first.id, 1, b"", 8.0)
+    assert h.manager.next_lease_deadline() is None
+    assert h.manager.expire_leases(1000.0) == 0
+
+
+def test_extend_leases_moves_every_running_deadline() -> None:
+    h = Harness(lease=10.0)
+    first, consumer, sink = running_one(h, 0.0)
+    second = h.submit(5.0)
+    h.manager.grant(consumer, 1, 5.0)
+    other, other_sink = h.consumer()
+    third = h.submit(7.0)
+    h.manager.grant(other, 1, 7.0)
+    assert third.owner is other
+    queued = h.submit(7.0)
+    delayed = h.submit(6.0, delay=20.0)
+
+    assert h.manager.extend_leases(30.0) == 3
+    assert (first.lease_deadline, second.lease_deadline, third.lease_deadline) == (
+        40.0,
+        45.0,
+        47.0,
+    )
+    assert queued.state is QUEUED
+    assert delayed.run_at == 26.0
+    assert h.manager.next_lease_deadline() == 40.0
+    assert h.manager.expire_leases(39.9) == 0
+    assert h.manager.expire_leases(45.0) == 2
+    assert sink.revoked == [(first.id, 1), (second.id, 1)]
+    assert other_sink.revoked == []
+    assert third.state is RUNNING
+    assert h.manager.next_lease_deadline() == 47.0
+
+
+def test_extend_leases_by_nothing_or_with_nothing_running() -> None:
+    h = Harness(lease=10.0)
+    assert h.manager.extend_leases(5.0) == 0
+    job, _, _ = running_one(h, 0.0)
+    assert h.manager.extend_leases(0.0) == 0
+    assert job.lease_deadline == 10.0
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            h.manager.extend_leases(bad)
+    assert job.lease_deadline == 10.0
+
+
+def test_a_stalled_broker_blames_no_worker() -> None:
+    """What the server does after its own stall: extend, read the sockets, then expire."""
+    h = Harness(lease=10.0)
+    job, consumer, sink = running_one(h, 0.0)
+    # The worker heartbeat at 8; the broker was frozen from 5 to 30 and did not read it.
+    stalled = 25.0
+    h.manager.tick(30.0)
+    next_lease = h.manager.next_lease_deadline()
+    assert next_lease is not None and next_lease <= 30.0
+    assert h.manager.extend_leases(stalled) == 1
+    assert h.manager.heartbeat(consumer, [job.id], 30.0) == 1  # read in the I/O poll
+    assert h.manager.expire_leases(30.0) == 0
+    assert sink.revoked == []
+    assert job.state is RUNNING
+    assert h.manager.next_lease_deadline() == 40.0
 
 
 # -- detach -------------------------------------------------------------------------------
@@ -952,10 +1089,10 @@ def test_stale_lease_after_detach_does_not_revoke_the_new_attempt() -> None:
     h.manager.detach(gone, 5.0, "gone")
     other, other_sink = h.consumer()
     h.manager.grant(other, 1, 5.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert gone_sink.revoked == other_sink.revoked == []
     assert job.owner is other
-    h.manager.tick(15.0)
+    h.advance(15.0)
     assert other_sink.revoked == [(job.id, 2)]
 
 
@@ -1049,20 +1186,20 @@ def test_result_ttl_drops_succeeded_and_cancelled_jobs_but_keeps_failed_ones() -
     failed = failed_one(h, 30.0)
     # The stale lease entries of the finished jobs come first, then the results.
     assert h.manager.next_deadline() == 60.0
-    h.manager.tick(90.0)
+    h.advance(90.0)
     assert set(h.manager.jobs) == {done.id, cancelled.id, failed.id}
     assert h.manager.next_deadline() == 110.0
 
-    h.manager.tick(109.9)
+    h.advance(109.9)
     assert set(h.manager.jobs) == {done.id, cancelled.id, failed.id}
-    h.manager.tick(110.0)
+    h.advance(110.0)
     assert h.manager.get(done.id) is None
     assert h.manager.get(cancelled.id) is cancelled
     assert h.manager.counters["expired"] == 1
-    h.manager.tick(120.0)
+    h.advance(120.0)
     assert h.manager.get(cancelled.id) is None
     assert h.manager.counters["expired"] == 2
-    h.manager.tick(10_000.0)
+    h.advance(10_000.0)
     assert h.manager.jobs == {failed.id: failed}
     assert h.manager.failed_jobs() == [failed]
     assert h.manager.counters["expired"] == 2
@@ -1270,7 +1407,7 @@ def test_announced_task_defaults_apply_to_later_submits() -> None:
     consumer, sink = h.consumer()
     h.manager.grant(consumer, 10, 10.0)
     assert job.lease_deadline == 12.5
-    h.manager.tick(12.5)
+    h.advance(12.5)
     assert (job.id, 1) in sink.revoked
 
 
@@ -1343,6 +1480,8 @@ OPERATIONS = [
     "cancel",
     "tick",
     "tick",
+    "expire",
+    "extend",
     "heartbeat",
     "quiet",
     "detach",
@@ -1469,6 +1608,22 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
         elif operation == "tick":
             now += data.draw(st.floats(min_value=0.0, max_value=15.0), label="dt")
             manager.tick(now)
+        elif operation == "expire":
+            revoked = sum(len(s.sink.revoked) for s in slots)
+            expired = manager.expire_leases(now)
+            assert sum(len(s.sink.revoked) for s in slots) == revoked + expired
+            held_now = [job for s in slots for job in s.consumer.jobs.values()]
+            assert all(job.lease_deadline > now for job in held_now)
+        elif operation == "extend":
+            seconds = data.draw(st.sampled_from([0.0, 2.5, 20.0]), label="seconds")
+            running = manager.running
+            deadlines = {
+                job.id: job.lease_deadline for s in slots for job in s.consumer.jobs.values()
+            }
+            assert manager.extend_leases(seconds) == (running if seconds else 0)
+            for s in slots:
+                for job in s.consumer.jobs.values():
+                    assert job.lease_deadline == deadlines[job.id] + seconds
         elif operation == "heartbeat":
             assert manager.heartbeat(consumer, [job.id for job in held], now) == len(held)
         elif operation == "quiet":
@@ -1518,6 +1673,6 @@ def test_lease_timers_of_finished_jobs_do_not_pile_up() -> None:
     assert h.manager.running == 0
     still_running = h.submit(20_000.0)
     h.manager.grant(consumer, 1, 20_000.0)
-    h.manager.tick(20_000.0 + 61)
+    h.advance(20_000.0 + 61)
     assert still_running.attempts == 1
     assert still_running.state is QUEUED  # its lease timer survived the pruning

@@ -141,7 +141,7 @@ async def test_a_revoked_job_delivered_again_in_the_same_turn_goes_out_once() ->
     consumer = worker.session.consumer
     assert consumer is not None
     broker.manager.grant(consumer, 2, 0.0)  # delivered (not yet sent) ...
-    broker.manager.tick(5.0)  # ... its lease runs out: revoked, requeued, delivered again
+    broker.manager.expire_leases(5.0)  # ... its lease runs out: revoked, requeued, delivered again
     frames = worker.received()
     deliveries = [(d["id"], d["attempt"]) for m in frames if m["op"] == "JOBS" for d in m["jobs"]]
     assert deliveries == [(job.id, 2)]

@@ -228,13 +228,16 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
     # -- time ---------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Run every timer that is due: delayed jobs, expired leases, expired results."""
+        """Run the timers that are due, except leases: delayed jobs, expired results.
+
+        Leases expire in :meth:`expire_leases`, which the server calls apart
+        (see ``leases.py`` for why).
+        """
         self._run_delayed(now)
-        self.expire_leases(now)
         self._expire_results(now)
 
     def next_deadline(self) -> float | None:
-        """When :meth:`tick` next has something to do."""
+        """When :meth:`tick` or :meth:`expire_leases` next may have something to do."""
         candidates = []
         if self._delayed:
             candidates.append(self._delayed[0][0])
