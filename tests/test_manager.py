@@ -17,7 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.jobs import MAX_ERRORS_KEPT, Job, JobState
-from broker.manager import Consumer, JobManager, ManagerConfig, QueueFullError
+from broker.manager import (
+    MAX_INTERNED_NAMES,
+    Consumer,
+    JobManager,
+    ManagerConfig,
+    QueueFullError,
+)
 from tests.builders import submit_job
 
 QUEUED = JobState.QUEUED
@@ -1411,44 +1417,34 @@ def test_announced_task_defaults_apply_to_later_submits() -> None:
     assert (job.id, 1) in sink.revoked
 
 
-@pytest.mark.parametrize(
-    "tasks",
-    [
-        {1: {}},
-        {"t": None},
-        {"t": [("max_attempts", 2)]},
-        {"t": {"max_attempts": 0}},
-        {"t": {"max_attempts": 1_000_001}},
-        {"t": {"max_attempts": -1}},
-        {"t": {"max_attempts": True}},
-        {"t": {"max_attempts": 2.0}},
-        {"t": {"max_attempts": "3"}},
-        {"t": {"lease": 0}},
-        {"t": {"lease": -5.0}},
-        {"t": {"lease": True}},
-        {"t": {"lease": "10"}},
-        {"t": {"lease": math.nan}},
-        {"t": {"lease": math.inf}},
-        {"t": {"lease": 10 * 365 * 86400 + 1}},
-        {"good": {"max_attempts": 2}, "bad": {"lease": -1}},
-    ],
-)
-def test_malformed_announcements_return_an_error_and_record_nothing(
-    tasks: dict[Any, Any],
-) -> None:
+def test_announce_tasks_records_the_schema_checked_map() -> None:
+    """HELLO.tasks is checked by protocol.messages (test_messages.py); the manager records it."""
     h = Harness()
-    assert h.manager.announce_tasks({"kept": {"max_attempts": 4}}) is None
-    error = h.manager.announce_tasks(tasks)
-    assert isinstance(error, str)
-    assert error
-    assert h.manager.task_defaults == {"kept": {"max_attempts": 4}}
-
-
-def test_announcement_limits_are_inclusive() -> None:
-    h = Harness()
-    tasks = {"t": {"max_attempts": 1_000_000, "lease": 10 * 365 * 86400}}
+    limits = {"t": {"max_attempts": 1_000_000, "lease": 10 * 365 * 86400}}
+    assert h.manager.announce_tasks(limits) is None
+    # nil fields and fields the manager does not know change nothing.
+    tasks: dict[str, dict[str, Any]] = {
+        "u": {"max_attempts": 1, "lease": 0.001},
+        "t": {"lease": None, "later": 1},
+    }
     assert h.manager.announce_tasks(tasks) is None
-    assert h.manager.announce_tasks({"u": {"max_attempts": 1, "lease": 0.001}}) is None
+    assert h.manager.task_defaults == {
+        "t": {"max_attempts": 1_000_000, "lease": 315_360_000.0},
+        "u": {"max_attempts": 1, "lease": 0.001},
+    }
+    assert isinstance(h.manager.task_defaults["t"]["lease"], float)
+
+
+def test_announced_tasks_past_the_name_limit_are_not_recorded() -> None:
+    h = Harness()
+    many = {f"task{i}": {"max_attempts": 2} for i in range(MAX_INTERNED_NAMES)}
+    assert h.manager.announce_tasks(many) is None
+    assert (
+        h.manager.announce_tasks({"one-more": {"max_attempts": 5}, "task0": {"lease": 3}}) is None
+    )
+    assert "one-more" not in h.manager.task_defaults
+    assert h.manager.task_defaults["task0"] == {"max_attempts": 2, "lease": 3.0}
+    assert len(h.manager.task_defaults) == MAX_INTERNED_NAMES
 
 
 # -- random operations keep the invariants -------------------------------------------

@@ -34,28 +34,21 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
 
     # -- submitting ---------------------------------------------------------
 
-    def announce_tasks(self, tasks: dict[Any, Any]) -> str | None:
-        """Record workers' per-task defaults; return a message if they are malformed.
+    def announce_tasks(self, tasks: dict[str, dict[str, Any]]) -> str | None:
+        """Record workers' per-task defaults (``HELLO.tasks``, checked by the schema).
 
-        They apply to jobs submitted from now on that leave those fields unset.
+        They apply to jobs submitted from now on that leave those fields
+        unset, and merge field by field with earlier announcements. Returns
+        None (callers from when this method checked the map test for a message).
         """
-        checked: dict[str, dict[str, Any]] = {}
         for name, defaults in tasks.items():
-            if not isinstance(name, str) or not isinstance(defaults, dict):
-                return "expected a map of task name to map"
             entry: dict[str, Any] = {}
             attempts = defaults.get("max_attempts")
             if attempts is not None:
-                if type(attempts) is not int or not 1 <= attempts <= 1_000_000:
-                    return f"{name[:50]!r}: max_attempts must be an integer in 1..1000000"
                 entry["max_attempts"] = attempts
             lease = defaults.get("lease")
             if lease is not None:
-                if type(lease) not in (int, float) or not 0 < lease <= 10 * 365 * 86400:
-                    return f"{name[:50]!r}: lease must be a positive number of seconds"
                 entry["lease"] = float(lease)
-            checked[name] = entry
-        for name, entry in checked.items():
             if name in self.task_defaults or len(self.task_defaults) < MAX_INTERNED_NAMES:
                 self.task_defaults.setdefault(name, {}).update(entry)
         return None
