@@ -553,6 +553,153 @@ def test_quiet_keeps_held_jobs() -> None:
     assert h.manager.ack(consumer, job.id, 1, b"", 1.0)
 
 
+# -- pausing dispatch ------------------------------------------------------------------
+
+
+def test_paused_dispatch_hands_out_nothing_until_resumed() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 2, 0.0)
+    assert not h.manager.dispatch_paused
+    h.manager.pause_dispatch()
+    assert h.manager.dispatch_paused
+
+    low = h.submit(1.0)
+    high = h.submit(2.0, priority=5)
+    delayed = h.submit(2.0, delay=1.0)
+    h.manager.grant(consumer, 1, 2.5)
+    h.manager.tick(3.0)
+    assert sink.deliveries == []
+    assert (low.state, high.state, delayed.state) == (QUEUED, QUEUED, QUEUED)
+    assert consumer.credit == 3
+    assert h.counts() == (3, 0, 0)
+
+    h.manager.resume_dispatch(4.0)
+    assert not h.manager.dispatch_paused
+    assert sink.ids == [high.id, low.id, delayed.id]
+    assert all(job.started_at == 4.0 for job in (low, high, delayed))
+    assert consumer.credit == 0
+    assert h.counts() == (0, 0, 3)
+
+
+def test_resume_feeds_every_waiting_consumer_within_its_credit() -> None:
+    h = Harness()
+    only_a, sink_a = h.consumer("a", name="a")
+    both, sink_both = h.consumer("a", "b", name="both")
+    only_c, sink_c = h.consumer("c", name="c")
+    h.manager.grant(only_a, 1, 0.0)
+    h.manager.grant(both, 5, 0.0)
+    h.manager.grant(only_c, 2, 0.0)
+    h.manager.pause_dispatch()
+    jobs_a = [h.submit(1.0, queue="a") for _ in range(3)]
+    job_b = h.submit(1.0, queue="b")
+
+    h.manager.resume_dispatch(2.0)
+
+    assert sink_a.ids == [jobs_a[0].id]
+    assert sink_both.ids == [jobs_a[1].id, jobs_a[2].id, job_b.id]
+    assert sink_c.ids == []
+    assert (only_a.credit, both.credit, only_c.credit) == (0, 2, 2)
+    # A consumer whose credit ran out waits no more; the others still do.
+    later = h.submit(3.0, queue="a")
+    assert later.owner is both
+    assert only_a.credit == 0
+    assert h.submit(3.0, queue="c").owner is only_c
+
+
+def test_everything_but_dispatch_goes_on_while_paused() -> None:
+    h = Harness(lease=10.0)
+    acked, worker, worker_sink = running_one(h, 0.0)
+    failed = h.submit(0.0)
+    released = h.submit(0.0)
+    lost = h.submit(0.0)
+    cancelled = h.submit(0.0)
+    h.manager.grant(worker, 4, 0.0)
+    waiting, waiting_sink = h.consumer()
+    h.manager.grant(waiting, 3, 0.0)
+    h.manager.pause_dispatch()
+
+    assert h.manager.ack(worker, acked.id, 1, b"ok", 1.0)
+    assert acked.state is SUCCEEDED
+    assert h.manager.fail(worker, failed.id, 1, ERROR, 1.0, retry_in=0.0)
+    assert h.manager.release(worker, released.id, 1, 1.0)
+    assert h.manager.heartbeat(worker, [lost.id, cancelled.id], 5.0) == 2
+    assert h.manager.cancel(cancelled.id, 6.0)
+    assert worker_sink.revoked == [(cancelled.id, 1)]
+    assert h.manager.expire_leases(15.0) == 1
+    assert worker_sink.revoked == [(cancelled.id, 1), (lost.id, 1)]
+    assert (failed.state, released.state, lost.state) == (QUEUED, QUEUED, QUEUED)
+    assert waiting_sink.deliveries == []
+    assert waiting.credit == 3
+
+    h.manager.resume_dispatch(16.0)
+    # Each went back to the front of the queue: the last one back comes first.
+    assert waiting_sink.ids == [lost.id, released.id, failed.id]
+    assert waiting.credit == 0
+
+
+def test_quiet_or_detached_consumers_get_nothing_on_resume() -> None:
+    h = Harness()
+    quiet, quiet_sink = h.consumer()
+    gone, gone_sink = h.consumer()
+    h.manager.grant(quiet, 2, 0.0)
+    h.manager.grant(gone, 2, 0.0)
+    h.manager.pause_dispatch()
+    job = h.submit(1.0)
+    h.manager.quiet(quiet)
+    h.manager.detach(gone, 1.0, "gone")
+    h.manager.resume_dispatch(2.0)
+    assert quiet_sink.deliveries == gone_sink.deliveries == []
+    assert job.state is QUEUED
+    fresh, fresh_sink = h.consumer()
+    h.manager.grant(fresh, 1, 3.0)
+    assert fresh_sink.ids == [job.id]
+
+
+def test_pause_and_resume_are_idempotent() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.resume_dispatch(0.0)  # not paused: nothing to do
+    h.manager.pause_dispatch()
+    h.manager.pause_dispatch()
+    job = h.submit(1.0)
+    h.manager.grant(consumer, 1, 1.0)
+    assert sink.deliveries == []
+    h.manager.resume_dispatch(2.0)
+    h.manager.resume_dispatch(3.0)
+    assert sink.deliveries == [(job.id, 1)]
+    assert job.started_at == 2.0
+    assert consumer.credit == 0
+
+
+def test_a_job_that_pauses_dispatch_while_delivered_stops_the_feed() -> None:
+    """Storage can fail while a delivery is recorded; the server then pauses at once."""
+    h = Harness()
+    jobs = [h.submit(float(i)) for i in range(3)]
+    consumer, sink = h.consumer()
+
+    class PausingJournal:
+        def job_submitted(self, job: Job) -> None:
+            pass
+
+        def job_changed(self, job: Job) -> None:
+            pass
+
+        def job_reserved(self, job: Job) -> None:
+            h.manager.pause_dispatch()
+
+        def job_deleted(self, job_id: str) -> None:
+            pass
+
+    h.manager.journal = PausingJournal()
+    h.manager.grant(consumer, 3, 5.0)
+    assert sink.ids == [jobs[0].id]
+    assert consumer.credit == 2
+    h.manager.journal = None
+    h.manager.resume_dispatch(6.0)
+    assert sink.ids == [job.id for job in jobs]
+
+
 # -- ack --------------------------------------------------------------------------------
 
 
@@ -1478,6 +1625,8 @@ OPERATIONS = [
     "tick",
     "expire",
     "extend",
+    "pause",
+    "resume",
     "heartbeat",
     "quiet",
     "detach",
@@ -1485,7 +1634,9 @@ OPERATIONS = [
 ]
 
 
-def check_invariants(h: Harness, slots: list[Slot], submitted: list[Job], now: float) -> None:
+def check_invariants(
+    h: Harness, slots: list[Slot], submitted: list[Job], now: float, paused: bool = False
+) -> None:
     manager = h.manager
     jobs = manager.jobs
     for name, counts in manager.queues.items():
@@ -1524,8 +1675,9 @@ def check_invariants(h: Harness, slots: list[Slot], submitted: list[Job], now: f
             assert job.state is RUNNING
             assert job.owner is consumer
             assert jobs[job_id] is job
-        # A consumer with credit is never left idle while a job it takes is queued.
-        if consumer.credit > 0:
+        # A consumer with credit is never left idle while a job it takes is queued
+        # (unless dispatch is paused; resuming feeds it).
+        if consumer.credit > 0 and not paused:
             assert queued_queues.isdisjoint(consumer.queues)
         for run_at, started_at in slot.sink.delivered_at:
             assert started_at is not None
@@ -1548,12 +1700,14 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
     slots = [Slot(h, queues) for queues in (("a",), ("b",), ("a", "b"))]
     submitted: list[Job] = []
     now = 0.0
+    paused = False
     steps = data.draw(st.integers(min_value=1, max_value=60), label="steps")
     for _ in range(steps):
         operation = data.draw(st.sampled_from(OPERATIONS), label="operation")
         slot = slots[data.draw(st.integers(0, len(slots) - 1), label="slot")]
         consumer = slot.consumer
         held = sorted(consumer.jobs.values(), key=lambda job: job.id)
+        delivered_before = {id(s.sink): len(s.sink.deliveries) for s in slots}
         if operation == "submit":
             delay = data.draw(st.sampled_from([0.0, 0.0, 0.5, 4.0, 12.0]), label="delay")
             job, created = submit_job(
@@ -1622,6 +1776,14 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
                     assert job.lease_deadline == deadlines[job.id] + seconds
         elif operation == "heartbeat":
             assert manager.heartbeat(consumer, [job.id for job in held], now) == len(held)
+        elif operation == "pause":
+            manager.pause_dispatch()
+            paused = True
+            assert manager.dispatch_paused
+        elif operation == "resume":
+            manager.resume_dispatch(now)
+            paused = False
+            assert not manager.dispatch_paused
         elif operation == "quiet":
             manager.quiet(consumer)
             slot.granted_since_quiet = len(slot.sink.deliveries)
@@ -1632,7 +1794,7 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             # Check the gone consumer one last time, then a fresh one takes its place.
             slot.granted_since_quiet = len(slot.sink.deliveries)
             slot.reported += len(held)
-            check_invariants(h, slots, submitted, now)
+            check_invariants(h, slots, submitted, now, paused)
             slots[slots.index(slot)] = Slot(h, slot.queues)
         elif operation == "stale" and submitted:
             job = submitted[data.draw(st.integers(0, len(submitted) - 1), label="job")]
@@ -1642,7 +1804,11 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             assert not manager.ack(consumer, job.id, wrong, b"late", now)
             assert manager.counters["late_reports"] == late + 1
             assert (job.state, job.attempts) == (state, attempts)
-        check_invariants(h, slots, submitted, now)
+        if paused:
+            # Nothing was handed out while paused (a fresh slot has had nothing).
+            for s in slots:
+                assert len(s.sink.deliveries) == delivered_before.get(id(s.sink), 0)
+        check_invariants(h, slots, submitted, now, paused)
 
 
 def test_max_results_forgets_the_oldest_finished_jobs() -> None:
