@@ -38,8 +38,9 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         """Record workers' per-task defaults (``HELLO.tasks``, checked by the schema).
 
         They apply to jobs submitted from now on that leave those fields
-        unset, and merge field by field with earlier announcements. Returns
-        None (callers from when this method checked the map test for a message).
+        unset, and merge field by field with earlier announcements. Always
+        returns None: the ``str | None`` type stays only until ``Session``
+        stops testing the result for an error message.
         """
         for name, defaults in tasks.items():
             entry: dict[str, Any] = {}
