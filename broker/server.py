@@ -229,7 +229,9 @@ class Broker:
         self._timer = None
         self._timer_deadline = None
         try:
-            self.manager.tick(time.time())
+            now = time.time()
+            self.manager.tick(now)
+            self.manager.expire_leases(now)
         finally:
             self.arm_timer()
 

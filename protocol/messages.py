@@ -29,6 +29,8 @@ MAX_TEXT_LENGTH: Final = 64 * 1024
 MAX_LIST_LENGTH: Final = 100_000
 MAX_SECONDS: Final = 10 * 365 * 24 * 3600.0
 MAX_UINT: Final = 2**63 - 1
+# The largest max_attempts a worker may announce for a task (HELLO.tasks).
+MAX_TASK_ATTEMPTS: Final = 1_000_000
 
 
 class Op:
@@ -86,6 +88,9 @@ class Kind(Enum):
     JOB_SPECS = "array of job specs"
     ERROR = "error map"
     DELIVERIES = "array of deliveries"
+    # {task name: {max_attempts?: 1..MAX_TASK_ATTEMPTS, lease?: 0 < seconds <= MAX_SECONDS}};
+    # other keys of the inner maps are ignored, so later peers can announce more.
+    TASK_DEFAULTS = "map of task defaults"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +145,7 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
         Field("auth", Kind.BIN),
         Field("queues", Kind.NAMES),
         Field("burst", Kind.BOOL),
-        Field("tasks", Kind.MAP),
+        Field("tasks", Kind.TASK_DEFAULTS),
     ),
     Op.PING: _fields(RID),
     Op.SUBMIT: _fields(
@@ -269,6 +274,9 @@ def _check_value(where: str, kind: Kind, value: Any) -> None:
     if kind is Kind.ERROR:
         _check_map(where, ERROR_INFO, value)
         return
+    if kind is Kind.TASK_DEFAULTS:
+        _check_task_defaults(where, value)
+        return
     if kind in (Kind.JOB_SPECS, Kind.DELIVERIES):
         _check_list(where, value)
         schema = JOB_SPEC if kind is Kind.JOB_SPECS else DELIVERY
@@ -283,6 +291,31 @@ def _check_list(where: str, value: Any) -> None:
         raise _bad(where, f"expected array, got {_type_name(value)}")
     if len(value) > MAX_LIST_LENGTH:
         raise _bad(where, f"array longer than {MAX_LIST_LENGTH}")
+
+
+def _check_task_defaults(where: str, value: Any) -> None:
+    if type(value) is not dict:
+        raise _bad(where, f"expected map, got {_type_name(value)}")
+    if len(value) > MAX_LIST_LENGTH:
+        raise _bad(where, f"map longer than {MAX_LIST_LENGTH}")
+    for name, defaults in value.items():
+        entry = f"{where}[{_clip(name)}]"
+        _check_value(f"{entry}: task name", Kind.NAME, name)
+        if type(defaults) is not dict:
+            raise _bad(entry, f"expected map, got {_type_name(defaults)}")
+        attempts = defaults.get("max_attempts")
+        if attempts is not None and not _is_task_attempts(attempts):
+            got = _clip(attempts) if type(attempts) is int else _type_name(attempts)
+            raise _bad(
+                f"{entry}.max_attempts", f"expected an integer in 1..{MAX_TASK_ATTEMPTS}, got {got}"
+            )
+        lease = defaults.get("lease")
+        if lease is not None and not _is_lease(lease):
+            got = _clip(lease) if type(lease) in (int, float) else _type_name(lease)
+            raise _bad(
+                f"{entry}.lease",
+                f"expected a positive number of seconds up to {MAX_SECONDS:.0f}, got {got}",
+            )
 
 
 def _check_map(where: str, schema: dict[str, Field], value: Any, open_ended: bool = False) -> None:
@@ -347,6 +380,30 @@ def _is_text(value: Any) -> bool:
     return type(value) is str and len(value) <= MAX_TEXT_LENGTH
 
 
+def _is_task_attempts(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= MAX_TASK_ATTEMPTS
+
+
+def _is_lease(value: Any) -> bool:
+    kind = type(value)
+    return (kind is int or kind is float) and 0 < value <= MAX_SECONDS  # NaN fails too
+
+
+def _is_task_defaults(value: Any) -> bool:
+    if type(value) is not dict or len(value) > MAX_LIST_LENGTH:
+        return False
+    for name, defaults in value.items():
+        if not _is_name(name) or type(defaults) is not dict:
+            return False
+        attempts = defaults.get("max_attempts")
+        if attempts is not None and not _is_task_attempts(attempts):
+            return False
+        lease = defaults.get("lease")
+        if lease is not None and not _is_lease(lease):
+            return False
+    return True
+
+
 def _list_of(item: Predicate) -> Predicate:
     def check(value: Any) -> bool:
         return type(value) is list and len(value) <= MAX_LIST_LENGTH and all(map(item, value))
@@ -373,6 +430,7 @@ def _compile(schema: dict[str, Field]) -> _Compiled:
         Kind.NAMES: _list_of(_is_name),
         Kind.IDS: _list_of(_is_id),
         Kind.MAP: lambda value: type(value) is dict,
+        Kind.TASK_DEFAULTS: _is_task_defaults,
     }
     checks = {}
     for field in schema.values():

@@ -298,6 +298,7 @@ def test_replaying_the_journal_gives_the_live_state(
             manager.cancel(sorted(manager.jobs)[n % len(manager.jobs)], now)
         elif op == "tick":
             manager.tick(now)
+            manager.expire_leases(now)
         elif op == "detach":
             manager.detach(consumer, now, "test")
             manager.attach(consumer)

@@ -17,7 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.jobs import MAX_ERRORS_KEPT, Job, JobState
-from broker.manager import Consumer, JobManager, ManagerConfig, QueueFullError
+from broker.manager import (
+    MAX_INTERNED_NAMES,
+    Consumer,
+    JobManager,
+    ManagerConfig,
+    QueueFullError,
+)
 from tests.builders import submit_job
 
 QUEUED = JobState.QUEUED
@@ -77,6 +83,11 @@ class Harness:
         job, created = submit_job(self.manager, "task", b"payload", now, **options)
         assert created
         return job
+
+    def advance(self, now: float) -> None:
+        """Run every timer due by ``now``, leases included, as the server's timer does."""
+        self.manager.tick(now)
+        self.manager.expire_leases(now)
 
     def counts(self, queue: str = "default") -> tuple[int, int, int]:
         """(queued, delayed, running) of one queue."""
@@ -542,6 +553,153 @@ def test_quiet_keeps_held_jobs() -> None:
     assert h.manager.ack(consumer, job.id, 1, b"", 1.0)
 
 
+# -- pausing dispatch ------------------------------------------------------------------
+
+
+def test_paused_dispatch_hands_out_nothing_until_resumed() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 2, 0.0)
+    assert not h.manager.dispatch_paused
+    h.manager.pause_dispatch()
+    assert h.manager.dispatch_paused
+
+    low = h.submit(1.0)
+    high = h.submit(2.0, priority=5)
+    delayed = h.submit(2.0, delay=1.0)
+    h.manager.grant(consumer, 1, 2.5)
+    h.manager.tick(3.0)
+    assert sink.deliveries == []
+    assert (low.state, high.state, delayed.state) == (QUEUED, QUEUED, QUEUED)
+    assert consumer.credit == 3
+    assert h.counts() == (3, 0, 0)
+
+    h.manager.resume_dispatch(4.0)
+    assert not h.manager.dispatch_paused
+    assert sink.ids == [high.id, low.id, delayed.id]
+    assert all(job.started_at == 4.0 for job in (low, high, delayed))
+    assert consumer.credit == 0
+    assert h.counts() == (0, 0, 3)
+
+
+def test_resume_feeds_every_waiting_consumer_within_its_credit() -> None:
+    h = Harness()
+    only_a, sink_a = h.consumer("a", name="a")
+    both, sink_both = h.consumer("a", "b", name="both")
+    only_c, sink_c = h.consumer("c", name="c")
+    h.manager.grant(only_a, 1, 0.0)
+    h.manager.grant(both, 5, 0.0)
+    h.manager.grant(only_c, 2, 0.0)
+    h.manager.pause_dispatch()
+    jobs_a = [h.submit(1.0, queue="a") for _ in range(3)]
+    job_b = h.submit(1.0, queue="b")
+
+    h.manager.resume_dispatch(2.0)
+
+    assert sink_a.ids == [jobs_a[0].id]
+    assert sink_both.ids == [jobs_a[1].id, jobs_a[2].id, job_b.id]
+    assert sink_c.ids == []
+    assert (only_a.credit, both.credit, only_c.credit) == (0, 2, 2)
+    # A consumer whose credit ran out waits no more; the others still do.
+    later = h.submit(3.0, queue="a")
+    assert later.owner is both
+    assert only_a.credit == 0
+    assert h.submit(3.0, queue="c").owner is only_c
+
+
+def test_everything_but_dispatch_goes_on_while_paused() -> None:
+    h = Harness(lease=10.0)
+    acked, worker, worker_sink = running_one(h, 0.0)
+    failed = h.submit(0.0)
+    released = h.submit(0.0)
+    lost = h.submit(0.0)
+    cancelled = h.submit(0.0)
+    h.manager.grant(worker, 4, 0.0)
+    waiting, waiting_sink = h.consumer()
+    h.manager.grant(waiting, 3, 0.0)
+    h.manager.pause_dispatch()
+
+    assert h.manager.ack(worker, acked.id, 1, b"ok", 1.0)
+    assert acked.state is SUCCEEDED
+    assert h.manager.fail(worker, failed.id, 1, ERROR, 1.0, retry_in=0.0)
+    assert h.manager.release(worker, released.id, 1, 1.0)
+    assert h.manager.heartbeat(worker, [lost.id, cancelled.id], 5.0) == 2
+    assert h.manager.cancel(cancelled.id, 6.0)
+    assert worker_sink.revoked == [(cancelled.id, 1)]
+    assert h.manager.expire_leases(15.0) == 1
+    assert worker_sink.revoked == [(cancelled.id, 1), (lost.id, 1)]
+    assert (failed.state, released.state, lost.state) == (QUEUED, QUEUED, QUEUED)
+    assert waiting_sink.deliveries == []
+    assert waiting.credit == 3
+
+    h.manager.resume_dispatch(16.0)
+    # Each went back to the front of the queue: the last one back comes first.
+    assert waiting_sink.ids == [lost.id, released.id, failed.id]
+    assert waiting.credit == 0
+
+
+def test_quiet_or_detached_consumers_get_nothing_on_resume() -> None:
+    h = Harness()
+    quiet, quiet_sink = h.consumer()
+    gone, gone_sink = h.consumer()
+    h.manager.grant(quiet, 2, 0.0)
+    h.manager.grant(gone, 2, 0.0)
+    h.manager.pause_dispatch()
+    job = h.submit(1.0)
+    h.manager.quiet(quiet)
+    h.manager.detach(gone, 1.0, "gone")
+    h.manager.resume_dispatch(2.0)
+    assert quiet_sink.deliveries == gone_sink.deliveries == []
+    assert job.state is QUEUED
+    fresh, fresh_sink = h.consumer()
+    h.manager.grant(fresh, 1, 3.0)
+    assert fresh_sink.ids == [job.id]
+
+
+def test_pause_and_resume_are_idempotent() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    h.manager.resume_dispatch(0.0)  # not paused: nothing to do
+    h.manager.pause_dispatch()
+    h.manager.pause_dispatch()
+    job = h.submit(1.0)
+    h.manager.grant(consumer, 1, 1.0)
+    assert sink.deliveries == []
+    h.manager.resume_dispatch(2.0)
+    h.manager.resume_dispatch(3.0)
+    assert sink.deliveries == [(job.id, 1)]
+    assert job.started_at == 2.0
+    assert consumer.credit == 0
+
+
+def test_a_job_that_pauses_dispatch_while_delivered_stops_the_feed() -> None:
+    """Storage can fail while a delivery is recorded; the server then pauses at once."""
+    h = Harness()
+    jobs = [h.submit(float(i)) for i in range(3)]
+    consumer, sink = h.consumer()
+
+    class PausingJournal:
+        def job_submitted(self, job: Job) -> None:
+            pass
+
+        def job_changed(self, job: Job) -> None:
+            pass
+
+        def job_reserved(self, job: Job) -> None:
+            h.manager.pause_dispatch()
+
+        def job_deleted(self, job_id: str) -> None:
+            pass
+
+    h.manager.journal = PausingJournal()
+    h.manager.grant(consumer, 3, 5.0)
+    assert sink.ids == [jobs[0].id]
+    assert consumer.credit == 2
+    h.manager.journal = None
+    h.manager.resume_dispatch(6.0)
+    assert sink.ids == [job.id for job in jobs]
+
+
 # -- ack --------------------------------------------------------------------------------
 
 
@@ -614,7 +772,7 @@ def test_report_for_an_unknown_job_is_ignored() -> None:
 def test_late_ack_after_the_lease_was_lost_never_overwrites_the_outcome() -> None:
     h = Harness(lease=10.0)
     job, first, _ = running_one(h, 0.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     second, _ = h.consumer()
     h.manager.grant(second, 1, 11.0)
     assert job.attempts == 2
@@ -796,11 +954,11 @@ def test_expired_lease_requeues_the_job_and_revokes_it() -> None:
     assert job.lease_deadline == 10.0
     assert h.manager.next_deadline() == 10.0
 
-    h.manager.tick(9.99)
+    h.advance(9.99)
     assert job.state is RUNNING
     assert first_sink.revoked == []
 
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert first_sink.revoked == [(job.id, 1)]
     assert job.state is QUEUED
     assert job.attempts == 1
@@ -815,7 +973,7 @@ def test_expired_lease_requeues_the_job_and_revokes_it() -> None:
     h.manager.grant(second, 1, 11.0)
     assert second_sink.deliveries == [(job.id, 2)]
     assert job.lease_deadline == 21.0
-    h.manager.tick(20.0)
+    h.advance(20.0)
     assert first_sink.revoked == [(job.id, 1)]
     assert second_sink.revoked == []
 
@@ -825,7 +983,7 @@ def test_expired_lease_hands_the_job_to_a_waiting_consumer() -> None:
     job, _, first_sink = running_one(h, 0.0)
     waiting, waiting_sink = h.consumer()
     h.manager.grant(waiting, 1, 0.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert first_sink.revoked == [(job.id, 1)]
     assert waiting_sink.deliveries == [(job.id, 2)]
     assert job.owner is waiting
@@ -836,7 +994,7 @@ def test_per_job_lease() -> None:
     h = Harness(lease=100.0)
     job, _, sink = running_one(h, 0.0, lease=3.0)
     assert job.lease_deadline == 3.0
-    h.manager.tick(3.0)
+    h.advance(3.0)
     assert sink.revoked == [(job.id, 1)]
 
 
@@ -849,14 +1007,14 @@ def test_heartbeat_renews_the_lease() -> None:
     assert h.manager.heartbeat(consumer, [job.id, "unknown"], 6.0) == 1
     assert job.lease_deadline == 16.0
 
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert job.state is RUNNING
     assert sink.revoked == []
     assert h.manager.next_deadline() == 16.0
-    h.manager.tick(15.9)
+    h.advance(15.9)
     assert job.state is RUNNING
 
-    h.manager.tick(16.0)
+    h.advance(16.0)
     assert sink.revoked == [(job.id, 1)]
     assert job.state is QUEUED
 
@@ -864,10 +1022,10 @@ def test_heartbeat_renews_the_lease() -> None:
 def test_lease_lost_on_the_last_attempt_fails_the_job() -> None:
     h = Harness(lease=10.0, max_attempts=2)
     job, consumer, sink = running_one(h, 0.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     h.manager.grant(consumer, 1, 10.0)
     assert sink.deliveries == [(job.id, 1), (job.id, 2)]
-    h.manager.tick(20.0)
+    h.advance(20.0)
     assert sink.revoked == [(job.id, 1), (job.id, 2)]
     assert job.state is FAILED
     assert job.finished_at == 20.0
@@ -882,6 +1040,138 @@ def test_lease_lost_on_the_last_attempt_fails_the_job() -> None:
     assert h.counts() == (0, 0, 0)
     assert consumer.jobs == {}
     assert h.finished == [job]
+
+
+def test_tick_leaves_leases_to_expire_leases() -> None:
+    h = Harness(lease=10.0)
+    job, consumer, sink = running_one(h, 0.0)
+    assert h.manager.next_deadline() == 10.0
+    assert h.manager.next_lease_deadline() == 10.0
+
+    h.manager.tick(50.0)
+    assert job.state is RUNNING
+    assert job.owner is consumer
+    assert sink.revoked == []
+    assert h.manager.next_deadline() == 10.0
+
+    assert h.manager.expire_leases(9.99) == 0
+    assert job.state is RUNNING
+    assert h.manager.expire_leases(50.0) == 1
+    assert sink.revoked == [(job.id, 1)]
+    assert job.state is QUEUED
+    assert h.manager.counters["requeued"] == 1
+    assert h.manager.expire_leases(50.0) == 0
+    assert h.manager.next_lease_deadline() is None
+
+
+def test_expire_leases_runs_no_other_timer() -> None:
+    h = Harness(lease=10.0, result_ttl=5.0)
+    done, consumer, _ = running_one(h, 0.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    delayed = h.submit(0.0, delay=3.0)
+    held, _, sink = running_one(h, 0.0)
+    assert h.manager.expire_leases(100.0) == 1
+    assert sink.revoked == [(held.id, 1)]
+    assert delayed.state is DELAYED
+    assert h.manager.get(done.id) is done
+    h.manager.tick(100.0)
+    assert delayed.state is QUEUED
+    assert h.manager.get(done.id) is None
+
+
+def test_expire_leases_counts_requeued_and_failed_jobs() -> None:
+    h = Harness(lease=10.0)
+    last = h.submit(0.0, max_attempts=1)
+    more = h.submit(0.0, max_attempts=2)
+    renewed = h.submit(0.0)
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 3, 0.0)
+    assert h.manager.heartbeat(consumer, [renewed.id], 5.0) == 1
+    assert h.manager.expire_leases(10.0) == 2
+    assert sorted(sink.revoked) == sorted([(last.id, 1), (more.id, 1)])
+    assert last.state is FAILED
+    assert more.state is QUEUED
+    assert renewed.state is RUNNING
+    assert h.manager.next_lease_deadline() == 15.0
+
+
+def test_next_lease_deadline_skips_leases_that_ended_or_were_renewed() -> None:
+    h = Harness(lease=10.0)
+    assert h.manager.next_lease_deadline() is None
+    first = h.submit(0.0)
+    second = h.submit(0.0)
+    consumer, _ = h.consumer()
+    h.manager.grant(consumer, 1, 0.0)
+    h.manager.grant(consumer, 1, 4.0)
+    assert (first.lease_deadline, second.lease_deadline) == (10.0, 14.0)
+    assert h.manager.next_lease_deadline() == 10.0
+    # Renewed: the next deadline is the other job's.
+    assert h.manager.heartbeat(consumer, [first.id], 6.0) == 1
+    assert h.manager.next_lease_deadline() == 14.0
+    # Ended: none is left, though stale timer entries still wake next_deadline.
+    assert h.manager.ack(consumer, second.id, 1, b"", 7.0)
+    assert h.manager.next_lease_deadline() == 16.0
+    assert h.manager.ack(consumer, first.id, 1, b"", 8.0)
+    assert h.manager.next_lease_deadline() is None
+    assert h.manager.expire_leases(1000.0) == 0
+
+
+def test_extend_leases_moves_every_running_deadline() -> None:
+    h = Harness(lease=10.0)
+    first, consumer, sink = running_one(h, 0.0)
+    second = h.submit(5.0)
+    h.manager.grant(consumer, 1, 5.0)
+    other, other_sink = h.consumer()
+    third = h.submit(7.0)
+    h.manager.grant(other, 1, 7.0)
+    assert third.owner is other
+    queued = h.submit(7.0)
+    delayed = h.submit(6.0, delay=20.0)
+
+    assert h.manager.extend_leases(30.0) == 3
+    assert (first.lease_deadline, second.lease_deadline, third.lease_deadline) == (
+        40.0,
+        45.0,
+        47.0,
+    )
+    assert queued.state is QUEUED
+    assert delayed.run_at == 26.0
+    assert h.manager.next_lease_deadline() == 40.0
+    assert h.manager.expire_leases(39.9) == 0
+    assert h.manager.expire_leases(45.0) == 2
+    assert sink.revoked == [(first.id, 1), (second.id, 1)]
+    assert other_sink.revoked == []
+    assert third.state is RUNNING
+    assert h.manager.next_lease_deadline() == 47.0
+
+
+def test_extend_leases_by_nothing_or_with_nothing_running() -> None:
+    h = Harness(lease=10.0)
+    assert h.manager.extend_leases(5.0) == 0
+    job, _, _ = running_one(h, 0.0)
+    assert h.manager.extend_leases(0.0) == 0
+    assert job.lease_deadline == 10.0
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            h.manager.extend_leases(bad)
+    assert job.lease_deadline == 10.0
+
+
+def test_a_stalled_broker_blames_no_worker() -> None:
+    """What the server does after its own stall: extend, read the sockets, then expire."""
+    h = Harness(lease=10.0)
+    job, consumer, sink = running_one(h, 0.0)
+    # The worker heartbeat at 8; the broker was frozen from 5 to 30 and did not read it.
+    stalled = 25.0
+    h.manager.tick(30.0)
+    next_lease = h.manager.next_lease_deadline()
+    assert next_lease is not None and next_lease <= 30.0
+    assert h.manager.extend_leases(stalled) == 1
+    assert h.manager.heartbeat(consumer, [job.id], 30.0) == 1  # read in the I/O poll
+    assert h.manager.expire_leases(30.0) == 0
+    assert sink.revoked == []
+    assert job.state is RUNNING
+    assert h.manager.next_lease_deadline() == 40.0
 
 
 # -- detach -------------------------------------------------------------------------------
@@ -952,10 +1242,10 @@ def test_stale_lease_after_detach_does_not_revoke_the_new_attempt() -> None:
     h.manager.detach(gone, 5.0, "gone")
     other, other_sink = h.consumer()
     h.manager.grant(other, 1, 5.0)
-    h.manager.tick(10.0)
+    h.advance(10.0)
     assert gone_sink.revoked == other_sink.revoked == []
     assert job.owner is other
-    h.manager.tick(15.0)
+    h.advance(15.0)
     assert other_sink.revoked == [(job.id, 2)]
 
 
@@ -1049,20 +1339,20 @@ def test_result_ttl_drops_succeeded_and_cancelled_jobs_but_keeps_failed_ones() -
     failed = failed_one(h, 30.0)
     # The stale lease entries of the finished jobs come first, then the results.
     assert h.manager.next_deadline() == 60.0
-    h.manager.tick(90.0)
+    h.advance(90.0)
     assert set(h.manager.jobs) == {done.id, cancelled.id, failed.id}
     assert h.manager.next_deadline() == 110.0
 
-    h.manager.tick(109.9)
+    h.advance(109.9)
     assert set(h.manager.jobs) == {done.id, cancelled.id, failed.id}
-    h.manager.tick(110.0)
+    h.advance(110.0)
     assert h.manager.get(done.id) is None
     assert h.manager.get(cancelled.id) is cancelled
     assert h.manager.counters["expired"] == 1
-    h.manager.tick(120.0)
+    h.advance(120.0)
     assert h.manager.get(cancelled.id) is None
     assert h.manager.counters["expired"] == 2
-    h.manager.tick(10_000.0)
+    h.advance(10_000.0)
     assert h.manager.jobs == {failed.id: failed}
     assert h.manager.failed_jobs() == [failed]
     assert h.manager.counters["expired"] == 2
@@ -1270,48 +1560,38 @@ def test_announced_task_defaults_apply_to_later_submits() -> None:
     consumer, sink = h.consumer()
     h.manager.grant(consumer, 10, 10.0)
     assert job.lease_deadline == 12.5
-    h.manager.tick(12.5)
+    h.advance(12.5)
     assert (job.id, 1) in sink.revoked
 
 
-@pytest.mark.parametrize(
-    "tasks",
-    [
-        {1: {}},
-        {"t": None},
-        {"t": [("max_attempts", 2)]},
-        {"t": {"max_attempts": 0}},
-        {"t": {"max_attempts": 1_000_001}},
-        {"t": {"max_attempts": -1}},
-        {"t": {"max_attempts": True}},
-        {"t": {"max_attempts": 2.0}},
-        {"t": {"max_attempts": "3"}},
-        {"t": {"lease": 0}},
-        {"t": {"lease": -5.0}},
-        {"t": {"lease": True}},
-        {"t": {"lease": "10"}},
-        {"t": {"lease": math.nan}},
-        {"t": {"lease": math.inf}},
-        {"t": {"lease": 10 * 365 * 86400 + 1}},
-        {"good": {"max_attempts": 2}, "bad": {"lease": -1}},
-    ],
-)
-def test_malformed_announcements_return_an_error_and_record_nothing(
-    tasks: dict[Any, Any],
-) -> None:
+def test_announce_tasks_records_the_schema_checked_map() -> None:
+    """HELLO.tasks is checked by protocol.messages (test_messages.py); the manager records it."""
     h = Harness()
-    assert h.manager.announce_tasks({"kept": {"max_attempts": 4}}) is None
-    error = h.manager.announce_tasks(tasks)
-    assert isinstance(error, str)
-    assert error
-    assert h.manager.task_defaults == {"kept": {"max_attempts": 4}}
-
-
-def test_announcement_limits_are_inclusive() -> None:
-    h = Harness()
-    tasks = {"t": {"max_attempts": 1_000_000, "lease": 10 * 365 * 86400}}
+    limits = {"t": {"max_attempts": 1_000_000, "lease": 10 * 365 * 86400}}
+    assert h.manager.announce_tasks(limits) is None
+    # nil fields and fields the manager does not know change nothing.
+    tasks: dict[str, dict[str, Any]] = {
+        "u": {"max_attempts": 1, "lease": 0.001},
+        "t": {"lease": None, "later": 1},
+    }
     assert h.manager.announce_tasks(tasks) is None
-    assert h.manager.announce_tasks({"u": {"max_attempts": 1, "lease": 0.001}}) is None
+    assert h.manager.task_defaults == {
+        "t": {"max_attempts": 1_000_000, "lease": 315_360_000.0},
+        "u": {"max_attempts": 1, "lease": 0.001},
+    }
+    assert isinstance(h.manager.task_defaults["t"]["lease"], float)
+
+
+def test_announced_tasks_past_the_name_limit_are_not_recorded() -> None:
+    h = Harness()
+    many = {f"task{i}": {"max_attempts": 2} for i in range(MAX_INTERNED_NAMES)}
+    assert h.manager.announce_tasks(many) is None
+    assert (
+        h.manager.announce_tasks({"one-more": {"max_attempts": 5}, "task0": {"lease": 3}}) is None
+    )
+    assert "one-more" not in h.manager.task_defaults
+    assert h.manager.task_defaults["task0"] == {"max_attempts": 2, "lease": 3.0}
+    assert len(h.manager.task_defaults) == MAX_INTERNED_NAMES
 
 
 # -- random operations keep the invariants -------------------------------------------
@@ -1343,6 +1623,10 @@ OPERATIONS = [
     "cancel",
     "tick",
     "tick",
+    "expire",
+    "extend",
+    "pause",
+    "resume",
     "heartbeat",
     "quiet",
     "detach",
@@ -1350,7 +1634,9 @@ OPERATIONS = [
 ]
 
 
-def check_invariants(h: Harness, slots: list[Slot], submitted: list[Job], now: float) -> None:
+def check_invariants(
+    h: Harness, slots: list[Slot], submitted: list[Job], now: float, paused: bool = False
+) -> None:
     manager = h.manager
     jobs = manager.jobs
     for name, counts in manager.queues.items():
@@ -1389,8 +1675,9 @@ def check_invariants(h: Harness, slots: list[Slot], submitted: list[Job], now: f
             assert job.state is RUNNING
             assert job.owner is consumer
             assert jobs[job_id] is job
-        # A consumer with credit is never left idle while a job it takes is queued.
-        if consumer.credit > 0:
+        # A consumer with credit is never left idle while a job it takes is queued
+        # (unless dispatch is paused; resuming feeds it).
+        if consumer.credit > 0 and not paused:
             assert queued_queues.isdisjoint(consumer.queues)
         for run_at, started_at in slot.sink.delivered_at:
             assert started_at is not None
@@ -1413,12 +1700,14 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
     slots = [Slot(h, queues) for queues in (("a",), ("b",), ("a", "b"))]
     submitted: list[Job] = []
     now = 0.0
+    paused = False
     steps = data.draw(st.integers(min_value=1, max_value=60), label="steps")
     for _ in range(steps):
         operation = data.draw(st.sampled_from(OPERATIONS), label="operation")
         slot = slots[data.draw(st.integers(0, len(slots) - 1), label="slot")]
         consumer = slot.consumer
         held = sorted(consumer.jobs.values(), key=lambda job: job.id)
+        delivered_before = {id(s.sink): len(s.sink.deliveries) for s in slots}
         if operation == "submit":
             delay = data.draw(st.sampled_from([0.0, 0.0, 0.5, 4.0, 12.0]), label="delay")
             job, created = submit_job(
@@ -1469,8 +1758,32 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
         elif operation == "tick":
             now += data.draw(st.floats(min_value=0.0, max_value=15.0), label="dt")
             manager.tick(now)
+        elif operation == "expire":
+            revoked = sum(len(s.sink.revoked) for s in slots)
+            expired = manager.expire_leases(now)
+            assert sum(len(s.sink.revoked) for s in slots) == revoked + expired
+            held_now = [job for s in slots for job in s.consumer.jobs.values()]
+            assert all(job.lease_deadline > now for job in held_now)
+        elif operation == "extend":
+            seconds = data.draw(st.sampled_from([0.0, 2.5, 20.0]), label="seconds")
+            running = manager.running
+            deadlines = {
+                job.id: job.lease_deadline for s in slots for job in s.consumer.jobs.values()
+            }
+            assert manager.extend_leases(seconds) == (running if seconds else 0)
+            for s in slots:
+                for job in s.consumer.jobs.values():
+                    assert job.lease_deadline == deadlines[job.id] + seconds
         elif operation == "heartbeat":
             assert manager.heartbeat(consumer, [job.id for job in held], now) == len(held)
+        elif operation == "pause":
+            manager.pause_dispatch()
+            paused = True
+            assert manager.dispatch_paused
+        elif operation == "resume":
+            manager.resume_dispatch(now)
+            paused = False
+            assert not manager.dispatch_paused
         elif operation == "quiet":
             manager.quiet(consumer)
             slot.granted_since_quiet = len(slot.sink.deliveries)
@@ -1481,7 +1794,7 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             # Check the gone consumer one last time, then a fresh one takes its place.
             slot.granted_since_quiet = len(slot.sink.deliveries)
             slot.reported += len(held)
-            check_invariants(h, slots, submitted, now)
+            check_invariants(h, slots, submitted, now, paused)
             slots[slots.index(slot)] = Slot(h, slot.queues)
         elif operation == "stale" and submitted:
             job = submitted[data.draw(st.integers(0, len(submitted) - 1), label="job")]
@@ -1491,7 +1804,11 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             assert not manager.ack(consumer, job.id, wrong, b"late", now)
             assert manager.counters["late_reports"] == late + 1
             assert (job.state, job.attempts) == (state, attempts)
-        check_invariants(h, slots, submitted, now)
+        if paused:
+            # Nothing was handed out while paused (a fresh slot has had nothing).
+            for s in slots:
+                assert len(s.sink.deliveries) == delivered_before.get(id(s.sink), 0)
+        check_invariants(h, slots, submitted, now, paused)
 
 
 def test_max_results_forgets_the_oldest_finished_jobs() -> None:
@@ -1518,6 +1835,6 @@ def test_lease_timers_of_finished_jobs_do_not_pile_up() -> None:
     assert h.manager.running == 0
     still_running = h.submit(20_000.0)
     h.manager.grant(consumer, 1, 20_000.0)
-    h.manager.tick(20_000.0 + 61)
+    h.advance(20_000.0 + 61)
     assert still_running.attempts == 1
     assert still_running.state is QUEUED  # its lease timer survived the pruning

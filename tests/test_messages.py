@@ -29,6 +29,7 @@ from protocol.messages import (
     MAX_LIST_LENGTH,
     MAX_NAME_LENGTH,
     MAX_SECONDS,
+    MAX_TASK_ATTEMPTS,
     MAX_TEXT_LENGTH,
     MAX_UINT,
     PUSHES,
@@ -77,6 +78,7 @@ GOOD: dict[Kind, Any] = {
     Kind.IDS: ["a", "b"],
     Kind.MAP: {"task": ["x"]},
     Kind.ANY: [1, "two", None],
+    Kind.TASK_DEFAULTS: {"resize": {"max_attempts": 5, "lease": 120}, "mail": {}},
 }
 
 
@@ -308,6 +310,36 @@ BAD: dict[Kind, list[Any]] = {
     Kind.NAMES: ["default", b"q", {"a": 1}, [""], ["n" * 201], [1], [b"q"], [None], 3],
     Kind.IDS: ["id", b"i", {"a": 1}, [""], ["i" * 201], [1], ["ok", True], [None], 3],
     Kind.MAP: [[], "m", b"m", 1, True, [("a", 1)]],
+    Kind.TASK_DEFAULTS: [
+        [],
+        "m",
+        b"m",
+        1,
+        [("t", {})],
+        {1: {}},
+        {b"t": {}},
+        {"": {}},
+        {"n" * (MAX_NAME_LENGTH + 1): {}},
+        {"t": None},
+        {"t": 1},
+        {"t": [("max_attempts", 2)]},
+        {"t": {"max_attempts": 0}},
+        {"t": {"max_attempts": MAX_TASK_ATTEMPTS + 1}},
+        {"t": {"max_attempts": -1}},
+        {"t": {"max_attempts": True}},
+        {"t": {"max_attempts": 2.0}},
+        {"t": {"max_attempts": "3"}},
+        {"t": {"lease": 0}},
+        {"t": {"lease": 0.0}},
+        {"t": {"lease": -5.0}},
+        {"t": {"lease": True}},
+        {"t": {"lease": "10"}},
+        {"t": {"lease": math.nan}},
+        {"t": {"lease": math.inf}},
+        {"t": {"lease": MAX_SECONDS + 1}},
+        {"t": {"lease": int(MAX_SECONDS) + 1}},
+        {"good": {"max_attempts": 2}, "bad": {"lease": -1}},
+    ],
     Kind.ERROR: [
         {},
         {"type": "E"},
@@ -400,6 +432,143 @@ def test_exact_error_messages(message: dict[str, Any], expected: str) -> None:
     assert check(validate_request, message, ErrorCode.BAD_REQUEST) == expected
 
 
+# --- HELLO.tasks: the task-defaults map ------------------------------------------
+
+HELLO_WORKER: dict[str, Any] = {"op": "HELLO", "rid": 1, "version": 1, "role": "worker"}
+TASKS_AT = "HELLO.tasks['resize']"
+
+
+@pytest.mark.parametrize(
+    ("tasks", "expected"),
+    [
+        ([], "HELLO.tasks: expected map, got list"),
+        ({1: {}}, "HELLO.tasks[1]: task name: expected string, got int"),
+        ({b"t": {}}, "HELLO.tasks[b't']: task name: expected string, got bytes"),
+        ({"": {}}, "HELLO.tasks['']: task name: must not be empty"),
+        ({"t": None}, "HELLO.tasks['t']: expected map, got nil"),
+        ({"t": [1]}, "HELLO.tasks['t']: expected map, got list"),
+        (
+            {"resize": {"max_attempts": 0}},
+            f"{TASKS_AT}.max_attempts: expected an integer in 1..1000000, got 0",
+        ),
+        (
+            {"resize": {"max_attempts": 1_000_001}},
+            f"{TASKS_AT}.max_attempts: expected an integer in 1..1000000, got 1000001",
+        ),
+        (
+            {"resize": {"max_attempts": True}},
+            f"{TASKS_AT}.max_attempts: expected an integer in 1..1000000, got bool",
+        ),
+        (
+            {"resize": {"max_attempts": 10**5000}},
+            f"{TASKS_AT}.max_attempts: expected an integer in 1..1000000, "
+            "got an integer too large to show",
+        ),
+        (
+            {"resize": {"lease": -1}},
+            f"{TASKS_AT}.lease: expected a positive number of seconds up to 315360000, got -1",
+        ),
+        (
+            {"resize": {"lease": 0.0}},
+            f"{TASKS_AT}.lease: expected a positive number of seconds up to 315360000, got 0.0",
+        ),
+        (
+            {"resize": {"lease": math.nan}},
+            f"{TASKS_AT}.lease: expected a positive number of seconds up to 315360000, got nan",
+        ),
+        (
+            {"resize": {"lease": "10"}},
+            f"{TASKS_AT}.lease: expected a positive number of seconds up to 315360000, got str",
+        ),
+        (
+            {"ok": {"max_attempts": 2}, "resize": {"lease": math.inf}},
+            f"{TASKS_AT}.lease: expected a positive number of seconds up to 315360000, got inf",
+        ),
+    ],
+)
+def test_task_defaults_errors_name_the_field(tasks: Any, expected: str) -> None:
+    message = {**HELLO_WORKER, "tasks": tasks}
+    assert check(validate_request, message, ErrorCode.BAD_REQUEST) == expected
+
+
+@pytest.mark.parametrize(
+    ("tasks", "problem"),
+    [
+        ({"x" * MAX_NAME_LENGTH: {"lease": -1}}, ".lease: expected a positive number"),
+        ({"x" * 100_000: {}}, ": task name: string longer than 200 characters"),
+    ],
+)
+def test_task_defaults_errors_clip_the_task_name(tasks: dict[str, Any], problem: str) -> None:
+    text = check(validate_request, {**HELLO_WORKER, "tasks": tasks}, ErrorCode.BAD_REQUEST)
+    assert text.startswith("HELLO.tasks['" + "x" * 76 + "...]" + problem), text
+    assert len(text) < 200
+
+
+def _announcement_ok(tasks: Any) -> bool:
+    """The rules for HELLO.tasks, restated plainly (as the manager used to check them)."""
+    if tasks is None:
+        return True  # nil is absent, like any optional field
+    if not isinstance(tasks, dict) or len(tasks) > MAX_LIST_LENGTH:
+        return False
+    for name, defaults in tasks.items():
+        if type(name) is not str or not 1 <= len(name) <= MAX_NAME_LENGTH:
+            return False
+        if not isinstance(defaults, dict):
+            return False
+        attempts = defaults.get("max_attempts")
+        if attempts is not None and (
+            type(attempts) is not int or not 1 <= attempts <= MAX_TASK_ATTEMPTS
+        ):
+            return False
+        lease = defaults.get("lease")
+        if lease is not None and (type(lease) not in (int, float) or not 0 < lease <= MAX_SECONDS):
+            return False
+    return True
+
+
+_TASK_FIELD_VALUES = st.one_of(
+    st.sampled_from(
+        [0, 1, -1, 0.5, 5e-324, MAX_TASK_ATTEMPTS, MAX_TASK_ATTEMPTS + 1, MAX_SECONDS,
+         MAX_SECONDS + 1, math.nan, math.inf, True, "3", None, 10**30]
+    ),
+    st.integers(),
+    st.floats(),
+)  # fmt: skip
+
+
+@st.composite
+def near_valid_task_maps(draw: st.DrawFn) -> Any:
+    """A valid HELLO.tasks map, maybe with one entry, key or field made odd."""
+    tasks: dict[Any, Any] = draw(_SIMPLE_VALID[Kind.TASK_DEFAULTS])
+    how = draw(st.sampled_from(["none", "field", "entry", "key", "whole"]))
+    if how == "field" and tasks:
+        name = draw(st.sampled_from(sorted(tasks)))
+        field = draw(st.sampled_from(["max_attempts", "lease", "other"]))
+        tasks[name] = {**tasks[name], field: draw(_TASK_FIELD_VALUES)}
+    elif how == "entry" and tasks:
+        tasks[draw(st.sampled_from(sorted(tasks)))] = draw(arbitrary)
+    elif how == "key":
+        key = draw(st.one_of(st.text(max_size=3), st.binary(max_size=3), st.integers()))
+        tasks[key] = {}
+    elif how == "whole":
+        return draw(arbitrary)
+    return tasks
+
+
+@settings(FAST, max_examples=500)
+@given(tasks=near_valid_task_maps())
+def test_task_defaults_fast_and_detailed_checks_agree(tasks: Any) -> None:
+    message = {**HELLO_WORKER, "tasks": tasks}
+    fast = messages_module._map_ok(messages_module._COMPILED_REQUESTS[Op.HELLO], message, False)
+    try:
+        messages_module._check_map(Op.HELLO, messages_module._REQUESTS_WITH_OP[Op.HELLO], message)
+        detailed = True
+    except ProtocolError as exc:
+        detailed = False
+        assert exc.message.startswith("HELLO.tasks"), exc.message
+    assert fast == detailed == _announcement_ok(tasks)
+
+
 # --- boundaries that must be accepted ---------------------------------------------
 
 EDGE_GOOD: dict[Kind, list[Any]] = {
@@ -414,6 +583,17 @@ EDGE_GOOD: dict[Kind, list[Any]] = {
     Kind.IDS: [[], ["i" * MAX_ID_LENGTH] * 3],
     Kind.MAP: [{}, {"a": {"b": [None]}}, {b"k": 1}],
     Kind.BOOL: [False, True],
+    Kind.TASK_DEFAULTS: [
+        {},
+        {"t": {}},
+        {"t": {"max_attempts": 1, "lease": 5e-324}},
+        {"t": {"max_attempts": MAX_TASK_ATTEMPTS, "lease": MAX_SECONDS}},
+        {"t": {"lease": int(MAX_SECONDS)}},
+        {"t": {"max_attempts": None, "lease": None}},
+        # Other keys of an entry are ignored, so later workers can announce more.
+        {"t": {"timeout": "later", 7: [1]}},
+        {"n" * MAX_NAME_LENGTH: {"lease": 1}, "\x00": {}},
+    ],
 }
 EDGE_CASES = [(*case, good) for case in ALL_FIELDS for good in EDGE_GOOD.get(case[3].kind, [])]
 
@@ -750,6 +930,21 @@ _SIMPLE_VALID: dict[Kind, st.SearchStrategy[Any]] = {
     Kind.NAMES: st.lists(_names, max_size=3),
     Kind.IDS: st.lists(_names, max_size=3),
     Kind.MAP: st.dictionaries(st.text(max_size=5), st.integers(-MAX_UINT, MAX_UINT), max_size=3),
+    Kind.TASK_DEFAULTS: st.dictionaries(
+        _names,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "max_attempts": st.one_of(st.none(), st.integers(1, MAX_TASK_ATTEMPTS)),
+                "lease": st.one_of(
+                    st.none(),
+                    st.integers(1, int(MAX_SECONDS)),
+                    st.floats(0, MAX_SECONDS, exclude_min=True, allow_nan=False),
+                ),
+            },
+        ),
+        max_size=3,
+    ),
 }
 
 

@@ -10,7 +10,6 @@ import msgpack
 from broker.client import SPEC_OVERHEAD, split_into_frames
 from broker.config import BrokerConfig
 from broker.journal import FsyncMode, JournalConfig
-from broker.manager import JobManager
 from broker.server import Broker
 from broker.session import Session
 from fuzz.targets import FakeTransport
@@ -106,11 +105,24 @@ async def test_status_of_a_job_with_huge_errors_fits_in_a_frame() -> None:
     assert reply["job"]["errors_left_out"] == 25 - len(reply["job"]["errors"])
 
 
-def test_task_announcement_errors_stay_short() -> None:
-    manager = JobManager()
-    message = manager.announce_tasks({"x" * 100_000: {"lease": -1}})
-    assert message is not None
-    assert len(message) < 200
+async def test_a_worker_announcing_malformed_tasks_is_refused_with_a_short_error() -> None:
+    broker = Broker(BrokerConfig(port=0))
+    broker.adopt_running_loop()
+    transport = FakeTransport()
+    session = Session(broker)
+    session.connection_made(transport)  # type: ignore[arg-type]
+    hello = {"op": "HELLO", "rid": 3, "version": PROTOCOL_VERSION, "role": "worker"}
+    session.data_received(encode_frame({**hello, "tasks": {"x" * 200: {"lease": -1}}}))
+    session.flush()
+    frames = FrameDecoder(max_frame=1 << 20).feed(bytes(transport.written))
+    assert [m["op"] for m in frames] == ["WELCOME", "ERR"]
+    error = frames[1]
+    assert (error["rid"], error["code"]) == (3, "BAD_REQUEST")
+    assert error["message"].startswith("HELLO.tasks['xxx")
+    assert len(error["message"]) < 200
+    assert transport.closed
+    assert broker.manager.task_defaults == {}
+    assert broker.manager.consumers == set()
 
 
 def test_submit_frames_fit_the_limit_with_wide_names() -> None:
@@ -141,7 +153,7 @@ async def test_a_revoked_job_delivered_again_in_the_same_turn_goes_out_once() ->
     assert worker.session.worker is not None
     consumer = worker.session.worker.consumer
     broker.manager.grant(consumer, 2, 0.0)  # delivered (not yet sent) ...
-    broker.manager.tick(5.0)  # ... its lease runs out: revoked, requeued, delivered again
+    broker.manager.expire_leases(5.0)  # ... its lease runs out: revoked, requeued, delivered again
     frames = worker.received()
     deliveries = [(d["id"], d["attempt"]) for m in frames if m["op"] == "JOBS" for d in m["jobs"]]
     assert deliveries == [(job.id, 2)]

@@ -1,0 +1,254 @@
+"""Ready queues and dispatch: which job goes to which consumer, and when.
+
+A job is dispatched the moment both sides are there: a job becoming ready
+goes to the first consumer waiting on its queue (:meth:`Dispatch._make_ready`),
+and a consumer granted credit takes the best ready job of its queues
+(:meth:`Dispatch._feed`). Otherwise the job waits in its queue's
+:class:`ReadyQueue`, or the consumer in ``_waiting``, so at any moment a
+consumer with credit has no ready job on any of its queues.
+
+Also here: delayed jobs (they become ready when due), a job going back to
+its queue (:meth:`Dispatch._requeue`), and the pause that storage failures
+need (:meth:`Dispatch.pause_dispatch`): while paused, jobs stay ready and
+consumers stay waiting with their credit.
+
+This is the hot path: keep per-job work inline (no helper call per job
+that a plain statement can do); ``bench/manager_micro.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from broker.jobs import Job, JobState
+from broker.manager.config import Consumer, QueueCounts
+from broker.manager.state import ManagerState
+
+
+class ReadyQueue:
+    """One queue's ready jobs: a FIFO per priority, and a heap of the priorities in use.
+
+    Push and pop are O(1) for a priority already in use (O(log p) in the
+    number of distinct priorities otherwise), and a queued job costs one
+    deque slot. A job cancelled while queued stays in its deque until it
+    reaches the front, where it is skipped.
+    """
+
+    __slots__ = ("levels", "priorities")
+
+    def __init__(self) -> None:
+        self.levels: dict[int, deque[Job]] = {}
+        # Negated priorities, so the heap's smallest is the highest priority.
+        self.priorities: list[int] = []
+
+    def push(self, job: Job, front: bool = False) -> None:
+        level = self.levels.get(job.priority)
+        if level is None:
+            level = self.levels[job.priority] = deque()
+            heapq.heappush(self.priorities, -job.priority)
+        if front:
+            level.appendleft(job)
+        else:
+            level.append(job)
+
+    def peek(self) -> Job | None:
+        """The job that runs next, or None."""
+        priorities = self.priorities
+        levels = self.levels
+        while priorities:
+            level = levels[-priorities[0]]
+            while level:
+                job = level[0]
+                if job.state is JobState.QUEUED:
+                    return job
+                level.popleft()  # cancelled while it waited
+            del levels[-heapq.heappop(priorities)]
+        return None
+
+    def pop(self) -> Job:
+        """The job :meth:`peek` returned (call it right after)."""
+        return self.levels[-self.priorities[0]].popleft()
+
+
+class Dispatch(ManagerState):
+    # -- consumers ------------------------------------------------------------
+
+    def attach(self, consumer: Consumer) -> None:
+        self.consumers.add(consumer)
+
+    def detach(self, consumer: Consumer, now: float, reason: str) -> None:
+        """The consumer is gone: every job it held goes back to its queue."""
+        self._stop_waiting(consumer)
+        self.consumers.discard(consumer)
+        consumer.credit = 0
+        # Newest first: each goes to the front, so the oldest ends up first.
+        for job in sorted(consumer.jobs.values(), key=lambda held: held.key, reverse=True):
+            self._lose_lease(job, now, reason)
+
+    def grant(self, consumer: Consumer, n: int, now: float) -> None:
+        """The consumer can take ``n`` more jobs."""
+        consumer.credit += n
+        self._feed(consumer, now)
+
+    def quiet(self, consumer: Consumer) -> None:
+        """The consumer takes no more jobs (until it grants credit again)."""
+        consumer.credit = 0
+        self._stop_waiting(consumer)
+
+    # -- pausing ----------------------------------------------------------------
+
+    @property
+    def dispatch_paused(self) -> bool:
+        return self._dispatch_paused
+
+    def pause_dispatch(self) -> None:
+        """Hand out no job until :meth:`resume_dispatch` (storage cannot record them).
+
+        Jobs that become ready stay in their queues and consumers keep their
+        credit and wait; everything else (reports, cancels, timers) goes on.
+        """
+        self._dispatch_paused = True
+
+    def resume_dispatch(self, now: float) -> None:
+        """Hand out jobs again: every waiting consumer takes what its credit allows.
+
+        Consumers are fed one after the other, each until its credit or its
+        queues' ready jobs run out, in the order they started waiting.
+        """
+        if not self._dispatch_paused:
+            return
+        self._dispatch_paused = False
+        waiting = dict.fromkeys(
+            consumer for consumers in self._waiting.values() for consumer in consumers
+        )
+        for consumer in waiting:
+            self._feed(consumer, now)
+            if consumer.credit <= 0:
+                self._stop_waiting(consumer)
+
+    # -- handing out jobs ---------------------------------------------------------
+
+    def _make_ready(self, job: Job, now: float, front: bool = False) -> None:
+        """Hand a queued job to a waiting consumer, or put it on its queue's heap.
+
+        The caller has set ``job.state`` to QUEUED (or left it there) and
+        counted it in its queue's ``queued``.
+        """
+        job.state = JobState.QUEUED
+        waiting = self._waiting.get(job.queue)
+        if waiting and not self._dispatch_paused:
+            consumer = next(iter(waiting))
+            self._reserve(job, consumer, now)
+            if consumer.credit > 0:
+                # Round robin: the consumer goes to the back of the line.
+                del waiting[consumer]
+                waiting[consumer] = None
+            else:
+                self._stop_waiting(consumer)
+            return
+        ready = self._ready.get(job.queue)
+        if ready is None:
+            ready = self._ready[job.queue] = ReadyQueue()
+        ready.push(job, front)
+
+    def _feed(self, consumer: Consumer, now: float) -> None:
+        """Give the consumer ready jobs while it has credit; then it waits."""
+        ready = self._ready
+        queues = consumer.queues
+        while consumer.credit > 0:
+            best: Job | None = None
+            best_queue: ReadyQueue | None = None
+            # Checked per job: a delivery can fail storage, which pauses dispatch.
+            if not self._dispatch_paused:
+                for queue in queues:
+                    candidates = ready.get(queue)
+                    if candidates is None:
+                        continue
+                    head = candidates.peek()
+                    # Highest priority first; equal priorities in submission order.
+                    if head is not None and (
+                        best is None
+                        or head.priority > best.priority
+                        or (head.priority == best.priority and head.key < best.key)
+                    ):
+                        best = head
+                        best_queue = candidates
+            if best is None or best_queue is None:
+                for queue in queues:
+                    waiting = self._waiting.get(queue)
+                    if waiting is None:
+                        waiting = self._waiting[queue] = {}
+                    waiting[consumer] = None
+                return
+            best_queue.pop()
+            self._reserve(best, consumer, now)
+
+    def _stop_waiting(self, consumer: Consumer) -> None:
+        for queue in consumer.queues:
+            waiting = self._waiting.get(queue)
+            if waiting is not None:
+                waiting.pop(consumer, None)
+
+    def _reserve(self, job: Job, consumer: Consumer, now: float) -> None:
+        """Deliver the job to the consumer: it runs, under a lease (see leases.py)."""
+        job.state = JobState.RUNNING
+        job.attempts += 1
+        job.owner = consumer
+        job.started_at = now
+        deadline = now + job.lease
+        job.lease_deadline = deadline
+        counts = self.queues[job.queue]
+        counts.queued -= 1
+        counts.running += 1
+        consumer.credit -= 1
+        consumer.jobs[job.id] = job
+        self.running += 1
+        leases = self._leases
+        heapq.heappush(leases, (deadline, next(self._tiebreak), job, job.attempts))
+        if len(leases) > 2 * self.running + 1024:
+            self._rebuild_leases()
+        if self.journal is not None:
+            self.journal.job_reserved(job)
+        consumer.sink.deliver(job)
+
+    # -- back to the queue, now or later ----------------------------------------------
+
+    def _delay(self, job: Job, run_at: float, counts: QueueCounts) -> None:
+        job.state = JobState.DELAYED
+        job.run_at = run_at
+        counts.delayed += 1
+        heapq.heappush(self._delayed, (run_at, next(self._tiebreak), job))
+
+    def _requeue(self, job: Job, now: float, delay: float = 0.0, front: bool = True) -> None:
+        """Back to its queue (after ``delay``), recorded before it can be delivered again.
+
+        Without a delay it goes to the front of its priority: it was at the
+        front when it was taken, ahead of everything submitted since.
+        """
+        counts = self._counts(job.queue)
+        if delay > 0:
+            self._delay(job, now + delay, counts)
+            if self.journal is not None:
+                self.journal.job_changed(job)
+        else:
+            counts.queued += 1
+            job.state = JobState.QUEUED
+            job.run_at = now
+            if self.journal is not None:
+                self.journal.job_changed(job)
+            self._make_ready(job, now, front)
+
+    def _run_delayed(self, now: float) -> None:
+        """Delayed jobs that are due become ready."""
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, job = heapq.heappop(delayed)
+            if job.state is JobState.DELAYED:
+                counts = self.queues[job.queue]
+                counts.delayed -= 1
+                counts.queued += 1
+                job.state = JobState.QUEUED
+                if self.journal is not None:
+                    self.journal.job_changed(job)
+                self._make_ready(job, now)

@@ -1,0 +1,266 @@
+"""The facade: :class:`JobManager`, the job lifecycle as the server calls it.
+
+Submitting, the workers' reports (ack, fail, release), cancelling, the
+timers and the questions live here; the rest comes from one mixin per
+concern (``dispatch``, ``leases``, ``retention``, ``recovery``) over the
+shared tables of ``state``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from broker.jobs import Job, JobState, order_key
+from broker.manager.config import MAX_INTERNED_NAMES, Consumer, QueueCounts, QueueFullError
+from broker.manager.dispatch import Dispatch
+from broker.manager.leases import Leases
+from broker.manager.recovery import Recovery
+from broker.manager.retention import Retention
+from protocol.backoff import backoff_delay
+from protocol.job_spec import JobSpec
+
+log = logging.getLogger("broker.manager")
+
+
+class JobManager(Dispatch, Leases, Retention, Recovery):
+    """Every job of the broker, from submit to its result's expiry.
+
+    A plain synchronous object: time is passed in as ``now`` (seconds since
+    the epoch), and its effects go through the :class:`Consumer` sinks, the
+    ``journal`` sink and the ``on_finished`` callback the server gives it.
+    """
+
+    # -- submitting ---------------------------------------------------------
+
+    def announce_tasks(self, tasks: dict[str, dict[str, Any]]) -> str | None:
+        """Record workers' per-task defaults (``HELLO.tasks``, checked by the schema).
+
+        They apply to jobs submitted from now on that leave those fields
+        unset, and merge field by field with earlier announcements. Always
+        returns None: the ``str | None`` type stays only until ``Session``
+        stops testing the result for an error message.
+        """
+        for name, defaults in tasks.items():
+            entry: dict[str, Any] = {}
+            attempts = defaults.get("max_attempts")
+            if attempts is not None:
+                entry["max_attempts"] = attempts
+            lease = defaults.get("lease")
+            if lease is not None:
+                entry["lease"] = float(lease)
+            if name in self.task_defaults or len(self.task_defaults) < MAX_INTERNED_NAMES:
+                self.task_defaults.setdefault(name, {}).update(entry)
+        return None
+
+    def check_capacity(self, count: int) -> None:
+        limit = self.config.max_jobs
+        if limit is not None and self.unfinished + count > limit:
+            raise QueueFullError(
+                f"the broker holds {self.unfinished} unfinished jobs; "
+                f"{count} more would pass the limit of {limit}"
+            )
+
+    def submit(self, spec: JobSpec, now: float) -> tuple[Job, bool]:
+        """Accept a job; return it and whether it is new.
+
+        A ``spec.job_id`` the manager still knows returns the existing job
+        unchanged (idempotent submit). Raises :class:`QueueFullError`.
+        """
+        job_id = spec.job_id
+        max_attempts = spec.max_attempts
+        lease = spec.lease
+        delay = spec.delay
+        priority = spec.priority
+        if job_id is not None:
+            existing = self.jobs.get(job_id)
+            if existing is not None:
+                return existing, False
+        else:
+            job_id = f"{self._id_prefix}-{next(self._ids):x}"
+            while job_id in self.jobs:  # a client chose this id for its own job
+                job_id = f"{self._id_prefix}-{next(self._ids):x}"
+        self.check_capacity(1)
+        # Every job's task and queue name arrives as a new string; share one.
+        names = self._names
+        task = names.get(spec.task) or self._intern(spec.task)
+        queue = names.get(spec.queue) or self._intern(spec.queue)
+        if max_attempts is None or lease is None:
+            defaults = self.task_defaults.get(task)
+            if defaults is not None:
+                max_attempts = max_attempts or defaults.get("max_attempts")
+                lease = lease or defaults.get("lease")
+        job = Job(
+            job_id,
+            task,
+            spec.payload,
+            queue,
+            priority,
+            order_key(priority, next(self._seq)),
+            max(1, max_attempts or self.config.max_attempts),
+            spec.timeout or None,
+            lease or self.config.lease,
+            now,
+        )
+        self.jobs[job_id] = job
+        self.unfinished += 1
+        self.counters["submitted"] += 1
+        counts = self.queues.get(queue)
+        if counts is None:
+            counts = self.queues[queue] = QueueCounts()
+        if delay > 0:
+            job.run_at = now + delay
+        if self.journal is not None:
+            self.journal.job_submitted(job)
+        if delay > 0:
+            self._delay(job, now + delay, counts)
+        else:
+            counts.queued += 1
+            self._make_ready(job, now)
+        return job, True
+
+    # -- reports from workers -------------------------------------------------
+
+    def _held(self, consumer: Consumer, job_id: str, attempt: int, what: str) -> Job | None:
+        """The job if this consumer holds this attempt of it; else log and None."""
+        job = consumer.jobs.get(job_id)
+        if job is not None and job.attempts == attempt and job.state is JobState.RUNNING:
+            return job
+        self.counters["late_reports"] += 1
+        current = self.jobs.get(job_id)
+        log.info(
+            "ignored %s of job %s attempt %d from %s: %s",
+            what,
+            job_id,
+            attempt,
+            consumer.name or "a worker",
+            "job unknown"
+            if current is None
+            else f"job is {current.state.value} at attempt {current.attempts}",
+        )
+        return None
+
+    def ack(self, consumer: Consumer, job_id: str, attempt: int, result: bytes, now: float) -> bool:
+        job = self._held(consumer, job_id, attempt, "success")
+        if job is None:
+            return False
+        self._release_hold(job)
+        job.result = result
+        self._finish(job, JobState.SUCCEEDED, now)
+        return True
+
+    def fail(
+        self,
+        consumer: Consumer,
+        job_id: str,
+        attempt: int,
+        error: dict[str, Any],
+        now: float,
+        retry_in: float | None = None,
+    ) -> bool:
+        """A failed attempt: retry after backoff (or ``retry_in``) while attempts remain."""
+        job = self._held(consumer, job_id, attempt, "failure")
+        if job is None:
+            return False
+        self._release_hold(job)
+        self._failed_attempt(job, dict(error, attempt=attempt, at=now), now, retry_in)
+        return True
+
+    def release(self, consumer: Consumer, job_id: str, attempt: int, now: float) -> bool:
+        """The worker hands a job back unrun: it goes back to its queue, attempt not counted."""
+        job = self._held(consumer, job_id, attempt, "release")
+        if job is None:
+            return False
+        self._release_hold(job)
+        job.attempts -= 1
+        self.queues[job.queue].queued += 1
+        job.state = JobState.QUEUED
+        if self.journal is not None:
+            self.journal.job_changed(job)
+        self._make_ready(job, now, front=True)  # it keeps its place at the front
+        return True
+
+    def _failed_attempt(
+        self, job: Job, error: dict[str, Any], now: float, retry_in: float | None
+    ) -> None:
+        job.add_error(error)
+        if job.attempts >= job.max_attempts:
+            self._finish(job, JobState.FAILED, now)
+            return
+        if retry_in is None:
+            retry_in = self.backoff(job.attempts)
+        self.counters["retried"] += 1
+        self._requeue(job, now, retry_in)
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next attempt (``protocol.backoff``, with the manager's rng)."""
+        return backoff_delay(attempts, self.config.backoff_base, self.config.backoff_cap, self._rng)
+
+    # -- cancelling ---------------------------------------------------------------
+
+    def cancel(self, job_id: str, now: float) -> bool | None:
+        """Cancel a queued, delayed or running job. None: unknown id; False: already finished."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        state = job.state
+        counts = self._counts(job.queue)
+        if state is JobState.QUEUED:
+            counts.queued -= 1  # its ready-queue entry is skipped when reached
+        elif state is JobState.DELAYED:
+            counts.delayed -= 1
+        elif state is JobState.RUNNING:
+            owner: Consumer = job.owner
+            self._release_hold(job)
+            owner.sink.revoke(job)
+        else:
+            return False
+        self._finish(job, JobState.CANCELLED, now)
+        return True
+
+    # -- time ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Run the timers that are due, except leases: delayed jobs, expired results.
+
+        Leases expire in :meth:`expire_leases`, which the server calls apart
+        (see ``leases.py`` for why).
+        """
+        self._run_delayed(now)
+        self._expire_results(now)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` or :meth:`expire_leases` next may have something to do."""
+        candidates = []
+        if self._delayed:
+            candidates.append(self._delayed[0][0])
+        if self._leases:
+            candidates.append(self._leases[0][0])
+        if self._results:
+            candidates.append(self._results[0][0])
+        return min(candidates) if candidates else None
+
+    # -- questions ---------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def queues_idle(self, queues: Iterable[str]) -> bool:
+        """No job queued, delayed or running on any of these queues."""
+        for queue in queues:
+            counts = self.queues.get(queue)
+            if counts is not None and (counts.queued or counts.delayed or counts.running):
+                return False
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "queues": {name: counts.as_dict() for name, counts in sorted(self.queues.items())},
+            "jobs": len(self.jobs),
+            "unfinished": self.unfinished,
+            "running": self.running,
+            "failed_list": len(self._failed),
+            "consumers": len(self.consumers),
+            **self.counters,
+        }

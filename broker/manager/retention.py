@@ -1,0 +1,110 @@
+"""Retention: what the manager keeps of finished jobs, and for how long.
+
+A succeeded or cancelled job stays (for ``STATUS`` and idempotent submits)
+until ``result_ttl`` has passed or ``max_results`` newer ones push it out.
+A failed job stays on the failed list, at most ``max_failed`` of them, until
+it is retried or purged. Past ``MAX_QUEUES_KEPT`` queues, a queue that goes
+idle is forgotten.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+
+from broker.jobs import Job, JobState
+from broker.manager.config import MAX_QUEUES_KEPT
+from broker.manager.state import ManagerState
+
+log = logging.getLogger("broker.manager")
+
+
+class Retention(ManagerState):
+    def _finish(self, job: Job, state: JobState, now: float) -> None:
+        """The job is done for good (its holder, if any, already released it)."""
+        job.state = state
+        job.finished_at = now
+        self.unfinished -= 1
+        if state is JobState.FAILED:
+            self.counters["failed"] += 1
+            self._failed[job.id] = job
+            while len(self._failed) > self.config.max_failed:
+                dropped_id, _ = self._failed.popitem(last=False)
+                del self.jobs[dropped_id]
+                if self.journal is not None:
+                    self.journal.job_deleted(dropped_id)
+                log.warning(
+                    "dropped failed job %s: the failed list holds at most %d",
+                    dropped_id,
+                    self.config.max_failed,
+                )
+        else:
+            self.counters["succeeded" if state is JobState.SUCCEEDED else "cancelled"] += 1
+            self._results.append((now + self.config.result_ttl, job))
+        if self.journal is not None:
+            self.journal.job_changed(job)
+        if len(self._results) > self.config.max_results:
+            self._drop_oldest_result()
+        if len(self.queues) > MAX_QUEUES_KEPT:
+            self._forget_queue_if_idle(job.queue)
+        if self.on_finished is not None:
+            self.on_finished(job)
+
+    def _drop_oldest_result(self) -> None:
+        _, job = self._results.popleft()
+        if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
+            del self.jobs[job.id]
+            self.counters["expired"] += 1
+            if self.journal is not None:
+                self.journal.job_deleted(job.id)
+
+    def _expire_results(self, now: float) -> None:
+        """Forget the succeeded and cancelled jobs whose ``result_ttl`` has passed."""
+        results = self._results
+        while results and results[0][0] <= now:
+            _, job = results.popleft()
+            if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
+                del self.jobs[job.id]
+                self.counters["expired"] += 1
+
+    def _forget_queue_if_idle(self, queue: str) -> None:
+        """Past MAX_QUEUES_KEPT queues, an idle one is forgotten (it comes back on use)."""
+        counts = self.queues.get(queue)
+        if (
+            counts is not None
+            and not (counts.queued or counts.delayed or counts.running)
+            and not self._waiting.get(queue)
+        ):
+            del self.queues[queue]
+            self._ready.pop(queue, None)
+            self._waiting.pop(queue, None)
+
+    # -- the failed list ---------------------------------------------------------
+
+    def failed_jobs(self, limit: int | None = None) -> list[Job]:
+        """Failed jobs, newest first."""
+        jobs = reversed(self._failed.values())
+        return list(itertools.islice(jobs, limit))
+
+    def retry_failed(self, job_ids: Iterable[str] | None, now: float) -> int:
+        """Put failed jobs (all when ``job_ids`` is None) back in their queues, attempts reset."""
+        ids = list(self._failed) if job_ids is None else list(dict.fromkeys(job_ids))
+        ids = [job_id for job_id in ids if job_id in self._failed]
+        self.check_capacity(len(ids))
+        for job_id in ids:
+            job = self._failed.pop(job_id)
+            job.attempts = 0
+            job.finished_at = None
+            self.unfinished += 1
+            self._requeue(job, now, front=False)  # like a new job: behind the others
+        return len(ids)
+
+    def purge_failed(self) -> int:
+        count = len(self._failed)
+        for job_id in self._failed:
+            del self.jobs[job_id]
+            if self.journal is not None:
+                self.journal.job_deleted(job_id)
+        self._failed.clear()
+        return count

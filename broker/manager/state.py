@@ -1,0 +1,125 @@
+"""The state every concern of the manager shares, and the calls they make on one another.
+
+:class:`ManagerState` is the base of each concern's class (``dispatch``,
+``leases``, ``retention``, ``recovery``) and of the :class:`JobManager`
+facade that combines them. It holds every table in one place, so a
+newcomer reads here what the manager knows, and in each concern's file what
+it does with it. The concerns are mixins over one object rather than
+separate objects: the hot path (submit, reserve, ack) then costs no extra
+indirection, which a microbenchmark holds it to (``bench/manager_micro.py``).
+
+The ``TYPE_CHECKING`` block lists the methods one concern calls on another,
+so each file type-checks on its own; at run time they resolve to the
+concern that defines them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from broker.jobs import Job, JobState
+from broker.manager.config import (
+    MAX_INTERNED_NAMES,
+    Consumer,
+    JournalSink,
+    ManagerConfig,
+    QueueCounts,
+)
+
+if TYPE_CHECKING:
+    from broker.manager.dispatch import ReadyQueue
+
+
+class ManagerState:
+    def __init__(
+        self,
+        config: ManagerConfig | None = None,
+        *,
+        on_finished: Callable[[Job], None] | None = None,
+        rng: random.Random | None = None,
+        id_prefix: str | None = None,
+    ) -> None:
+        self.config = config or ManagerConfig()
+        self.on_finished = on_finished
+        self._rng = rng or random.Random()
+        self._id_prefix = id_prefix if id_prefix is not None else os.urandom(5).hex()
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._tiebreak = itertools.count()
+        # Every job the manager knows, unfinished or finished and still kept.
+        self.jobs: dict[str, Job] = {}
+        self.journal: JournalSink | None = None
+        self.counters = {
+            "submitted": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "retried": 0,
+            "requeued": 0,
+            "expired": 0,
+            "late_reports": 0,
+        }
+        self.unfinished = 0
+        self.queues: dict[str, QueueCounts] = {}
+        # Task and queue names, one string each (see MAX_INTERNED_NAMES).
+        self._names: dict[str, str] = {}
+        # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
+        self.task_defaults: dict[str, dict[str, Any]] = {}
+
+        # dispatch.py: ready jobs, the consumers waiting for them, delayed jobs.
+        self.consumers: set[Consumer] = set()
+        self._ready: dict[str, ReadyQueue] = {}
+        self._waiting: dict[str, dict[Consumer, None]] = {}
+        self._delayed: list[tuple[float, int, Job]] = []
+        self._dispatch_paused = False
+
+        # leases.py: (deadline, tiebreak, job, attempt); an entry of a job that is
+        # no longer running that attempt is skipped when it comes due.
+        self._leases: list[tuple[float, int, Job, int]] = []
+        # Jobs held by consumers (the same as the sum of the queues' running counts).
+        self.running = 0
+
+        # retention.py: finished jobs kept for a while.
+        self._results: deque[tuple[float, Job]] = deque()
+        self._failed: OrderedDict[str, Job] = OrderedDict()
+
+    def _counts(self, queue: str) -> QueueCounts:
+        counts = self.queues.get(queue)
+        if counts is None:
+            counts = self.queues[queue] = QueueCounts()
+        return counts
+
+    def _intern(self, name: str) -> str:
+        if len(self._names) < MAX_INTERNED_NAMES:
+            self._names[name] = name
+        return name
+
+    if TYPE_CHECKING:
+        # dispatch.py
+        def _make_ready(self, job: Job, now: float, front: bool = False) -> None: ...
+
+        def _delay(self, job: Job, run_at: float, counts: QueueCounts) -> None: ...
+
+        def _requeue(
+            self, job: Job, now: float, delay: float = 0.0, front: bool = True
+        ) -> None: ...
+
+        def _stop_waiting(self, consumer: Consumer) -> None: ...
+
+        # leases.py
+        def _release_hold(self, job: Job) -> None: ...
+
+        def _lose_lease(self, job: Job, now: float, reason: str) -> None: ...
+
+        def _rebuild_leases(self) -> None: ...
+
+        # retention.py
+        def _finish(self, job: Job, state: JobState, now: float) -> None: ...
+
+        # jobmanager.py
+        def check_capacity(self, count: int) -> None: ...
