@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from broker import Broker, BrokerConfig, Client, install_uvloop
-from broker.journal import JournalConfig
+from broker.journal import Journal, JournalConfig
 
 
 async def measure(jobs: int) -> str:
@@ -42,7 +42,7 @@ async def measure(jobs: int) -> str:
 
             ticker = asyncio.create_task(tick())
             journal = broker.journal
-            assert journal is not None
+            assert isinstance(journal, Journal)
             started = time.perf_counter()
             await journal.compact_now()
             took = time.perf_counter() - started

@@ -25,7 +25,7 @@ from typing import Any
 
 from broker.config import BrokerConfig
 from broker.durability import StorageFailure
-from broker.journal import Journal, JournalConfig
+from broker.journal import Journal, JournalBackend, JournalConfig
 from broker.manager import JobManager
 from broker.session import Session
 from broker.state import BrokerState
@@ -35,22 +35,40 @@ from protocol.security import is_loopback
 
 log = logging.getLogger("broker")
 
+# The timer firing this much later than asked means the loop itself was
+# stalled (a GC pause, SIGSTOP, a frozen VM): that time is not the workers'.
+STALL_THRESHOLD = 0.25
+STALL_WORTH_A_WARNING = 1.0
+# A due lease expires this long after the timer found it due, so that the
+# loop has polled its sockets once: heartbeats and results that waited there
+# during a stall are read before any worker is blamed.
+LEASE_EXPIRY_POLL = 0.05
+
 
 class ExposureRefused(ValueError):
     """The configuration would expose an unauthenticated broker to the network."""
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig | None = None) -> None:
+    def __init__(
+        self, config: BrokerConfig | None = None, *, storage: JournalBackend | None = None
+    ) -> None:
+        """``storage``: the journal backend to use instead of the file journal that
+        ``config.journal`` describes (which it must then still set, for recovery)."""
         self.config = config = config or BrokerConfig()
+        self._storage = storage
         self.manager = JobManager(config.manager)
         self.state = BrokerState(config, self.manager, arm_timer=self.arm_timer)
         self.manager.on_finished = self.state.job_finished
-        self.journal: Journal | None = None
+        self.journal: JournalBackend | None = None
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
+        # When (on the loop's clock) the timer should fire, to measure a stall.
+        self._timer_due: float = 0.0
+        self._lease_check: asyncio.TimerHandle | None = None
+        self._lease_check_at: float | None = None
         # Set when storage fails for good (another writer took over): stop serving.
         self.fatal_failure: StorageFailure | None = None
         self._fatal = asyncio.Event()
@@ -96,7 +114,7 @@ class Broker:
 
     async def _open_journal(self, config: JournalConfig) -> None:
         """Recover the state the journal holds, then record every change from now on."""
-        journal = Journal(config)
+        journal = self._storage or Journal(config)
         # Reading the files is blocking work: a thread, so an embedding app's loop runs on.
         recovered = await self.loop.run_in_executor(None, journal.open)
         try:
@@ -196,8 +214,9 @@ class Broker:
             finally:
                 state.when_no_sessions(None)
         await self._server.wait_closed()
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._lease_check):
+            if timer is not None:
+                timer.cancel()
         if self.journal is not None:
             await self.journal.close()
         self._server = None
@@ -218,20 +237,45 @@ class Broker:
         deadline = self.manager.next_deadline()
         if deadline is None:
             return
+        if self._lease_check_at is not None:
+            # Leases are due and their expiry is already scheduled: no earlier wake-up.
+            deadline = max(deadline, self._lease_check_at)
         if self._timer is not None:
             if self._timer_deadline is not None and self._timer_deadline <= deadline:
                 return
             self._timer.cancel()
         self._timer_deadline = deadline
-        self._timer = self.loop.call_later(max(0.0, deadline - time.time()), self._on_timer)
+        delay = max(0.0, deadline - time.time())
+        self._timer_due = self.loop.time() + delay
+        self._timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
         try:
+            stalled = self.loop.time() - self._timer_due
+            if stalled > STALL_THRESHOLD:
+                log.log(
+                    logging.WARNING if stalled > STALL_WORTH_A_WARNING else logging.DEBUG,
+                    "the broker's event loop was stalled for %.2fs: every lease is extended "
+                    "by that much",
+                    stalled,
+                )
+                self.manager.extend_leases(stalled)
             now = time.time()
             self.manager.tick(now)
-            self.manager.expire_leases(now)
+            lease_deadline = self.manager.next_lease_deadline()
+            if lease_deadline is not None and lease_deadline <= now and self._lease_check is None:
+                self._lease_check_at = now + LEASE_EXPIRY_POLL
+                self._lease_check = self.loop.call_later(LEASE_EXPIRY_POLL, self._expire_leases)
+        finally:
+            self.arm_timer()
+
+    def _expire_leases(self) -> None:
+        self._lease_check = None
+        self._lease_check_at = None
+        try:
+            self.manager.expire_leases(time.time())
         finally:
             self.arm_timer()
 

@@ -271,10 +271,7 @@ class Session(asyncio.Protocol):
         if role == Role.WORKER:
             tasks = message.get("tasks")
             if tasks:
-                error = self.manager.announce_tasks(tasks)
-                if error is not None:
-                    self.fail_connection(ErrorCode.BAD_REQUEST, f"HELLO.tasks: {error}", rid)
-                    return
+                self.manager.announce_tasks(tasks)  # checked by the schema
             queues = message.get("queues") or ["default"]
             self.worker = WorkerHandlers(self, self.state, queues, bool(message.get("burst")))
             self.handlers = self.worker

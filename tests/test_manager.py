@@ -1536,7 +1536,7 @@ def test_stats_shape_and_counters() -> None:
 def test_announced_task_defaults_apply_to_later_submits() -> None:
     h = Harness(max_attempts=3, lease=60.0)
     before = submit_job(h.manager, "resize", b"", 0.0)[0]
-    assert h.manager.announce_tasks({"resize": {"max_attempts": 7, "lease": 5}}) is None
+    h.manager.announce_tasks({"resize": {"max_attempts": 7, "lease": 5}})
     assert h.manager.task_defaults == {"resize": {"max_attempts": 7, "lease": 5.0}}
     assert isinstance(h.manager.task_defaults["resize"]["lease"], float)
 
@@ -1551,7 +1551,7 @@ def test_announced_task_defaults_apply_to_later_submits() -> None:
     assert (before.max_attempts, before.lease) == (3, 60.0)
 
     # A later announcement of one field replaces that field and keeps the other.
-    assert h.manager.announce_tasks({"resize": {"lease": 2.5}, "email": {}}) is None
+    h.manager.announce_tasks({"resize": {"lease": 2.5}, "email": {}})
     assert h.manager.task_defaults == {"resize": {"max_attempts": 7, "lease": 2.5}, "email": {}}
     job, _ = submit_job(h.manager, "resize", b"", 2.0)
     assert (job.max_attempts, job.lease) == (7, 2.5)
@@ -1568,13 +1568,13 @@ def test_announce_tasks_records_the_schema_checked_map() -> None:
     """HELLO.tasks is checked by protocol.messages (test_messages.py); the manager records it."""
     h = Harness()
     limits = {"t": {"max_attempts": 1_000_000, "lease": 10 * 365 * 86400}}
-    assert h.manager.announce_tasks(limits) is None
+    h.manager.announce_tasks(limits)
     # nil fields and fields the manager does not know change nothing.
     tasks: dict[str, dict[str, Any]] = {
         "u": {"max_attempts": 1, "lease": 0.001},
         "t": {"lease": None, "later": 1},
     }
-    assert h.manager.announce_tasks(tasks) is None
+    h.manager.announce_tasks(tasks)
     assert h.manager.task_defaults == {
         "t": {"max_attempts": 1_000_000, "lease": 315_360_000.0},
         "u": {"max_attempts": 1, "lease": 0.001},
@@ -1585,10 +1585,8 @@ def test_announce_tasks_records_the_schema_checked_map() -> None:
 def test_announced_tasks_past_the_name_limit_are_not_recorded() -> None:
     h = Harness()
     many = {f"task{i}": {"max_attempts": 2} for i in range(MAX_INTERNED_NAMES)}
-    assert h.manager.announce_tasks(many) is None
-    assert (
-        h.manager.announce_tasks({"one-more": {"max_attempts": 5}, "task0": {"lease": 3}}) is None
-    )
+    h.manager.announce_tasks(many)
+    h.manager.announce_tasks({"one-more": {"max_attempts": 5}, "task0": {"lease": 3}})
     assert "one-more" not in h.manager.task_defaults
     assert h.manager.task_defaults["task0"] == {"max_attempts": 2, "lease": 3.0}
     assert len(h.manager.task_defaults) == MAX_INTERNED_NAMES

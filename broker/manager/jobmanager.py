@@ -34,13 +34,11 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
 
     # -- submitting ---------------------------------------------------------
 
-    def announce_tasks(self, tasks: dict[str, dict[str, Any]]) -> str | None:
+    def announce_tasks(self, tasks: dict[str, dict[str, Any]]) -> None:
         """Record workers' per-task defaults (``HELLO.tasks``, checked by the schema).
 
         They apply to jobs submitted from now on that leave those fields
-        unset, and merge field by field with earlier announcements. Always
-        returns None: the ``str | None`` type stays only until ``Session``
-        stops testing the result for an error message.
+        unset, and merge field by field with earlier announcements.
         """
         for name, defaults in tasks.items():
             entry: dict[str, Any] = {}
@@ -52,7 +50,6 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
                 entry["lease"] = float(lease)
             if name in self.task_defaults or len(self.task_defaults) < MAX_INTERNED_NAMES:
                 self.task_defaults.setdefault(name, {}).update(entry)
-        return None
 
     def check_capacity(self, count: int) -> None:
         limit = self.config.max_jobs
