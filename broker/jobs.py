@@ -144,25 +144,5 @@ class Job:
     def last_error(self) -> dict[str, Any] | None:
         return self.errors[-1] if self.errors else None
 
-    def describe(self, last_error_only: bool = False) -> dict[str, Any]:
-        """The job as ``STATUS`` and ``FAILED`` report it (no payload, no result)."""
-        errors = self.errors or []
-        return {
-            "id": self.id,
-            "task": self.task,
-            "queue": self.queue,
-            "state": self.state.value,
-            "priority": self.priority,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "timeout": self.timeout,
-            "lease": self.lease,
-            "created_at": self.created_at,
-            "run_at": self.run_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "errors": errors[-1:] if last_error_only else list(errors),
-        }
-
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task} {self.state.value} attempt {self.attempts}>"

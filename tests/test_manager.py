@@ -24,6 +24,7 @@ from broker.manager import (
     ManagerConfig,
     QueueFullError,
 )
+from broker.wire import describe_job
 from tests.builders import submit_job
 
 QUEUED = JobState.QUEUED
@@ -151,7 +152,7 @@ def test_new_job_fields_and_describe() -> None:
     assert job.result is None
     assert job.errors is None
     assert job.last_error is None
-    assert job.describe() == {
+    assert describe_job(job) == {
         "id": "j1",
         "task": "add",
         "queue": "q",
@@ -178,7 +179,7 @@ def test_job_errors_keep_only_the_last_few() -> None:
     assert job.errors is not None
     assert len(job.errors) == MAX_ERRORS_KEPT
     assert job.errors[0] == {"attempt": 6}
-    described = job.describe()["errors"]
+    described = describe_job(job)["errors"]
     assert described == job.errors
     assert described is not job.errors
 
