@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from protocol.states import JobState
@@ -31,6 +32,20 @@ MAX_ERROR_MESSAGE = 2048
 MAX_TRACEBACK = 16 * 1024
 
 
+class ErrorLog(list[dict[str, Any]]):
+    """A job's last errors (at most ``MAX_ERRORS_KEPT``) and how many it ever had.
+
+    The count lives here rather than on :class:`Job`: most jobs never fail,
+    and a slot on every job would cost every queued job its 8 bytes.
+    """
+
+    __slots__ = ("total",)
+
+    def __init__(self, errors: Iterable[dict[str, Any]] = (), total: int | None = None) -> None:
+        super().__init__(errors)
+        self.total = len(self) if total is None else total
+
+
 class Job:
     """One job as the broker holds it.
 
@@ -43,7 +58,6 @@ class Job:
     __slots__ = (
         "attempts",
         "created_at",
-        "error_count",
         "errors",
         "finished_at",
         "id",
@@ -96,10 +110,7 @@ class Job:
         self.lease_deadline = 0.0
         self.owner: Any = None
         self.result: bytes | None = None
-        self.errors: list[dict[str, Any]] | None = None
-        # Every error the job ever had, kept or not: monotonic, so a journal
-        # record carrying it can be replayed over any snapshot exactly once.
-        self.error_count = 0
+        self.errors: ErrorLog | None = None
         # Who wants a DONE push when the job finishes: None, one watcher, or a
         # list. Kept on the job, so watching costs no table entry and a
         # watcher that went away is skipped when the job finishes.
@@ -133,12 +144,20 @@ class Job:
         traceback = error.get("traceback")
         if isinstance(traceback, str) and len(traceback) > MAX_TRACEBACK:
             error["traceback"] = traceback[-MAX_TRACEBACK:]
-        if self.errors is None:
-            self.errors = []
-        self.errors.append(error)
-        self.error_count += 1
-        if len(self.errors) > MAX_ERRORS_KEPT:
-            del self.errors[0]
+        errors = self.errors
+        if errors is None:
+            errors = self.errors = ErrorLog()
+        errors.append(error)
+        errors.total += 1
+        if len(errors) > MAX_ERRORS_KEPT:
+            del errors[0]
+
+    @property
+    def error_count(self) -> int:
+        """Every error the job ever had, kept or not: monotonic, so a journal
+        record carrying it can be replayed over any snapshot exactly once."""
+        errors = self.errors
+        return 0 if errors is None else errors.total
 
     @property
     def last_error(self) -> dict[str, Any] | None:

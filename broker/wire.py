@@ -62,7 +62,7 @@ def done_message(job: Job) -> Message:
 
 def describe_job(job: Job, last_error_only: bool = False) -> Message:
     """The job as ``STATUS`` and ``FAILED`` report it (no payload, no result)."""
-    errors = job.errors or []
+    errors: list[dict[str, Any]] = job.errors or []
     return {
         "id": job.id,
         "task": job.task,

@@ -68,6 +68,8 @@ class JobSpec:
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> JobSpec:
         """A ``SUBMIT`` entry that :func:`protocol.messages.validate_request` accepted."""
+        if len(wire) == 2:  # task and payload only: most jobs, and the broker's hot path
+            return cls(wire["task"], wire["payload"])
         get = wire.get
         return cls(
             wire["task"],

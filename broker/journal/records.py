@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.jobs import Job, JobState, order_key, sequence_of
+from broker.jobs import ErrorLog, Job, JobState, order_key, sequence_of
 from broker.journal.errors import JournalError
 
 # Record types (the first element of each body).
@@ -106,7 +106,8 @@ def _apply_change(job: Job, fields: list[Any]) -> None:
         count = fields[7]
         if count > job.error_count:
             job.add_error(error)
-            job.error_count = count
+            assert job.errors is not None
+            job.errors.total = count
         return
     last = job.last_error  # version 1: the best guess is the error's time
     if last is None or last.get("at") != error.get("at"):
@@ -135,9 +136,9 @@ def replay(records: list[list[Any]], jobs: dict[str, Job]) -> None:
         elif kind == SNAPSHOT_JOB:
             job = _job_from_submitted(record[:12])
             _apply_change(job, [*record[12:18], None])
-            errors = list(record[18])
-            job.errors = errors or None
-            job.error_count = len(errors) if len(record) == _SNAPSHOT_JOB_V1_LENGTH else record[19]
+            errors = record[18]
+            total = len(errors) if len(record) == _SNAPSHOT_JOB_V1_LENGTH else record[19]
+            job.errors = ErrorLog(errors, total) if errors else None
             jobs[job.id] = job
         elif kind == SNAPSHOT_END:
             pass
