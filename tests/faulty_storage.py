@@ -8,11 +8,16 @@ fails the operations a test names, on the files it names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import os
+import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from broker.durability import StorageFailure
 from broker.journal import FileOps
@@ -112,3 +117,25 @@ class Listener:
             while not self.seen or self.seen[-1] is not None:
                 self.changed.clear()
                 await self.changed.wait()
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``directory`` (created), unmounted on the way out.
+
+    Skips the test where it cannot mount (not root, or no permission).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    directory.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

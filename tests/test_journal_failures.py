@@ -7,11 +7,8 @@ Faults are injected through the journal's :class:`FileOps` (no patching of
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import os
-import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ from broker.journal import FileOps, FsyncMode, Journal, JournalBackend, JournalC
 from broker.journal.failure import FailureState
 from broker.manager import Consumer, JobManager, ManagerConfig
 from tests.builders import submit_job
-from tests.faulty_storage import FaultyOps, Listener
+from tests.faulty_storage import FaultyOps, Listener, tmpfs
 from tests.test_journal import NullSink, summary
 
 WAIT = 10.0
@@ -226,24 +223,6 @@ async def test_the_file_journal_is_a_journal_backend(tmp_path: Path) -> None:
     assert {"generation", "journal_bytes", "snapshot_bytes", "compactions"} <= set(stats)
     await backend.close()
     assert list(reopened(tmp_path)) == list(manager.jobs)
-
-
-@contextlib.contextmanager
-def tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    directory.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
 async def test_a_real_full_file_system(tmp_path: Path) -> None:
