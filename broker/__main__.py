@@ -19,10 +19,19 @@ from typing import Any
 
 from broker.client import Client, JobFailed
 from broker.config import BrokerConfig
+from broker.http import (
+    DEFAULT_HTTP_HOST,
+    DEFAULT_HTTP_PORT,
+    HttpBindError,
+    HttpConfig,
+    HttpExposureRefused,
+    parse_http_address,
+)
 from broker.journal import FsyncMode, JournalConfig, JournalError
 from broker.manager import ManagerConfig
 from broker.server import Broker, ExposureRefused
 from protocol.errors import JobwireError
+from protocol.logs import LOG_FORMATS, configure_logging
 from protocol.security import (
     add_peer_arguments,
     peer_settings,
@@ -32,7 +41,8 @@ from protocol.security import (
 from protocol.states import UNFINISHED_STATES, JobState
 from protocol.stream import DEFAULT_PORT, install_uvloop
 
-ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed")
+ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed", "ping")
+DEFAULT_HTTP = f"{DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT}"
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -46,6 +56,14 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
+    parser.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"health, metrics and the status page (default {DEFAULT_HTTP}; off: none; "
+        "port 0 picks a free one)",
     )
     parser.add_argument("--result-ttl", type=float, default=3600.0, help="seconds results are kept")
     parser.add_argument("--max-attempts", type=int, default=3, help="default attempts per job")
@@ -139,15 +157,8 @@ def admin_parser() -> argparse.ArgumentParser:
     which.add_argument("job_id", nargs="?")
     which.add_argument("--all", action="store_true")
     command("purge-failed", "empty the failed list")
+    command("ping", "exit 0 when the broker answers and accepts jobs (for health checks)")
     return parser
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 async def serve(config: BrokerConfig) -> None:
@@ -214,6 +225,13 @@ async def run_admin(args: argparse.Namespace) -> int:
             print(f"retried {count} job(s)")
         elif command == "purge-failed":
             print(f"purged {await client.purge_failed()} job(s)")
+        elif command == "ping":
+            await client.ping()
+            storage = (await client.stats())["storage"]
+            if not storage["ok"]:
+                print(f"not ready: {storage['failure']}", file=sys.stderr)
+                return 1
+            print("ok")
     return 0
 
 
@@ -235,8 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     args = serve_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     log = logging.getLogger("broker")
+    try:
+        if args.http is None:
+            http: HttpConfig | None = HttpConfig(explicit=False)
+        else:
+            http = parse_http_address(args.http)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         token = resolve_token(args.token, args.token_file)
         if bool(args.tls_cert) != bool(args.tls_key):
@@ -272,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_pause_bytes=args.output_pause_bytes,
         output_drop_bytes=args.output_drop_bytes,
         output_stall_timeout=args.output_stall_timeout,
+        http=http,
         journal=JournalConfig(
             Path(args.data_dir),
             fsync=FsyncMode(args.fsync),
@@ -290,7 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(serve_and_exit)
-    except (OSError, ExposureRefused, JournalError) as exc:
+    except HttpBindError as exc:
+        log.error("%s", exc)
+        return 2
+    except (OSError, ExposureRefused, HttpExposureRefused, JournalError) as exc:
         log.error("cannot serve: %s", exc)
         return 1
 

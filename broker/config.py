@@ -10,6 +10,7 @@ from broker.manager import ManagerConfig
 from protocol.framing import DEFAULT_MAX_FRAME
 
 if TYPE_CHECKING:  # only a type here: sessions need the config, not the journal
+    from broker.http import HttpConfig
     from broker.journal import JournalConfig
 
 
@@ -39,3 +40,5 @@ class BrokerConfig:
     insecure: bool = False
     # How long shutdown waits for connections to flush before cutting them.
     shutdown_grace: float = 2.0
+    # The HTTP side (health, metrics, status page); None: no HTTP (embedding's default).
+    http: HttpConfig | None = None

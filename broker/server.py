@@ -25,6 +25,7 @@ from typing import Any
 
 from broker.config import BrokerConfig
 from broker.durability import StorageFailure
+from broker.http import HttpServer
 from broker.journal import Journal, JournalBackend, JournalConfig
 from broker.manager import JobManager
 from broker.session import Session
@@ -72,6 +73,7 @@ class Broker:
         # Set when storage fails for good (another writer took over): stop serving.
         self.fatal_failure: StorageFailure | None = None
         self._fatal = asyncio.Event()
+        self.http: HttpServer | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -111,6 +113,24 @@ class Broker:
                 "the port could submit jobs and read results. Set --token (or BROKER_TOKEN, "
                 "or --token-file), or pass --insecure if this network is trusted."
             )
+        if config.http is not None:
+            self._http_server().check_exposure()
+
+    def _http_server(self) -> HttpServer:
+        if self.http is None:
+            assert self.config.http is not None
+            self.http = HttpServer(
+                self.config.http,
+                self.state,
+                ssl_context=self.config.ssl,
+                fsync_histogram=lambda: getattr(self.journal, "fsync_seconds", None),
+            )
+        return self.http
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP port actually bound, or None without HTTP."""
+        return None if self.http is None or not self.http.serving else self.http.port
 
     async def _open_journal(self, config: JournalConfig) -> None:
         """Recover the state the journal holds, then record every change from now on."""
@@ -167,6 +187,14 @@ class Broker:
             backlog=1024,
             ssl=self.config.ssl,
         )
+        if self.config.http is not None:
+            try:
+                await self._http_server().start()
+            except BaseException:
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = None
+                raise
         self.arm_timer()
         log.info(
             "security: tls %s, token %s",
@@ -197,6 +225,8 @@ class Broker:
         state = self.state
         state.shutting_down = True
         self._server.close()
+        if self.http is not None:
+            await self.http.stop(self.config.shutdown_grace)
         goodbye = encode_frame({"op": Op.SHUTDOWN})
         for session in list(state.sessions):
             session.send_frame(goodbye)

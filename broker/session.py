@@ -52,6 +52,7 @@ class Session(asyncio.Protocol):
         self.worker: WorkerHandlers | None = None
         self._closing = False
         self._last_seen = time.monotonic()
+        self.connected_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         # A payload or result must leave room for the envelope around it in
         # a JOBS or DONE frame, which must fit the peer's frame limit.

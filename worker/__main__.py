@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from protocol.logs import LOG_FORMATS, configure_logging
 from protocol.security import add_peer_arguments, peer_settings
 from protocol.stream import install_uvloop
 from worker.registry import TaskRegistry, default_registry
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="name shown in the broker's logs")
     add_peer_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS, help="json: one per line")
     return p
 
 
@@ -81,11 +83,7 @@ async def serve(worker: Worker) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         registry = load_registry(args.modules)
     except ImportError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ from broker.journal.fileops import FileOps, sync_files
 from broker.journal.lock import DirectoryLock
 from broker.journal.records import changed_record, deleted_record, reserved_record, submitted_record
 from broker.journal.recovery import recover
+from broker.manager.metrics import Histogram
 
 log = logging.getLogger("broker.journal")
 
@@ -60,6 +62,8 @@ class Journal:
         self.synced = 0
         self.journal_bytes = 0
         self.snapshot_bytes = 0
+        # How long each fsync took (for /metrics).
+        self.fsync_seconds = Histogram()
         # The fsync running in a thread, if any: one at a time.
         self._sync_in_flight: asyncio.Future[None] | None = None
         # Journal files replaced by a newer generation, awaiting their last fsync.
@@ -305,12 +309,14 @@ class Journal:
             None, sync_files, self._ops, retired, self._fd, directory
         )
         self._sync_in_flight = future
-        future.add_done_callback(lambda done: self._synced(done, target))
+        started = time.monotonic()
+        future.add_done_callback(lambda done: self._synced(done, target, started))
 
-    def _synced(self, done: asyncio.Future[None], target: int) -> None:
+    def _synced(self, done: asyncio.Future[None], target: int, started: float) -> None:
         self._sync_in_flight = None
         if done.cancelled():
             return
+        self.fsync_seconds.observe(time.monotonic() - started)
         error = done.exception()
         if error is not None:
             # The OS may have dropped the dirty pages: nothing unsynced can be trusted.

@@ -34,16 +34,19 @@ from broker.manager.config import (
 )
 from broker.manager.dispatch import ReadyQueue
 from broker.manager.jobmanager import JobManager
+from broker.manager.metrics import Histogram, QueueMetrics
 
 __all__ = [
     "MAX_INTERNED_NAMES",
     "MAX_QUEUES_KEPT",
     "Consumer",
+    "Histogram",
     "JobManager",
     "JournalSink",
     "ManagerConfig",
     "QueueCounts",
     "QueueFullError",
+    "QueueMetrics",
     "ReadyQueue",
     "Sink",
 ]

@@ -67,7 +67,7 @@ class Consumer:
     the jobs it holds (``jobs``, by id).
     """
 
-    __slots__ = ("credit", "jobs", "name", "queues", "sink")
+    __slots__ = ("credit", "done", "jobs", "name", "queues", "sink")
 
     def __init__(self, sink: Sink, queues: Iterable[str], name: str = "") -> None:
         self.sink = sink
@@ -75,6 +75,8 @@ class Consumer:
         self.name = name
         self.credit = 0
         self.jobs: dict[str, Job] = {}
+        # Jobs it reported done (succeeded or failed), for the status page.
+        self.done = 0
 
     def __repr__(self) -> str:
         return f"<Consumer {self.name or id(self)} credit={self.credit} jobs={len(self.jobs)}>"

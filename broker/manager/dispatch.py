@@ -201,6 +201,8 @@ class Dispatch(ManagerState):
         counts = self.queues[job.queue]
         counts.queued -= 1
         counts.running += 1
+        metrics = self.metrics
+        (metrics.get(job.queue) or metrics.of(job.queue)).wait.observe(now - job.run_at)
         consumer.credit -= 1
         consumer.jobs[job.id] = job
         self.running += 1

@@ -103,6 +103,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         self.jobs[job_id] = job
         self.unfinished += 1
         self.counters["submitted"] += 1
+        metrics = self.metrics
+        (metrics.get(queue) or metrics.of(queue)).submitted += 1
         counts = self.queues.get(queue)
         if counts is None:
             counts = self.queues[queue] = QueueCounts()
@@ -143,6 +145,9 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         if job is None:
             return False
         self._release_hold(job)
+        consumer.done += 1
+        metrics = self.metrics
+        (metrics.get(job.queue) or metrics.of(job.queue)).run.observe(now - (job.started_at or now))
         job.result = result
         self._finish(job, JobState.SUCCEEDED, now)
         return True
@@ -161,6 +166,9 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         if job is None:
             return False
         self._release_hold(job)
+        consumer.done += 1
+        if job.started_at is not None:
+            self.metrics.of(job.queue).run.observe(now - job.started_at)
         self._failed_attempt(job, dict(error, attempt=attempt, at=now), now, retry_in)
         return True
 
@@ -170,6 +178,7 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         if job is None:
             return False
         self._release_hold(job)
+        self.metrics.of(job.queue).released += 1
         job.attempts -= 1
         self.queues[job.queue].queued += 1
         job.state = JobState.QUEUED
@@ -188,6 +197,7 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         if retry_in is None:
             retry_in = self.backoff(job.attempts)
         self.counters["retried"] += 1
+        self.metrics.of(job.queue).retried += 1
         self._requeue(job, now, retry_in)
 
     def backoff(self, attempts: int) -> float:

@@ -56,7 +56,8 @@ class Leases(ManagerState):
                 continue
             owner: Consumer = job.owner
             owner.sink.revoke(job)
-            self._lose_lease(job, now, f"lease of {job.lease:g}s expired")
+            self.metrics.of(job.queue).lease_expired += 1
+            self._lose_lease(job, now, f"lease of {job.lease:g}s expired", expired=True)
             expired += 1
         return expired
 
@@ -112,8 +113,11 @@ class Leases(ManagerState):
         self.queues[job.queue].running -= 1
         self.running -= 1
 
-    def _lose_lease(self, job: Job, now: float, reason: str) -> None:
-        """The holder lost the job: back to its queue, or failed on its last attempt."""
+    def _lose_lease(self, job: Job, now: float, reason: str, expired: bool = False) -> None:
+        """The holder lost the job: back to its queue, or failed on its last attempt.
+
+        ``expired``: its lease ran out (else its worker went away), for the metrics.
+        """
         owner: Consumer = job.owner
         self._release_hold(job)
         job.add_error(
@@ -135,6 +139,11 @@ class Leases(ManagerState):
             self._finish(job, JobState.FAILED, now)
         else:
             self.counters["requeued"] += 1
+            metrics = self.metrics.of(job.queue)
+            if expired:
+                metrics.requeued_expired += 1
+            else:
+                metrics.requeued_lost += 1
             log.warning(
                 "requeued job %s after attempt %d: %s (worker %s)",
                 job.id,

@@ -26,7 +26,9 @@ class Retention(ManagerState):
         job.state = state
         job.finished_at = now
         self.unfinished -= 1
+        metrics = self.metrics.of(job.queue)
         if state is JobState.FAILED:
+            metrics.failed += 1
             self.counters["failed"] += 1
             self._failed[job.id] = job
             while len(self._failed) > self.config.max_failed:
@@ -40,7 +42,12 @@ class Retention(ManagerState):
                     self.config.max_failed,
                 )
         else:
-            self.counters["succeeded" if state is JobState.SUCCEEDED else "cancelled"] += 1
+            if state is JobState.SUCCEEDED:
+                self.counters["succeeded"] += 1
+                metrics.succeeded += 1
+            else:
+                self.counters["cancelled"] += 1
+                metrics.cancelled += 1
             self._results.append((now + self.config.result_ttl, job))
         if self.journal is not None:
             self.journal.job_changed(job)
@@ -82,10 +89,14 @@ class Retention(ManagerState):
 
     # -- the failed list ---------------------------------------------------------
 
-    def failed_jobs(self, limit: int | None = None) -> list[Job]:
-        """Failed jobs, newest first."""
+    def failed_jobs(self, limit: int | None = None, offset: int = 0) -> list[Job]:
+        """Failed jobs, newest first (from the ``offset``-th, at most ``limit``)."""
         jobs = reversed(self._failed.values())
-        return list(itertools.islice(jobs, limit))
+        return list(itertools.islice(jobs, offset, None if limit is None else offset + limit))
+
+    @property
+    def failed_count(self) -> int:
+        return len(self._failed)
 
     def retry_failed(self, job_ids: Iterable[str] | None, now: float) -> int:
         """Put failed jobs (all when ``job_ids`` is None) back in their queues, attempts reset."""

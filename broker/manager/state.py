@@ -30,6 +30,7 @@ from broker.manager.config import (
     ManagerConfig,
     QueueCounts,
 )
+from broker.manager.metrics import MetricsTable
 
 if TYPE_CHECKING:
     from broker.manager.dispatch import ReadyQueue
@@ -66,6 +67,8 @@ class ManagerState:
         }
         self.unfinished = 0
         self.queues: dict[str, QueueCounts] = {}
+        # Per-queue counters and histograms for /metrics (metrics.py), never forgotten.
+        self.metrics = MetricsTable()
         # Task and queue names, one string each (see MAX_INTERNED_NAMES).
         self._names: dict[str, str] = {}
         # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
@@ -114,7 +117,7 @@ class ManagerState:
         # leases.py
         def _release_hold(self, job: Job) -> None: ...
 
-        def _lose_lease(self, job: Job, now: float, reason: str) -> None: ...
+        def _lose_lease(self, job: Job, now: float, reason: str, expired: bool = False) -> None: ...
 
         def _rebuild_leases(self) -> None: ...
 
