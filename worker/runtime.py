@@ -28,6 +28,7 @@ import msgpack
 from protocol.backoff import backoff_delay
 from protocol.errors import ConnectionLost, JobwireError, ProtocolError, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
+from protocol.logs import job_extra
 from protocol.messages import Op, Role
 from protocol.states import JobState
 from protocol.stream import Connection, Message, open_connection
@@ -351,7 +352,13 @@ class Worker:
         attempt: int = delivery["attempt"]
         report: Message
         if self._log_jobs:
-            log.info("job %s %s started (attempt %d)", job_id, delivery["task"], attempt)
+            log.info(
+                "job %s %s started (attempt %d)",
+                job_id,
+                delivery["task"],
+                attempt,
+                extra=job_extra(job_id, delivery["queue"], delivery["task"]),
+            )
         try:
             result = await self._call_task(delivery)
             report = {
@@ -403,6 +410,7 @@ class Worker:
                 delivery["task"],
                 held.outcome or "ended",
                 time.perf_counter() - held.started,
+                extra=job_extra(job_id, delivery["queue"], delivery["task"]),
             )
         if connection.is_open:
             waiting = self._slots.start_next()

@@ -137,6 +137,12 @@ class HttpConnection(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                # h11 bounds a request head that arrives in pieces; this bounds one
+                # that arrived whole in a single read.
+                head = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if head > self.config.max_header_bytes:
+                    self._protocol_error(431, "request line or headers too large")
+                    return
                 self._request = event
                 self._body = bytearray()
                 length = _header(event.headers, b"content-length")

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from broker.jobs import Job, JobState
 from broker.manager.config import Consumer
 from broker.manager.state import ManagerState
+from protocol.logs import job_extra
 
 log = logging.getLogger("broker.manager")
 
@@ -135,6 +136,7 @@ class Leases(ManagerState):
                 job.id,
                 reason,
                 job.attempts,
+                extra=job_extra(job.id, job.queue, job.task),
             )
             self._finish(job, JobState.FAILED, now)
         else:
@@ -150,5 +152,6 @@ class Leases(ManagerState):
                 job.attempts,
                 reason,
                 owner.name or "?",
+                extra=job_extra(job.id, job.queue, job.task),
             )
             self._requeue(job, now)
