@@ -90,3 +90,11 @@ async def gated_span(gate: str, started: str | None = None) -> list[float]:
         Path(started).touch()  # noqa: ASYNC240 - a tiny file, once
     await gated(gate)
     return [start, time.time()]
+
+
+@task
+async def fails_until(path: str) -> str:
+    """Fails while ``path`` does not exist (a failure a person fixes, then retries)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} is not there yet")
+    return "fixed"
