@@ -93,7 +93,7 @@ async def gated_span(gate: str, started: str | None = None) -> list[float]:
 
 
 @task
-async def fails_until(path: str) -> str:
+def fails_until(path: str) -> str:  # plain def: runs in a thread
     """Fails while ``path`` does not exist (a failure a person fixes, then retries)."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} is not there yet")

@@ -72,7 +72,8 @@ async def test_status_page_live_counts_retry_and_lookup(procs: list[Proc], tmp_p
             await expect(row).to_have_count(0, timeout=WAIT_MS)
 
             async def succeeded() -> bool:
-                return (await client.status(broken.id))["state"] == "succeeded"
+                state: str = (await client.status(broken.id))["state"]
+                return state == "succeeded"
 
             await eventually(succeeded, f"job {broken.id} succeeds after its retry")
 
