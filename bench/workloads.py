@@ -11,6 +11,7 @@ line flags are the workload's ``broker_args``, so a variant with other flags
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import statistics
@@ -36,6 +37,8 @@ W5_BATCH = 10_000
 W6_HELPER_PROCESSES = 5
 WORKER_WAIT_TIMEOUT = 60.0
 STATS_POLL_INTERVAL = 0.005
+# W1m: how often the scraper fetches /metrics (Prometheus' usual is 15 s; this is harsher).
+SCRAPE_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,38 @@ async def end_to_end(run: Run) -> Sample:
         jobs = await submit_individually(client, run.n, IN_FLIGHT, run.counts)
         await await_results(jobs, run.counts)
         return meter.sample(run.n)
+
+
+async def scrape_metrics(port: int, scrapes: list[int]) -> None:
+    """GET /metrics every ``SCRAPE_INTERVAL`` seconds, as Prometheus would, until cancelled."""
+    request = b"GET /metrics HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
+    while True:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            reply = await reader.read()
+        finally:
+            writer.close()
+        if not reply.startswith(b"HTTP/1.1 200 "):
+            raise ProcessFailed(f"/metrics answered {reply[:80]!r}")
+        scrapes.append(len(reply))
+        await asyncio.sleep(SCRAPE_INTERVAL)
+
+
+async def end_to_end_scraped(run: Run) -> Sample:
+    """W1m: W1 while a scraper fetches the broker's /metrics every second."""
+    line = run.broker.wait_for_line(r"http on \S+:\d+")
+    port = int(line.rsplit(":", 1)[1])
+    scrapes: list[int] = []
+    scraper = asyncio.ensure_future(scrape_metrics(port, scrapes))
+    try:
+        sample = await end_to_end(run)
+    finally:
+        scraper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scraper
+    sample["scrapes"] = len(scrapes)
+    return sample
 
 
 async def submit_many_only(run: Run) -> Sample:
@@ -490,6 +525,19 @@ def suite(settings: Settings, broker_help: str, only: set[str] | None = None) ->
             end_to_end,
             (Figure("jobs_per_s", "W1 end to end (1 worker, 50 in flight)", THROUGHPUT),),
             timeout=60 + n * 0.005,
+        ),
+        Workload(
+            "W1m",
+            "end to end, /metrics scraped every second",
+            n,
+            end_to_end_scraped,
+            (
+                Figure("jobs_per_s", "W1 with /metrics scraped every second", THROUGHPUT),
+                Figure("broker_cpu_us_per_job", "W1m broker CPU per job", CPU_PER_JOB),
+            ),
+            broker_args=("--http", "127.0.0.1:0"),
+            timeout=60 + n * 0.005,
+            unavailable=None if "--http" in broker_help else "not available (no --http)",
         ),
         Workload(
             "W2a",
