@@ -61,10 +61,14 @@ function sparkline(points) {
   svg.setAttribute("viewBox", `0 0 ${HISTORY} 24`);
   svg.setAttribute("preserveAspectRatio", "none");
   const max = Math.max(1, ...points);
+  // The points seen so far fill the width (one a second, the last minute at most).
+  const step = HISTORY / Math.max(1, points.length - 1);
+  const coords = points.map((v, i) => `${(i * step).toFixed(1)},${(23 - (v / max) * 21).toFixed(1)}`);
+  const area = document.createElementNS(svgNS, "polygon");
+  area.setAttribute("points", coords.length > 1 ? `0,24 ${coords.join(" ")} ${HISTORY},24` : "");
   const line = document.createElementNS(svgNS, "polyline");
-  const start = HISTORY - points.length;
-  line.setAttribute("points", points.map((v, i) => `${start + i},${23 - (v / max) * 22}`).join(" "));
-  svg.append(line);
+  line.setAttribute("points", coords.join(" "));
+  svg.append(area, line);
   const title = document.createElementNS(svgNS, "title");
   title.textContent = `${points.length ? points[points.length - 1].toFixed(1) : 0} jobs/s now, peak ${max.toFixed(1)}`;
   svg.append(title);
