@@ -16,6 +16,7 @@ import contextlib
 import random
 import shutil
 import tempfile
+from typing import Any
 
 from broker import Client
 from harness.processes import BrokerProc, Proc, WorkerProc
@@ -46,7 +47,7 @@ async def traffic(address: str, stop: asyncio.Event) -> None:
             [{"task": "echo", "args": [i], "queue": "held-for-review"} for i in range(42)]
         )
         while not stop.is_set():
-            burst = []
+            burst: list[dict[str, Any]] = []
             for queue in QUEUES:
                 for _ in range(rng.randint(5, 40)):
                     burst.append({"task": "echo", "args": [queue], "queue": queue})

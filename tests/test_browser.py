@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
-from broker import Client
+from broker import Broker, BrokerConfig, Client
+from broker.http import HttpConfig
 from harness.processes import BrokerProc, Proc, WorkerProc
 from tests.browser import chromium_or_skip, launch
 from tests.conftest import E2E_TASKS
+from tests.scale import FAILED, QUEUES, fill
 from tests.waiting import eventually
 
 try:
@@ -94,3 +97,33 @@ async def test_status_page_live_counts_retry_and_lookup(procs: list[Proc], tmp_p
             await page.screenshot(path=target or str(tmp_path / "status-page.png"), full_page=True)
         finally:
             await context.close()
+
+
+async def test_status_page_pages_a_thousand_queues_and_ten_thousand_failed_jobs(
+    tmp_path: Path,
+) -> None:
+    chromium_or_skip()
+    broker = Broker(BrokerConfig(port=0, http=HttpConfig(port=0)))
+    await broker.start()
+    try:
+        fill(broker.manager, time.time())
+        async with async_playwright() as playwright:
+            context = await launch(playwright, tmp_path / "profile")
+            try:
+                page = context.pages[0] if context.pages else await context.new_page()
+                await page.goto(f"http://127.0.0.1:{broker.http_port}/")
+                await expect(page.locator("#queues tbody tr")).to_have_count(50, timeout=WAIT_MS)
+                await expect(page.locator("#failed tbody tr")).to_have_count(50, timeout=WAIT_MS)
+                await expect(page.locator("#failed-pager")).to_contain_text(
+                    f"1\N{EN DASH}50 of {FAILED}"
+                )
+                await page.locator("#failed-pager button", has_text="older").click()
+                await expect(page.locator("#failed-pager")).to_contain_text(
+                    f"51\N{EN DASH}100 of {FAILED}"
+                )
+                await page.fill("#queue-filter", f"q-{QUEUES - 1:04d}")
+                await expect(page.locator("#queues tbody tr")).to_have_count(1)
+            finally:
+                await context.close()
+    finally:
+        await broker.stop()

@@ -15,6 +15,7 @@ from broker.durability import StorageFailure, Volatile
 from broker.http import HttpConfig
 from broker.manager import ManagerConfig
 from tests.httpclient import EventReader, request
+from tests.scale import FAILED, QUEUES, fill
 from worker import TaskRegistry, Worker
 
 WAIT = 30.0
@@ -250,3 +251,35 @@ async def test_the_page_and_its_files_are_served(broker: Broker) -> None:
     assert (await request(port, "GET", "/static/../server.py")).status == 404
     assert (await request(port, "GET", "/static/nothing.js")).status == 404
     assert (await request(port, "DELETE", "/api/failed")).status == 405
+
+
+async def test_a_thousand_queues_and_ten_thousand_failed_jobs_answer_in_pages(
+    broker: Broker,
+) -> None:
+    broker.manager.config.max_jobs = None
+    fill(broker.manager, time.time())
+    port = http_port(broker)
+    queues = (await request(port, "GET", "/api/queues?offset=950")).json()
+    assert queues["total"] >= QUEUES
+    assert len(queues["queues"]) == 50
+    assert queues["queues"][0]["name"] == "q-0950"
+    only = (await request(port, "GET", "/api/queues?q=q-0999")).json()
+    assert [queue["name"] for queue in only["queues"]] == ["q-0999"]
+
+    last = (await request(port, "GET", f"/api/failed?offset={FAILED - 50}")).json()
+    assert last["total"] == FAILED
+    assert [job["errors"][-1]["message"] for job in last["jobs"]][-1] == "failure 0"
+    assert len(last["jobs"]) == 50
+
+    stream = await EventReader.open(port)
+    try:
+        _, snapshot = await stream.next_event()
+    finally:
+        stream.close()
+    assert len(snapshot["queues"]) <= 1000
+    assert snapshot["summary"]["failed_list"] == FAILED
+
+    found = samples((await request(port, "GET", "/metrics")).text)
+    queue_labels = {dict(labels).get("queue") for _, labels in found} - {None}
+    assert len(queue_labels) <= 1001  # bounded labels
+    assert value(found, "jobwire_failed_jobs") == FAILED
