@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 import h11
@@ -34,8 +35,9 @@ async def request(
     headers: dict[str, str] | None = None,
     body: bytes = b"",
     host: str = "127.0.0.1",
+    ssl: SSLContext | None = None,
 ) -> Reply:
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
     try:
         conn = h11.Connection(h11.CLIENT)
         sent = {"host": f"{host}:{port}", "connection": "close", **(headers or {})}
