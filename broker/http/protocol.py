@@ -85,6 +85,7 @@ class HttpConnection(asyncio.Protocol):
         # A response waits for the journal: read no further request until it leaves.
         self._waiting = False
         self._closed = False
+        self._pipeline_limit = self.config.max_header_bytes + self.config.max_body_bytes
         # The broker is stopping: close after the response in progress.
         self._stopping = False
 
@@ -108,6 +109,11 @@ class HttpConnection(asyncio.Protocol):
         except h11.RemoteProtocolError:
             self._protocol_error(400, "bad request")
             return
+        if self._waiting and len(self.conn.trailing_data[0]) > self._pipeline_limit:
+            # Requests piling up behind one that waits for the journal: bounded too.
+            log.info("HTTP client %s: too much pipelined behind a waiting request", self.peer)
+            self._close()
+            return
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -115,7 +121,8 @@ class HttpConnection(asyncio.Protocol):
             with contextlib.suppress(h11.RemoteProtocolError):
                 self.conn.receive_data(b"")
             self._process()
-        return None
+        # Half-closed while a response waits for the journal: keep the transport for it.
+        return self._waiting
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
