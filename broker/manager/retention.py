@@ -26,9 +26,8 @@ class Retention(ManagerState):
         job.state = state
         job.finished_at = now
         self.unfinished -= 1
-        metrics = self.metrics.of(job.queue)
         if state is JobState.FAILED:
-            metrics.failed += 1
+            self.metrics.of(job.queue).failed += 1
             self.counters["failed"] += 1
             self._failed[job.id] = job
             while len(self._failed) > self.config.max_failed:
@@ -43,11 +42,10 @@ class Retention(ManagerState):
                 )
         else:
             if state is JobState.SUCCEEDED:
-                self.counters["succeeded"] += 1
-                metrics.succeeded += 1
+                self.counters["succeeded"] += 1  # its metrics are counted by ack
             else:
                 self.counters["cancelled"] += 1
-                metrics.cancelled += 1
+                self.metrics.of(job.queue).cancelled += 1
             self._results.append((now + self.config.result_ttl, job))
         if self.journal is not None:
             self.journal.job_changed(job)
