@@ -174,3 +174,11 @@ def test_json_logs_are_one_object_per_line(procs: list[Proc]) -> None:
     for entry in entries:
         assert {"ts", "level", "logger", "msg"} <= entry.keys()
     assert any(entry["logger"] == "broker.http" and "http on" in entry["msg"] for entry in entries)
+
+
+async def test_many_pipelined_requests_are_answered_in_order(guarded: Broker) -> None:
+    port = port_of(guarded)
+    one = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    answer = await raw_exchange(port, one * 2000 + last)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2001

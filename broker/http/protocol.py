@@ -206,11 +206,13 @@ class HttpConnection(asyncio.Protocol):
             mark = gate.appended
             if not gate.is_durable(mark):
                 self._waiting = True
-                gate.when_durable(mark, lambda: self._finish(answer, request.method))
+                gate.when_durable(mark, lambda: self._finish(answer, request.method, True))
                 return
         self._finish(answer, request.method)
 
-    def _finish(self, answer: Response, method: str) -> None:
+    def _finish(self, answer: Response, method: str, deferred: bool = False) -> None:
+        """Send the answer and get ready for the next request (read on by ``_process``;
+        after an answer that waited, this resumes it)."""
         self._waiting = False
         if self._closed:
             return
@@ -227,7 +229,8 @@ class HttpConnection(asyncio.Protocol):
             self._close()
             return
         self._arm_timer()
-        self._process()  # a pipelined request may be waiting
+        if deferred:
+            self._process()  # requests pipelined behind it wait in h11's buffer
 
     def _send_response(self, response: Response, head: bool = False) -> None:
         headers = [
