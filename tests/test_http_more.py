@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from protocol.job_spec import JobSpec
 from protocol.security import client_ssl_context, server_ssl_context
 from tests.conftest import E2E_TASKS
 from tests.httpclient import EventReader, request
-from tests.scale import EMPTY_ARGS, Collecting
+from tests.scale import EMPTY_ARGS, Collecting, fill
 from tests.test_http import samples, value
 from tests.test_security import make_certificates
+from tests.waiting import eventually
 
 CSRF = {"x-jobwire-csrf": "1"}
 WAIT = 30.0
@@ -162,3 +164,31 @@ def test_worker_json_logs_carry_the_job(procs: list[Proc]) -> None:
     entry = json.loads(line)
     assert (entry["job_id"], entry["queue"], entry["task"]) == (job_id, "default", "echo")
     assert entry["logger"].startswith("worker") and entry["level"] == "info"
+
+
+async def test_an_event_stream_nobody_reads_is_dropped() -> None:
+    http = HttpConfig(port=0, event_interval=0.01, max_output_bytes=256 * 1024)
+    broker = Broker(BrokerConfig(port=0, http=http))
+    await broker.start()
+    try:
+        fill(broker.manager, time.time())  # snapshots of about 150 KB, a hundred a second
+        assert broker.http is not None and broker.http_port is not None
+        hub = broker.http.app.events
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
+        try:
+            writer.write(b"GET /api/events HTTP/1.1\r\nhost: x\r\n\r\n")  # and never read
+
+            async def subscribed() -> bool:
+                return bool(hub.streams)
+
+            async def dropped() -> bool:
+                return not hub.streams
+
+            await eventually(subscribed, "the stream is open")
+            await eventually(dropped, "the stream nobody reads is dropped")
+        finally:
+            writer.close()
+        async with Client(broker.address) as client:
+            await client.ping()
+    finally:
+        await broker.stop()

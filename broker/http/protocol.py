@@ -124,6 +124,15 @@ class HttpConnection(asyncio.Protocol):
         # Half-closed while a response waits for the journal: keep the transport for it.
         return self._waiting
 
+    def pause_writing(self) -> None:
+        # The client does not read its answers: read no more of its requests.
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_timer()
@@ -290,15 +299,8 @@ class HttpConnection(asyncio.Protocol):
 
     def send_event(self, payload: bytes) -> None:
         """One event, already in ``text/event-stream`` form; drops a reader that fell behind."""
-        transport = self.transport
-        if self._closed or transport is None:
-            return
-        if transport.get_write_buffer_size() > self.config.max_output_bytes:
-            log.info("HTTP client %s reads its event stream too slowly: dropped", self.peer)
-            transport.abort()
-            self._closed = True
-            return
-        self._write(self.conn.send(h11.Data(data=payload)))
+        if not self._closed:
+            self._write(self.conn.send(h11.Data(data=payload)))
 
     def end_stream(self) -> None:
         """The broker is stopping: end the stream cleanly and close."""
@@ -324,8 +326,12 @@ class HttpConnection(asyncio.Protocol):
     # -- plumbing ---------------------------------------------------------------------
 
     def _write(self, data: bytes | None) -> None:
-        if data and self.transport is not None and not self._closed:
-            self.transport.write(data)
+        transport = self.transport
+        if data and transport is not None and not self._closed:
+            transport.write(data)
+            if transport.get_write_buffer_size() > self.config.max_output_bytes:
+                log.info("HTTP client %s does not read its answers: dropped", self.peer)
+                self.abort()
 
     def _arm_timer(self) -> None:
         self._cancel_timer()
