@@ -174,7 +174,7 @@ async def test_an_event_stream_nobody_reads_is_dropped() -> None:
         fill(broker.manager, time.time())  # snapshots of about 150 KB, a hundred a second
         assert broker.http is not None and broker.http_port is not None
         hub = broker.http.app.events
-        reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
+        _unread, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
         try:
             writer.write(b"GET /api/events HTTP/1.1\r\nhost: x\r\n\r\n")  # and never read
 
