@@ -127,3 +127,29 @@ async def test_status_page_pages_a_thousand_queues_and_ten_thousand_failed_jobs(
                 await context.close()
     finally:
         await broker.stop()
+
+
+async def test_login_form_with_a_token(tmp_path: Path) -> None:
+    chromium_or_skip()
+    broker = Broker(BrokerConfig(port=0, token="browser-token", http=HttpConfig(port=0)))
+    await broker.start()
+    try:
+        async with async_playwright() as playwright:
+            context = await launch(playwright, tmp_path / "profile")
+            try:
+                page = context.pages[0] if context.pages else await context.new_page()
+                await page.goto(f"http://127.0.0.1:{broker.http_port}/")
+                await expect(page).to_have_url(re.compile(r"/login$"), timeout=WAIT_MS)
+                await page.fill("#token", "wrong")
+                await page.click("#login button[type=submit]")
+                await expect(page.locator("#message")).to_have_text("Wrong token.")
+                await page.fill("#token", "browser-token")
+                await page.click("#login button[type=submit]")
+                await expect(page.locator("#live")).to_have_text("live", timeout=WAIT_MS)
+                cookies = await context.cookies()
+                session = next(cookie for cookie in cookies if cookie["name"] == "jobwire_session")
+                assert session["httpOnly"] and session["sameSite"] == "Strict"
+            finally:
+                await context.close()
+    finally:
+        await broker.stop()
