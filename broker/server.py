@@ -225,8 +225,6 @@ class Broker:
         state = self.state
         state.shutting_down = True
         self._server.close()
-        if self.http is not None:
-            await self.http.stop(self.config.shutdown_grace)
         goodbye = encode_frame({"op": Op.SHUTDOWN})
         for session in list(state.sessions):
             session.send_frame(goodbye)
@@ -243,6 +241,9 @@ class Broker:
                     session.abort()
             finally:
                 state.when_no_sessions(None)
+        if self.http is not None:
+            # Last, so that /readyz says "shutting down" while the connections drain.
+            await self.http.stop(self.config.shutdown_grace)
         await self._server.wait_closed()
         for timer in (self._timer, self._lease_check):
             if timer is not None:

@@ -13,7 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker import Broker, BrokerConfig, Client
 from broker.durability import StorageFailure, Volatile
 from broker.http import HttpConfig
-from broker.manager import ManagerConfig
+from broker.http.api import readiness
+from broker.manager import JobManager, ManagerConfig
+from broker.state import BrokerState
+from protocol.job_spec import JobSpec
 from tests.httpclient import EventReader, request
 from tests.scale import FAILED, QUEUES, fill
 from worker import TaskRegistry, Worker
@@ -283,3 +286,12 @@ async def test_a_thousand_queues_and_ten_thousand_failed_jobs_answer_in_pages(
     queue_labels = {dict(labels).get("queue") for _, labels in found} - {None}
     assert len(queue_labels) <= 1001  # bounded labels
     assert value(found, "jobwire_failed_jobs") == FAILED
+
+
+def test_readiness_reasons() -> None:
+    state = BrokerState(BrokerConfig(), JobManager(ManagerConfig(max_jobs=1)))
+    assert readiness(state) is None
+    state.manager.submit(JobSpec("echo", b"\x90"), time.time())
+    assert "max-jobs" in (readiness(state) or "")
+    state.shutting_down = True
+    assert readiness(state) == "shutting down"
