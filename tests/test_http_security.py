@@ -15,7 +15,7 @@ import pytest
 from broker import Broker, BrokerConfig, Client
 from broker.http import HttpConfig, HttpExposureRefused
 from harness.processes import ROOT, BrokerProc, Proc
-from tests.httpclient import raw_exchange, request
+from tests.httpclient import EventReader, raw_exchange, request
 
 TOKEN = "s3cret-token"
 CSRF = {"x-jobwire-csrf": "1"}
@@ -182,3 +182,18 @@ async def test_many_pipelined_requests_are_answered_in_order(guarded: Broker) ->
     last = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
     answer = await raw_exchange(port, one * 2000 + last)
     assert answer.count(b"HTTP/1.1 200 OK") == 2001
+
+
+async def test_sigterm_with_an_event_stream_open_exits_zero(procs: list[Proc]) -> None:
+    broker = BrokerProc(["--http", "127.0.0.1:0"])
+    procs.append(broker)
+    port = int(broker.wait_for_line(r"http on \S+:\d+").rsplit(":", 1)[1])
+    stream = await EventReader.open(port)
+    try:
+        await stream.next_event()
+        assert await asyncio.to_thread(broker.stop) == 0
+        with pytest.raises(EOFError):
+            while True:
+                await stream.next_event()
+    finally:
+        stream.close()
