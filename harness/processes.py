@@ -214,7 +214,11 @@ class Proc:
 
 
 class BrokerProc(Proc):
-    """``python -m broker --port PORT --log-level info [EXTRA...]``, ready once it listens."""
+    """``python -m broker --port PORT --log-level info [EXTRA...]``, ready once it listens.
+
+    HTTP is off unless ``EXTRA`` names ``--http``: brokers started side by side
+    (tests, benchmarks) must not race for the default HTTP port.
+    """
 
     def __init__(
         self,
@@ -225,9 +229,10 @@ class BrokerProc(Proc):
         keep_lines: int | None = None,
         echo: Callable[[str], None] | None = None,
     ) -> None:
+        http = [] if "--http" in extra else ["--http", "off"]
         super().__init__(
             "broker",
-            ["-m", "broker", "--port", str(port), "--log-level", "info", *extra],
+            ["-m", "broker", "--port", str(port), "--log-level", "info", *http, *extra],
             profile_to=profile_to,
             keep_lines=keep_lines,
             echo=echo,
