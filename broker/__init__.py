@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from broker.client import Client, Job, JobCancelled, JobFailed
     from broker.config import BrokerConfig
+    from broker.handles import TaskRef, task_ref
     from broker.manager import JobManager, ManagerConfig
     from broker.server import Broker
     from protocol.errors import (
@@ -44,7 +45,9 @@ _HOMES = {
     "QueueFull": "protocol.errors",
     "RemoteError": "protocol.errors",
     "StorageFailed": "protocol.errors",
+    "TaskRef": "broker.handles",
     "install_uvloop": "protocol.stream",
+    "task_ref": "broker.handles",
 }
 
 
@@ -77,5 +80,7 @@ __all__ = [
     "QueueFull",
     "RemoteError",
     "StorageFailed",
+    "TaskRef",
     "install_uvloop",
+    "task_ref",
 ]

@@ -11,7 +11,7 @@ import dataclasses
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 import msgpack
 
@@ -28,6 +28,16 @@ from protocol.stream import (
     ReplyHook,
     open_connection,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
+    # Defaults to Any, so that a bare ``Job`` in existing code keeps type-checking.
+    ResultT = TypeVar("ResultT", default=Any)
+else:
+    from typing import TypeVar
+
+    ResultT = TypeVar("ResultT")
 
 # Marks an outcome future whose connection dropped; a plain value rather than
 # an exception, so an outcome nobody awaits never logs "exception never retrieved".
@@ -110,8 +120,14 @@ def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
     return batches
 
 
-class Job:
-    """A handle on a job the broker holds. ``await job.result()`` waits for it."""
+class Job(Generic[ResultT]):
+    """A handle on a job the broker holds. ``await job.result()`` waits for it.
+
+    ``Job[int]`` (what a typed task handle's ``submit`` returns) says what
+    ``result()`` gives to a type checker; a bare ``Job`` means ``Job[Any]``.
+    The result is the task's return value after a msgpack round trip: tuples
+    come back as lists, and only msgpack's types exist.
+    """
 
     __slots__ = ("_client", "_outcome", "id")
 
@@ -138,20 +154,26 @@ class Job:
             future = self._outcome = (await self._client._watch([self.id]))[self.id]
         return future
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None, *, cancel: bool = False) -> ResultT:
         """The task's return value; raises :class:`JobFailed` (or :class:`JobCancelled`).
 
-        ``timeout`` bounds the wait (``TimeoutError``); the job itself goes on.
+        ``timeout`` bounds the wait (``TimeoutError``); the job itself goes on
+        unless ``cancel`` is true, which cancels it before raising.
         Raises :class:`ConnectionLost` if the connection drops while waiting.
         """
         future = self._outcome
         if future is not None and future.done() and future.result()["op"] != LOST:
-            return unpack_outcome(future.result())
-        future = await self._outcome_future()
-        # shield: a caller's timeout must not cancel the future the handle keeps
-        async with asyncio.timeout(timeout):
-            outcome = await asyncio.shield(future)
-        return unpack_outcome(outcome)
+            return cast(ResultT, unpack_outcome(future.result()))
+        try:
+            # shield: a caller's timeout must not cancel the future the handle keeps
+            async with asyncio.timeout(timeout):
+                future = await self._outcome_future()
+                outcome = await asyncio.shield(future)
+        except TimeoutError:
+            if cancel:
+                await self._client.cancel(self.id)
+            raise
+        return cast(ResultT, unpack_outcome(outcome))
 
     async def status(self) -> dict[str, Any]:
         return await self._client.status(self.id)

@@ -1,6 +1,7 @@
 """jobwire's worker: ``@task`` to register, :class:`Worker` to serve."""
 
-from worker.registry import TaskDef, TaskRegistry, default_registry, task
+from broker.handles import TaskRef, task_ref
+from worker.registry import AsyncTask, Task, TaskDef, TaskRegistry, default_registry, task
 from worker.retry import Retry
 from worker.runtime import (
     BadPayload,
@@ -14,11 +15,14 @@ from worker.runtime import (
 )
 
 __all__ = [
+    "AsyncTask",
     "BadPayload",
     "JobInfo",
     "JobTimeout",
     "Retry",
+    "Task",
     "TaskDef",
+    "TaskRef",
     "TaskRegistry",
     "UnencodableResult",
     "UnknownTask",
@@ -27,4 +31,5 @@ __all__ = [
     "current_job",
     "default_registry",
     "task",
+    "task_ref",
 ]
