@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from broker.manager import JobManager, ManagerConfig
     from broker.server import Broker
     from protocol.errors import (
+        BrokerUnavailable,
         ConnectionLost,
         JobwireError,
         NotFound,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "Broker": "broker.server",
     "BrokerConfig": "broker.config",
+    "BrokerUnavailable": "protocol.errors",
     "Client": "broker.client",
     "ConnectionLost": "protocol.errors",
     "Job": "broker.client",
@@ -67,6 +69,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Broker",
     "BrokerConfig",
+    "BrokerUnavailable",
     "Client",
     "ConnectionLost",
     "Job",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, cast
 
 import msgpack
 
-from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
+from protocol.backoff import Reconnect
+from protocol.errors import BrokerUnavailable, ConnectionLost, JobwireError, NotFound, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.job_spec import JobSpec
 from protocol.messages import Op, Role
@@ -38,6 +40,11 @@ else:
     from typing import TypeVar
 
     ResultT = TypeVar("ResultT")
+
+# Reconnecting: at once after a connection that worked, then from 50 ms
+# doubling to 1 s while attempts fail, all within ``connect_timeout``.
+RECONNECT_BASE = 0.05
+RECONNECT_CAP = 1.0
 
 # Marks an outcome future whose connection dropped; a plain value rather than
 # an exception, so an outcome nobody awaits never logs "exception never retrieved".
@@ -200,7 +207,15 @@ def unpack_outcome(outcome: Message) -> Any:
 
 
 class Client:
-    """``async with Client("127.0.0.1:7878") as client: ...``"""
+    """``async with Client("127.0.0.1:7878") as client: ...``
+
+    One client is meant to be shared by a whole program (every request of a
+    web app): its calls are multiplexed over one connection. It connects on
+    demand, so it can be created, entered and used before the broker is up:
+    a call waits up to ``connect_timeout`` for a connection, retrying with a
+    bounded backoff, then raises :class:`BrokerUnavailable`. A connection
+    lost after it worked is retried at once by the next call.
+    """
 
     def __init__(
         self,
@@ -229,11 +244,14 @@ class Client:
         self._frame_limit = max_frame
         self._connection: Connection | None = None
         self._connecting: asyncio.Lock | None = None
+        self._reconnect = Reconnect(RECONNECT_BASE, RECONNECT_CAP)
+        # The last failed attempt's error, the cause of a BrokerUnavailable.
+        self._last_failure: BaseException | None = None
         # Outcomes (DONE messages) by job id: a future per job being waited for.
         self._outcomes: dict[str, asyncio.Future[Message]] = {}
 
     async def __aenter__(self) -> Client:
-        await self.connect()
+        """Connects nothing: the first call does (see :meth:`connect` to fail early)."""
         return self
 
     async def __aexit__(
@@ -245,6 +263,7 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
+        """Connect now; raises :class:`BrokerUnavailable` after ``connect_timeout``."""
         await self._ensure_connection()
 
     async def close(self) -> None:
@@ -258,20 +277,47 @@ class Client:
             return connection
         if self._connecting is None:
             self._connecting = asyncio.Lock()
-        async with self._connecting:
-            connection = self._connection
-            if connection is not None and connection.is_open:
-                return connection
-            connection, welcome = await open_connection(
-                self.address,
-                {"role": Role.CLIENT, "name": self._name},
-                on_push=self._on_push,
-                token=self._token,
-                ssl=self._ssl,
-                max_frame=self._max_frame,
-                timeout=self._connect_timeout,
+        try:
+            async with asyncio.timeout(self._connect_timeout) as scope, self._connecting:
+                connection = self._connection
+                if connection is not None and connection.is_open:
+                    return connection  # another call connected meanwhile
+                return await self._open(scope.when())
+        except TimeoutError:
+            cause = self._last_failure
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {self.address} within {self._connect_timeout:g}s"
+                + (f": {cause}" if cause else "")
+            ) from cause
+
+    async def _open(self, deadline: float | None) -> Connection:
+        """Try until a connection works; the caller's timeout, at ``deadline``, ends it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = self._reconnect.delay()
+            if deadline is not None:
+                # The backoff spans calls; each call still gets an attempt of its own.
+                delay = min(delay, max(0.0, (deadline - loop.time()) * 0.75))
+            await asyncio.sleep(delay)
+            try:
+                connection, welcome = await open_connection(
+                    self.address,
+                    {"role": Role.CLIENT, "name": self._name},
+                    on_push=self._on_push,
+                    token=self._token,
+                    ssl=self._ssl,
+                    max_frame=self._max_frame,
+                    timeout=self._connect_timeout,
+                )
+            except (OSError, ConnectionLost) as exc:  # TimeoutError is an OSError
+                self._last_failure = exc
+                self._reconnect.failed()
+                continue
+            self._reconnect.connected()
+            self._last_failure = None
+            connection.closed.add_done_callback(
+                functools.partial(self._connection_closed, connection)
             )
-            connection.closed.add_done_callback(lambda _: self._connection_closed(connection))
             broker_limit = welcome.get("max_frame")
             if isinstance(broker_limit, int) and broker_limit > ENVELOPE_RESERVE:
                 # Frames we send must fit the broker's limit as well as ours.
@@ -279,7 +325,7 @@ class Client:
             self._connection = connection
             return connection
 
-    def _connection_closed(self, connection: Connection) -> None:
+    def _connection_closed(self, connection: Connection, _: object = None) -> None:
         if self._connection is connection:
             self._connection = None
         outcomes, self._outcomes = self._outcomes, {}
@@ -312,8 +358,15 @@ class Client:
         timeout: float | None = None,
         lease: float | None = None,
         job_id: str | None = None,
+        result_ttl: float | None = None,
     ) -> Job:
-        """Submit one job; returns its :class:`Job` handle once the broker has accepted it."""
+        """Submit one job; returns its :class:`Job` handle once the broker has accepted it.
+
+        ``result_ttl``: seconds the broker keeps the outcome after the job
+        ends (default: its ``--result-ttl``); 0 keeps it only until it is
+        pushed to the clients waiting for it (``result()`` after that, or
+        ``status()``, raises :class:`NotFound`).
+        """
         spec = job_spec(
             task,
             args,
@@ -325,6 +378,7 @@ class Client:
             timeout=timeout,
             lease=lease,
             job_id=job_id,
+            result_ttl=result_ttl,
         ).to_wire()
         connection = self._connection
         if connection is None or not connection.is_open:
@@ -484,4 +538,12 @@ class Client:
         await self._call({"op": Op.PING})
 
 
-__all__ = ["Client", "Job", "JobCancelled", "JobFailed", "RemoteError"]
+__all__ = [
+    "BrokerUnavailable",
+    "Client",
+    "ConnectionLost",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "RemoteError",
+]

@@ -26,7 +26,7 @@ R = TypeVar("R")
 
 # The options a reference can bind: JobSpec's, but the task and its arguments.
 OPTION_NAMES = frozenset(
-    {"queue", "priority", "delay", "job_id", "max_attempts", "timeout", "lease"}
+    {"queue", "priority", "delay", "job_id", "max_attempts", "timeout", "lease", "result_ttl"}
 )
 
 
@@ -57,6 +57,7 @@ class TaskRef(Generic[P, R]):
         max_attempts: int | None = None,
         timeout: float | None = None,
         lease: float | None = None,
+        result_ttl: float | None = None,
     ) -> TaskRef[P, R]:
         """The same task with these submit options (over the ones bound already)."""
         given = {
@@ -67,6 +68,7 @@ class TaskRef(Generic[P, R]):
             "max_attempts": max_attempts,
             "timeout": timeout,
             "lease": lease,
+            "result_ttl": result_ttl,
         }
         merged = dict(self._options)
         merged.update({key: value for key, value in given.items() if value is not None})

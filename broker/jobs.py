@@ -70,6 +70,7 @@ class Job:
         "priority",
         "queue",
         "result",
+        "result_ttl",
         "run_at",
         "started_at",
         "state",
@@ -110,6 +111,9 @@ class Job:
         self.lease_deadline = 0.0
         self.owner: Any = None
         self.result: bytes | None = None
+        # The submit's own result TTL (None: the broker's); 0 drops the
+        # outcome once the watchers are told.
+        self.result_ttl: float | None = None
         self.errors: ErrorLog | None = None
         # Who wants a DONE push when the job finishes: None, one watcher, or a
         # list. Kept on the job, so watching costs no table entry and a

@@ -116,6 +116,7 @@ JOB_SPEC: Final = _fields(
     Field("timeout", Kind.SECONDS),
     Field("lease", Kind.SECONDS),
     Field("id", Kind.ID),
+    Field("result_ttl", Kind.SECONDS),
 )
 
 ERROR_INFO: Final = _fields(

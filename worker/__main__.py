@@ -1,4 +1,10 @@
-"""``python -m worker [MODULE ...] [--connect HOST:PORT] [--concurrency 4] ...``"""
+"""``python -m worker [MODULE ...] [--connect HOST:PORT] [--concurrency 4] ...``
+
+Exit codes: 0 after a clean stop (a signal, or ``--burst`` done); 2 for bad
+usage, a task module that fails to import, or a broker that refuses the
+worker (token, TLS, protocol version); 3 when the broker stays unreachable
+for ``--connect-timeout`` seconds.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from protocol.errors import BrokerUnavailable
 from protocol.security import add_peer_arguments, peer_settings
 from protocol.stream import install_uvloop
 from worker.registry import TaskRegistry, default_registry
@@ -19,6 +26,10 @@ from worker.runtime import Worker, WorkerRefused
 from worker.tasks import builtin_registry
 
 log = logging.getLogger("worker")
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad arguments, a task module that does not import, refused by the broker
+EXIT_UNREACHABLE = 3  # the broker stayed unreachable for --connect-timeout
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
     p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        help="exit 3 once the broker has been unreachable this many seconds "
+        "(default: keep retrying)",
+    )
     p.add_argument("--name", default=None, help="name shown in the broker's logs")
     add_peer_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -88,14 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         registry = load_registry(args.modules)
-    except ImportError as exc:
-        log.error("cannot import task module: %s", exc)
-        return 2
+    except Exception:
+        log.exception("cannot import the task module(s) %s", ", ".join(args.modules))
+        return EXIT_USAGE
     try:
         token, context = peer_settings(args)
     except (OSError, ValueError) as exc:
         log.error("bad security settings: %s", exc)
-        return 2
+        return EXIT_USAGE
     queues = [q for q in (args.queues or "").split(",") if q] or None
     worker = Worker(
         args.connect,
@@ -108,14 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl=context,
         name=args.name or f"{socket.gethostname()}:{os.getpid()}",
         grace=args.grace,
+        connect_timeout=args.connect_timeout,
     )
     install_uvloop()
     try:
         asyncio.run(serve(worker))
     except WorkerRefused as exc:
         log.error("%s", exc)
-        return 1
-    return 0
+        return EXIT_USAGE
+    except BrokerUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_UNREACHABLE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,8 +25,14 @@ from typing import Any
 
 import msgpack
 
-from protocol.backoff import backoff_delay
-from protocol.errors import ConnectionLost, JobwireError, ProtocolError, RemoteError
+from protocol.backoff import Reconnect
+from protocol.errors import (
+    BrokerUnavailable,
+    ConnectionLost,
+    JobwireError,
+    ProtocolError,
+    RemoteError,
+)
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.messages import Op, Role
 from protocol.states import JobState
@@ -38,6 +44,8 @@ from worker.slots import Arrival, Slots, StopReason
 log = logging.getLogger("worker")
 
 
+# Reconnecting (``protocol.backoff.Reconnect``): at once after a connection
+# that worked, then 0.1 s doubling to 10 s while attempts fail.
 RECONNECT_BASE = 0.1
 RECONNECT_CAP = 10.0
 # Heartbeats go out at this fraction of the shortest lease held.
@@ -103,7 +111,11 @@ class Worker:
         grace: float = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
         prefetch: int = 0,
+        connect_timeout: float | None = None,
     ) -> None:
+        """``connect_timeout``: how long the broker may stay unreachable (at start,
+        or after a lost connection) before :meth:`run` raises
+        :class:`BrokerUnavailable`; None (the default) retries for ever."""
         # Jobs taken beyond the executing ones, so that a freed slot never waits a
         # round trip for its next job (see worker.slots). Raises ValueError early.
         self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch)
@@ -118,6 +130,7 @@ class Worker:
         self.grace = grace
         self.max_frame = max_frame
         self.prefetch = prefetch
+        self.connect_timeout = connect_timeout
         self.jobs_done = 0
         self._connection: Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -137,29 +150,45 @@ class Worker:
         self._stopped = asyncio.Event()
         self._heartbeat_wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobwire-task")
+        reconnect = Reconnect(RECONNECT_BASE, RECONNECT_CAP)
+        loop = asyncio.get_running_loop()
+        unreachable_since: float | None = None
         try:
-            failures = 0
             while not self._slots.stopping:
+                # At once after a connection that worked; backoff while attempts fail.
+                await self._sleep_unless_stopped(reconnect.delay())
+                if self._slots.stopping:
+                    break
                 try:
                     connection = await self._connect()
                 except (OSError, TimeoutError, ConnectionLost) as exc:
-                    failures += 1
-                    delay = backoff_delay(failures, RECONNECT_BASE, RECONNECT_CAP)
+                    now = loop.time()
+                    if unreachable_since is None:
+                        unreachable_since = now
+                    if (
+                        self.connect_timeout is not None
+                        and now - unreachable_since >= self.connect_timeout
+                    ):
+                        raise BrokerUnavailable(
+                            f"cannot reach the broker at {self.address} within "
+                            f"{self.connect_timeout:g}s: {exc or type(exc).__name__}"
+                        ) from exc
+                    delay = reconnect.failed()
                     log.warning(
                         "cannot reach the broker at %s (%s); attempt %d, retrying in %.1fs",
                         self.address,
                         exc or type(exc).__name__,
-                        failures,
+                        reconnect.failures,
                         delay,
                     )
-                    await self._sleep_unless_stopped(delay)
                     continue
                 except (RemoteError, ProtocolError) as exc:
                     # Refused (bad token, other version): retrying would not help.
                     raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
-                if failures:
+                if reconnect.failures:
                     log.info("reconnected to the broker at %s", self.address)
-                failures = 0
+                reconnect.connected()
+                unreachable_since = None
                 await self._serve(connection)
                 if self._burst_done:
                     break

@@ -108,6 +108,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             counts = self.queues[queue] = QueueCounts()
         if delay > 0:
             job.run_at = now + delay
+        if spec.result_ttl is not None:
+            job.result_ttl = spec.result_ttl
         if self.journal is not None:
             self.journal.job_submitted(job)
         if delay > 0:
@@ -236,6 +238,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             candidates.append(self._leases[0][0])
         if self._results:
             candidates.append(self._results[0][0])
+        if self._results_own_ttl:
+            candidates.append(self._results_own_ttl[0][0])
         return min(candidates) if candidates else None
 
     # -- questions ---------------------------------------------------------------
