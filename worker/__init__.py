@@ -12,6 +12,7 @@ from worker.runtime import (
     Worker,
     WorkerRefused,
     current_job,
+    task_context,
 )
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "current_job",
     "default_registry",
     "task",
+    "task_context",
     "task_ref",
 ]

@@ -1,9 +1,12 @@
 """``python -m worker [MODULE ...] [--connect HOST:PORT] [--concurrency 4] ...``
 
 Exit codes: 0 after a clean stop (a signal, or ``--burst`` done); 2 for bad
-usage, a task module that fails to import, or a broker that refuses the
-worker (token, TLS, protocol version); 3 when the broker stays unreachable
-for ``--connect-timeout`` seconds.
+usage, a task module that fails to import, an ``on_startup`` hook that
+raises, or a broker that refuses the worker (token, TLS, protocol version);
+3 when the broker stays unreachable for ``--connect-timeout`` seconds.
+
+A task module may define ``on_startup(ctx)`` and ``on_shutdown(ctx)``
+(plain or async) at module level: see :func:`find_hooks`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -22,7 +26,7 @@ from protocol.errors import BrokerUnavailable
 from protocol.security import add_peer_arguments, peer_settings
 from protocol.stream import install_uvloop
 from worker.registry import TaskRegistry, default_registry
-from worker.runtime import Worker, WorkerRefused
+from worker.runtime import Context, Hook, Worker, WorkerRefused
 from worker.tasks import builtin_registry
 
 log = logging.getLogger("worker")
@@ -79,6 +83,45 @@ def load_registry(modules: Sequence[str]) -> TaskRegistry:
     return default_registry
 
 
+def find_hooks(modules: Sequence[str]) -> tuple[Hook | None, Hook | None]:
+    """The task modules' module-level ``on_startup(ctx)`` and ``on_shutdown(ctx)``.
+
+    Startup hooks run in the order the modules are named, shutdown hooks in
+    the reverse order; each may be plain or async. Call after :func:`load_registry`.
+    """
+    startups: list[Hook] = []
+    shutdowns: list[Hook] = []
+    for name in modules:
+        module = sys.modules[name]
+        for attribute, hooks in (("on_startup", startups), ("on_shutdown", shutdowns)):
+            hook = getattr(module, attribute, None)
+            if hook is not None:
+                if not callable(hook):
+                    raise TypeError(f"{name}.{attribute} is not callable")
+                hooks.append(hook)
+    shutdowns.reverse()
+    return _chain(startups), _chain(shutdowns)
+
+
+def _chain(hooks: list[Hook]) -> Hook | None:
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+
+    async def chained(context: Context) -> None:
+        for hook in hooks:
+            outcome = hook(context)
+            if inspect.isawaitable(outcome):
+                await outcome
+
+    return chained
+
+
+class StartupFailed(Exception):
+    """The on_startup hook raised (its exception is the cause)."""
+
+
 async def serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     signals = 0
@@ -94,6 +137,18 @@ async def serve(worker: Worker) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    startup = worker.on_startup
+    if startup is not None:
+
+        async def guarded(context: Context) -> None:
+            try:
+                outcome = startup(context)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:
+                raise StartupFailed() from exc
+
+        worker.on_startup = guarded
     await worker.run()
 
 
@@ -106,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         registry = load_registry(args.modules)
+        on_startup, on_shutdown = find_hooks(args.modules)
     except Exception:
         log.exception("cannot import the task module(s) %s", ", ".join(args.modules))
         return EXIT_USAGE
@@ -127,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name or f"{socket.gethostname()}:{os.getpid()}",
         grace=args.grace,
         connect_timeout=args.connect_timeout,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
     )
     install_uvloop()
     try:
@@ -137,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerUnavailable as exc:
         log.error("%s", exc)
         return EXIT_UNREACHABLE
+    except StartupFailed as exc:
+        log.error("the on_startup hook failed: %s", exc.__cause__, exc_info=exc.__cause__)
+        return EXIT_USAGE
     return EXIT_OK
 
 

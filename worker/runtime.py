@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 import ssl as ssl_module
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -54,13 +55,18 @@ HEARTBEAT_FRACTION = 3.0
 
 @dataclass(frozen=True, slots=True)
 class JobInfo:
-    """What a running task can learn about its own job (``worker.current_job()``)."""
+    """What a running task can learn about its own job (``worker.current_job()``).
+
+    ``deadline``: when the task's timeout ends, in ``time.time()`` seconds
+    (None without a timeout).
+    """
 
     id: str
     task: str
     queue: str
     attempt: int
     max_attempts: int
+    deadline: float | None = None
 
 
 _current_job: contextvars.ContextVar[JobInfo] = contextvars.ContextVar("jobwire_current_job")
@@ -69,6 +75,29 @@ _current_job: contextvars.ContextVar[JobInfo] = contextvars.ContextVar("jobwire_
 def current_job() -> JobInfo:
     """The job the calling task runs for; raises ``LookupError`` outside a task."""
     return _current_job.get()
+
+
+# The worker's shared context, as its on_startup hook left it (arq's ``ctx``).
+Context = dict[str, Any]
+# A lifecycle hook: a plain or async function of the context.
+Hook = Callable[[Context], Awaitable[None] | None]
+
+_task_context: contextvars.ContextVar[Context] = contextvars.ContextVar("jobwire_task_context")
+
+
+def task_context() -> Context:
+    """The worker's shared context (what ``on_startup`` put there: a database
+    pool, an HTTP session), for the calling task; raises ``LookupError``
+    outside a task."""
+    return _task_context.get()
+
+
+async def _run_hook(hook: Hook | None, context: Context) -> None:
+    if hook is None:
+        return
+    outcome = hook(context)
+    if inspect.isawaitable(outcome):
+        await outcome
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
@@ -112,10 +141,20 @@ class Worker:
         max_frame: int = DEFAULT_MAX_FRAME,
         prefetch: int = 0,
         connect_timeout: float | None = None,
+        on_startup: Hook | None = None,
+        on_shutdown: Hook | None = None,
+        context: Context | None = None,
     ) -> None:
         """``connect_timeout``: how long the broker may stay unreachable (at start,
         or after a lost connection) before :meth:`run` raises
-        :class:`BrokerUnavailable`; None (the default) retries for ever."""
+        :class:`BrokerUnavailable`; None (the default) retries for ever.
+
+        ``on_startup(context)`` runs in :meth:`run` before the worker connects
+        (an exception from it ends :meth:`run`); ``on_shutdown(context)`` runs
+        once every job has finished or been handed back. Either may be async.
+        Tasks read ``context`` with :func:`task_context`; it starts as
+        ``context`` (or an empty dict) with ``"worker"`` set to this worker.
+        """
         # Jobs taken beyond the executing ones, so that a freed slot never waits a
         # round trip for its next job (see worker.slots). Raises ValueError early.
         self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch)
@@ -131,6 +170,10 @@ class Worker:
         self.max_frame = max_frame
         self.prefetch = prefetch
         self.connect_timeout = connect_timeout
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self.context: Context = context if context is not None else {}
+        self.context.setdefault("worker", self)
         self.jobs_done = 0
         self._connection: Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -149,6 +192,7 @@ class Worker:
         """Serve until :meth:`stop` (or, in burst mode, until the queues are empty)."""
         self._stopped = asyncio.Event()
         self._heartbeat_wake = asyncio.Event()
+        await _run_hook(self.on_startup, self.context)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobwire-task")
         reconnect = Reconnect(RECONNECT_BASE, RECONNECT_CAP)
         loop = asyncio.get_running_loop()
@@ -196,6 +240,10 @@ class Worker:
             await self._cancel_all(StopReason.SHUTDOWN)
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+            try:
+                await _run_hook(self.on_shutdown, self.context)
+            except Exception:
+                log.exception("the on_shutdown hook failed")
             log.info("stopped after %d job(s)", self.jobs_done)
 
     def stop(self) -> None:
@@ -475,8 +523,10 @@ class Worker:
                 delivery["queue"],
                 delivery["attempt"],
                 delivery["max_attempts"],
+                None if timeout is None else time.time() + timeout,
             )
         )
+        _task_context.set(self.context)
         if definition.is_async:
             call = definition.func(*args, **kwargs)
         else:
@@ -559,4 +609,5 @@ __all__ = [
     "Worker",
     "WorkerRefused",
     "current_job",
+    "task_context",
 ]
