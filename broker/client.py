@@ -127,6 +127,19 @@ def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
     return batches
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """A running job's progress report: what its task passed to ``report_progress``."""
+
+    fraction: float
+    info: dict[str, Any] | None = None
+
+
+def _progress(fraction: Any, info: bytes | None) -> Progress:
+    decoded = None if info is None else msgpack.unpackb(info, raw=False, strict_map_key=False)
+    return Progress(float(fraction), decoded if isinstance(decoded, dict) else None)
+
+
 class Job(Generic[ResultT]):
     """A handle on a job the broker holds. ``await job.result()`` waits for it.
 
@@ -184,6 +197,46 @@ class Job(Generic[ResultT]):
 
     async def status(self) -> dict[str, Any]:
         return await self._client.status(self.id)
+
+    async def progress(self) -> AsyncIterator[Progress]:
+        """Each progress report of the job, from the latest one on; ends when the job ends.
+
+        ``async for p in job.progress(): print(p.fraction, p.info)``. Reports
+        are rate-limited at the worker, so some may be skipped (never the
+        latest one before a pause). Raises :class:`ConnectionLost` if the
+        connection drops, :class:`NotFound` for an unknown job.
+        """
+        client = self._client
+        reports: asyncio.Queue[Progress] = asyncio.Queue()
+        followers = client._followers.setdefault(self.id, [])
+        followers.append(reports)
+        try:
+            outcome = await self._outcome_future()
+            reply = await client._call({"op": Op.FOLLOW, "id": self.id})
+            if reply.get("fraction") is not None:
+                yield _progress(reply["fraction"], reply.get("info"))
+            if JobState(reply["state"]).finished:
+                return
+            while True:
+                if not reports.empty():
+                    yield reports.get_nowait()
+                    continue
+                if outcome.done():
+                    break
+                getter = asyncio.ensure_future(reports.get())
+                waiting: set[asyncio.Future[Any]] = {getter, outcome}
+                try:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    getter.cancel()  # nothing if it is done
+                if getter.done() and not getter.cancelled():
+                    yield getter.result()
+            if outcome.result()["op"] == LOST:
+                raise ConnectionLost("connection to the broker lost while following a job")
+        finally:
+            followers.remove(reports)
+            if not followers:
+                client._followers.pop(self.id, None)
 
     async def cancel(self) -> bool:
         return await self._client.cancel(self.id)
@@ -249,6 +302,8 @@ class Client:
         self._last_failure: BaseException | None = None
         # Outcomes (DONE messages) by job id: a future per job being waited for.
         self._outcomes: dict[str, asyncio.Future[Message]] = {}
+        # Progress reports by job id, for each job.progress() iterating.
+        self._followers: dict[str, list[asyncio.Queue[Progress]]] = {}
 
     async def __aenter__(self) -> Client:
         """Connects nothing: the first call does (see :meth:`connect` to fail early)."""
@@ -338,10 +393,17 @@ class Client:
         return await connection.call(message, on_reply)
 
     def _on_push(self, message: Message) -> None:
-        if message["op"] == Op.DONE:
+        op = message["op"]
+        if op == Op.DONE:
             future = self._outcomes.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(message)
+        elif op == Op.PROGRESSED:
+            followers = self._followers.get(message["id"])
+            if followers:
+                report = _progress(message["fraction"], message.get("info"))
+                for reports in followers:
+                    reports.put_nowait(report)
 
     # -- submitting ---------------------------------------------------------------
 
@@ -499,6 +561,9 @@ class Client:
         """The job's state, attempts, errors and times (raises :class:`NotFound`)."""
         reply = await self._call({"op": Op.STATUS, "id": job_id})
         job: dict[str, Any] = reply["job"]
+        progress = job.get("progress")
+        if progress is not None and isinstance(progress.get("info"), bytes):
+            progress["info"] = _progress(0, progress["info"]).info
         return job
 
     async def cancel(self, job_id: str) -> bool:
@@ -545,5 +610,6 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobFailed",
+    "Progress",
     "RemoteError",
 ]

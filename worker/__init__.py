@@ -12,6 +12,7 @@ from worker.runtime import (
     Worker,
     WorkerRefused,
     current_job,
+    report_progress,
     task_context,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "WorkerRefused",
     "current_job",
     "default_registry",
+    "report_progress",
     "task",
     "task_context",
     "task_ref",

@@ -16,10 +16,11 @@ import contextvars
 import functools
 import inspect
 import logging
+import math
 import ssl as ssl_module
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from protocol.errors import (
     RemoteError,
 )
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
-from protocol.messages import Op, Role
+from protocol.messages import MAX_PROGRESS_INFO, Op, Role
 from protocol.states import JobState
 from protocol.stream import Connection, Message, open_connection
 from worker.registry import TaskRegistry, default_registry
@@ -51,6 +52,9 @@ RECONNECT_BASE = 0.1
 RECONNECT_CAP = 10.0
 # Heartbeats go out at this fraction of the shortest lease held.
 HEARTBEAT_FRACTION = 3.0
+# At most one PROGRESS per job in this many seconds; in between, the latest
+# report waits and replaces the one before it.
+PROGRESS_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,58 @@ def task_context() -> Context:
     return _task_context.get()
 
 
+# The worker and the held job of the running task, for report_progress.
+_current_held: contextvars.ContextVar[tuple[Worker, _HeldJob]] = contextvars.ContextVar(
+    "jobwire_current_held"
+)
+
+
+class _Reported:
+    """What :func:`report_progress` returns: awaiting it does nothing more."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+_REPORTED = _Reported()
+
+
+def report_progress(fraction: float, info: Mapping[str, Any] | None = None) -> _Reported:
+    """Report the running job's progress: ``fraction`` in 0..1 and a small map.
+
+    ``await report_progress(0.4, {"rows": 4000})`` in an ``async def`` task;
+    a plain ``def`` task calls it without ``await``. ``info`` must encode to
+    at most 1024 bytes of msgpack (``ValueError`` otherwise). Reports are
+    rate-limited per job (one every 0.25 s at most; the latest wins), so a
+    tight loop may call it freely. Raises ``LookupError`` outside a task.
+    """
+    worker, held = _current_held.get()
+    if type(fraction) not in (int, float) or not 0 <= fraction <= 1:
+        raise ValueError(f"progress must be a number in 0..1, not {fraction!r}")
+    encoded: bytes | None = None
+    if info is not None:
+        try:
+            encoded = packb(dict(info))
+        except Exception as exc:
+            raise ValueError(f"progress info cannot be encoded as msgpack: {exc}") from None
+        if len(encoded) > MAX_PROGRESS_INFO:
+            raise ValueError(
+                f"progress info is {len(encoded)} bytes encoded, more than {MAX_PROGRESS_INFO}"
+            )
+    loop = worker._loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        worker._progress(held, float(fraction), encoded)
+    elif loop is not None:  # a plain def task, in its thread
+        loop.call_soon_threadsafe(worker._progress, held, float(fraction), encoded)
+    return _REPORTED
+
+
 async def _run_hook(hook: Hook | None, context: Context) -> None:
     if hook is None:
         return
@@ -112,7 +168,17 @@ class _HeldJob:
     """A job this worker holds (executing, or waiting for a slot): its delivery, its
     task once started, and why it was stopped."""
 
-    __slots__ = ("delivery", "lease", "outcome", "started", "stop_reason", "task")
+    __slots__ = (
+        "delivery",
+        "lease",
+        "outcome",
+        "progress_pending",
+        "progress_sent",
+        "progress_timer",
+        "started",
+        "stop_reason",
+        "task",
+    )
 
     def __init__(self, delivery: Message) -> None:
         self.delivery = delivery
@@ -123,6 +189,11 @@ class _HeldJob:
         self.stop_reason: StopReason | None = None
         # How it ended, for the log: set by whoever ends it.
         self.outcome: str | None = None
+        # Progress: the report waiting for its turn, when the last one left,
+        # and the timer that sends the waiting one (see PROGRESS_INTERVAL).
+        self.progress_pending: tuple[float, bytes | None] | None = None
+        self.progress_sent = -math.inf
+        self.progress_timer: asyncio.TimerHandle | None = None
 
 
 class Worker:
@@ -185,6 +256,7 @@ class Worker:
         self._log_jobs = False
         # A READY is scheduled for the end of this loop turn.
         self._ready_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- control ---------------------------------------------------------------
 
@@ -192,6 +264,7 @@ class Worker:
         """Serve until :meth:`stop` (or, in burst mode, until the queues are empty)."""
         self._stopped = asyncio.Event()
         self._heartbeat_wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         await _run_hook(self.on_startup, self.context)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobwire-task")
         reconnect = Reconnect(RECONNECT_BASE, RECONNECT_CAP)
@@ -466,6 +539,9 @@ class Worker:
         # the slots hold on to the newer one.
         self._slots.ended(job_id, held, reason)
         self.jobs_done += 1
+        if held.progress_timer is not None:  # the job's end says more
+            held.progress_timer.cancel()
+            held.progress_timer = None
         if held.outcome is None and reason is not None:
             held.outcome = reason.value
             if reason is StopReason.SHUTDOWN and connection.is_open:
@@ -527,6 +603,9 @@ class Worker:
             )
         )
         _task_context.set(self.context)
+        held = self._slots.get(delivery["id"])
+        if held is not None:
+            _current_held.set((self, held))
         if definition.is_async:
             call = definition.func(*args, **kwargs)
         else:
@@ -542,6 +621,41 @@ class Worker:
                 return await call
         except TimeoutError:
             raise JobTimeout(f"the task ran longer than its timeout of {timeout:g}s") from None
+
+    # -- progress ----------------------------------------------------------------
+
+    def _progress(self, held: _HeldJob, fraction: float, info: bytes | None) -> None:
+        """A report from the job's task: send it now, or when its interval has passed."""
+        if held.task is None or held.task.done():
+            return  # it ended meanwhile (a report from a thread can arrive late)
+        held.progress_pending = (fraction, info)
+        if held.progress_timer is not None:
+            return  # the scheduled send takes the latest
+        loop = asyncio.get_running_loop()
+        wait = held.progress_sent + PROGRESS_INTERVAL - loop.time()
+        if wait <= 0:
+            self._send_progress(held)
+        else:
+            held.progress_timer = loop.call_later(wait, self._send_progress, held)
+
+    def _send_progress(self, held: _HeldJob) -> None:
+        held.progress_timer = None
+        pending, held.progress_pending = held.progress_pending, None
+        connection = self._connection
+        if pending is None or connection is None or not connection.is_open:
+            return
+        held.progress_sent = asyncio.get_running_loop().time()
+        fraction, info = pending
+        delivery = held.delivery
+        report: Message = {
+            "op": Op.PROGRESS,
+            "id": delivery["id"],
+            "attempt": delivery["attempt"],
+            "fraction": fraction,
+        }
+        if info is not None:
+            report["info"] = info
+        connection.send(report)
 
     # -- leases ------------------------------------------------------------------
 
@@ -609,5 +723,6 @@ __all__ = [
     "Worker",
     "WorkerRefused",
     "current_job",
+    "report_progress",
     "task_context",
 ]
