@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from harness.processes import ROOT
+from broker import Client
+from harness.processes import ROOT, BrokerProc, WorkerProc
 
 
 def worker(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,3 +48,19 @@ def test_a_task_module_that_fails_to_import_exits_2_showing_why() -> None:
 
 def test_bad_usage_exits_2() -> None:
     assert worker("--concurrency", "many").returncode == 2
+
+
+def test_processes_runs_plain_def_tasks_in_a_pool_it_announces(
+    broker: BrokerProc, start_worker: Callable[..., WorkerProc]
+) -> None:
+    worker = start_worker(broker.address, extra=["--processes", "2"])
+    worker.wait_for_line(r"process pool: 2 processes")
+
+    async def pids() -> list[Any]:
+        async with Client(broker.address) as client:
+            plain = await client.submit("blocking_nap", [0, "slept"])
+            native = await client.submit("whoami", [1])
+            return [await plain.result(timeout=60), await native.result(timeout=60)]
+
+    slept, who = asyncio.run(pids())
+    assert slept == "slept" and who["pid"] == worker.pid  # async tasks stay in the worker

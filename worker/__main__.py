@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated queues to take jobs from (default: the queues the loaded "
         "tasks name with @task(queue=...), plus 'default' if some task names none)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run every plain def task in a pool of N processes (default: only "
+        "@task(process=True) tasks, in min(concurrency, CPUs) processes)",
     )
     p.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
     p.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get on SIGTERM")
@@ -171,21 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("bad security settings: %s", exc)
         return EXIT_USAGE
     queues = [q for q in (args.queues or "").split(",") if q] or None
-    worker = Worker(
-        args.connect,
-        registry=registry,
-        concurrency=args.concurrency,
-        prefetch=args.prefetch,
-        queues=queues,
-        burst=args.burst,
-        token=token,
-        ssl=context,
-        name=args.name or f"{socket.gethostname()}:{os.getpid()}",
-        grace=args.grace,
-        connect_timeout=args.connect_timeout,
-        on_startup=on_startup,
-        on_shutdown=on_shutdown,
-    )
+    try:
+        worker = make_worker(args, registry, queues, token, context, on_startup, on_shutdown)
+        worker.check()
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     install_uvloop()
     try:
         asyncio.run(serve(worker))
@@ -199,6 +199,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("the on_startup hook failed: %s", exc.__cause__, exc_info=exc.__cause__)
         return EXIT_USAGE
     return EXIT_OK
+
+
+def make_worker(
+    args: argparse.Namespace,
+    registry: TaskRegistry,
+    queues: list[str] | None,
+    token: str | None,
+    context: ssl.SSLContext | None,
+    on_startup: Hook | None,
+    on_shutdown: Hook | None,
+) -> Worker:
+    return Worker(
+        args.connect,
+        registry=registry,
+        concurrency=args.concurrency,
+        prefetch=args.prefetch,
+        queues=queues,
+        burst=args.burst,
+        token=token,
+        ssl=context,
+        name=args.name or f"{socket.gethostname()}:{os.getpid()}",
+        grace=args.grace,
+        connect_timeout=args.connect_timeout,
+        processes=args.processes,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ class TaskDef:
     timeout: float | None = None
     max_attempts: int | None = None
     lease: float | None = None
+    # Runs in the worker's process pool (worker.processes), not a thread.
+    process: bool = False
 
     def defaults(self) -> dict[str, Any]:
         """What the worker announces to the broker for jobs of this task."""
@@ -56,20 +58,18 @@ class TaskRegistry:
         timeout: float | None = None,
         max_attempts: int | None = None,
         lease: float | None = None,
+        process: bool = False,
     ) -> TaskDef:
         if isinstance(func, TaskHandle):  # a handle registered again: its function
             func = func.definition.func
         task_name = name or func.__name__
         if not task_name:
             raise ValueError("a task needs a name")
+        is_async = inspect.iscoroutinefunction(func)
+        if process and is_async:
+            raise ValueError(f"task {task_name!r}: an async def task cannot run in a process")
         definition = TaskDef(
-            task_name,
-            func,
-            inspect.iscoroutinefunction(func),
-            queue,
-            timeout,
-            max_attempts,
-            lease,
+            task_name, func, is_async, queue, timeout, max_attempts, lease, process
         )
         existing = self._tasks.get(task_name)
         if existing is not None and existing.func is not func:
@@ -175,6 +175,7 @@ def task(
     timeout: float | None = None,
     max_attempts: int | None = None,
     lease: float | None = None,
+    process: bool = False,
     registry: TaskRegistry | None = None,
 ) -> TaskDecorator: ...
 
@@ -188,13 +189,15 @@ def task(
     timeout: float | None = None,
     max_attempts: int | None = None,
     lease: float | None = None,
+    process: bool = False,
     registry: TaskRegistry | None = None,
 ) -> TaskHandle[Any, Any] | TaskDecorator:
     """Register a function as a task: ``@task`` or ``@task(name=..., timeout=...)``.
 
     ``async def`` tasks run on the worker's event loop; plain ``def`` tasks
-    run in a thread pool sized to the worker's concurrency. Returns the
-    task's handle (:class:`Task` or :class:`AsyncTask`).
+    run in a thread pool sized to the worker's concurrency, or with
+    ``process=True`` (a module-level ``def`` only) in the worker's process
+    pool. Returns the task's handle (:class:`Task` or :class:`AsyncTask`).
     """
     decorator = TaskDecorator(
         registry,
@@ -204,6 +207,7 @@ def task(
             "timeout": timeout,
             "max_attempts": max_attempts,
             "lease": lease,
+            "process": process,
         },
     )
     if func is not None:

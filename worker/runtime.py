@@ -17,6 +17,7 @@ import functools
 import inspect
 import logging
 import math
+import os
 import ssl as ssl_module
 import time
 import traceback
@@ -39,7 +40,8 @@ from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.messages import MAX_PROGRESS_INFO, Op, Role
 from protocol.states import JobState
 from protocol.stream import Connection, Message, open_connection
-from worker.registry import TaskRegistry, default_registry
+from worker.processes import ProcessPool, ProcessTaskError, TaskHomes, home_of
+from worker.registry import TaskDef, TaskRegistry, default_registry
 from worker.retry import Retry
 from worker.slots import Arrival, Slots, StopReason
 
@@ -157,6 +159,10 @@ async def _run_hook(hook: Hook | None, context: Context) -> None:
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, ProcessTaskError):  # raised in a task process: its own account
+        return dict(exc.info)
+    if isinstance(exc.__cause__, ProcessTaskError):  # a Retry raised in a task process
+        return dict(exc.__cause__.info)
     return {
         "type": type(exc).__name__,
         "message": str(exc),
@@ -215,6 +221,7 @@ class Worker:
         on_startup: Hook | None = None,
         on_shutdown: Hook | None = None,
         context: Context | None = None,
+        processes: int | None = None,
     ) -> None:
         """``connect_timeout``: how long the broker may stay unreachable (at start,
         or after a lost connection) before :meth:`run` raises
@@ -225,6 +232,11 @@ class Worker:
         once every job has finished or been handed back. Either may be async.
         Tasks read ``context`` with :func:`task_context`; it starts as
         ``context`` (or an empty dict) with ``"worker"`` set to this worker.
+
+        ``processes``: the size of the process pool, and with it every plain
+        ``def`` task runs in a process (``--processes``). Without it, only
+        ``@task(process=True)`` tasks do, in a pool of ``min(concurrency,
+        os.cpu_count())`` processes started only if the registry has one.
         """
         # Jobs taken beyond the executing ones, so that a freed slot never waits a
         # round trip for its next job (see worker.slots). Raises ValueError early.
@@ -245,6 +257,10 @@ class Worker:
         self.on_shutdown = on_shutdown
         self.context: Context = context if context is not None else {}
         self.context.setdefault("worker", self)
+        if processes is not None and processes < 0:
+            raise ValueError("processes must be 0 or more")
+        self.processes = processes
+        self._pool: ProcessPool | None = None
         self.jobs_done = 0
         self._connection: Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -265,12 +281,18 @@ class Worker:
         self._stopped = asyncio.Event()
         self._heartbeat_wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        homes = self._process_homes()  # a task no process can find: ValueError, before anything
         await _run_hook(self.on_startup, self.context)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobwire-task")
         reconnect = Reconnect(RECONNECT_BASE, RECONNECT_CAP)
         loop = asyncio.get_running_loop()
         unreachable_since: float | None = None
         try:
+            if homes:
+                size = self.processes or min(self.concurrency, os.cpu_count() or 1)
+                self._pool = ProcessPool(size, homes)
+                log.info("process pool: %d processes for %s", size, ", ".join(sorted(homes)))
+                await self._pool.start()
             while not self._slots.stopping:
                 # At once after a connection that worked; backoff while attempts fail.
                 await self._sleep_unless_stopped(reconnect.delay())
@@ -313,11 +335,26 @@ class Worker:
             await self._cancel_all(StopReason.SHUTDOWN)
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
             try:
                 await _run_hook(self.on_shutdown, self.context)
             except Exception:
                 log.exception("the on_shutdown hook failed")
             log.info("stopped after %d job(s)", self.jobs_done)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a setting :meth:`run` would refuse (a process
+        task that no process could import)."""
+        self._process_homes()
+
+    def _runs_in_process(self, definition: TaskDef) -> bool:
+        return definition.process or (bool(self.processes) and not definition.is_async)
+
+    def _process_homes(self) -> TaskHomes:
+        """The tasks this worker runs in processes, and where a child finds each."""
+        return {d.name: home_of(d.name, d.func) for d in self.registry if self._runs_in_process(d)}
 
     def stop(self) -> None:
         """Begin a graceful stop: no new jobs; running ones get ``grace`` seconds."""
@@ -606,6 +643,17 @@ class Worker:
         held = self._slots.get(delivery["id"])
         if held is not None:
             _current_held.set((self, held))
+        if self._pool is not None and self._runs_in_process(definition):
+            try:
+                return _Encoded(await self._pool.run(definition.name, delivery["payload"], timeout))
+            except TimeoutError:
+                raise JobTimeout(
+                    f"the task ran longer than its timeout of {timeout:g}s; its process was killed"
+                ) from None
+            except ProcessTaskError as exc:
+                if exc.retry_in is not None:
+                    raise Retry(exc.retry_in, exc.info.get("message", "")) from exc
+                raise
         if definition.is_async:
             call = definition.func(*args, **kwargs)
         else:
@@ -698,9 +746,13 @@ class UnencodableResult(JobwireError, TypeError):
     """The task returned something msgpack cannot encode."""
 
 
+class _Encoded(bytes):
+    """A result a task process encoded already."""
+
+
 def _encode_result(result: Any, limit: int) -> bytes:
     try:
-        encoded: bytes = packb(result)
+        encoded: bytes = result if type(result) is _Encoded else packb(result)
     except Exception as exc:
         raise UnencodableResult(
             f"the task's return value of type {type(result).__name__} cannot be encoded "
