@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Generic, cast
 import msgpack
 
 from protocol.backoff import Reconnect
+from protocol.config import resolve_address
 from protocol.errors import BrokerUnavailable, ConnectionLost, JobwireError, NotFound, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.job_spec import JobSpec
 from protocol.messages import Op, Role
-from protocol.security import resolve_token
+from protocol.security import client_ssl_context, resolve_token
 from protocol.states import JobState
 from protocol.stream import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -272,7 +273,7 @@ class Client:
 
     def __init__(
         self,
-        address: str = "127.0.0.1:7878",
+        address: str | None = None,
         *,
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
@@ -281,16 +282,21 @@ class Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         watch: bool = True,
     ) -> None:
-        """``token``: the shared secret, by default from ``BROKER_TOKEN``.
+        """``address``: ``host:port``, ``jobwire://host:port`` or ``jobwires://host:port``
+        (TLS: verified against the system's CAs unless ``ssl`` is given); by
+        default ``JOBWIRE_URL``, else 127.0.0.1:7878.
+
+        ``token``: the shared secret, by default from ``BROKER_TOKEN`` (or
+        ``JOBWIRE_TOKEN``).
 
         ``watch``: have the broker push every submitted job's outcome, so that
         ``result()`` costs no extra round trip. A producer that rarely awaits
         results can pass False: ``result()`` then asks for the outcome itself.
         """
-        self.address = address
+        self.address, tls = resolve_address(address)
         self._watch_on_submit = watch
         self._token = token.strip() if token is not None else resolve_token()
-        self._ssl = ssl
+        self._ssl = ssl if ssl is not None or not tls else client_ssl_context()
         self._name = name
         self._max_frame = max_frame
         self._connect_timeout = connect_timeout
@@ -579,6 +585,20 @@ class Client:
     async def failed(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The failed-job list, newest first."""
         message: Message = {"op": Op.FAILED}
+        if limit is not None:
+            message["limit"] = limit
+        reply = await self._call(message)
+        jobs: list[dict[str, Any]] = reply["jobs"]
+        return jobs
+
+    async def jobs(
+        self, queue: str = "default", state: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs of ``queue`` (in ``state``), oldest first, at most ``limit`` (the broker's
+        default: 100); each as ``failed()`` describes one."""
+        message: Message = {"op": Op.LIST, "queue": queue}
+        if state is not None:
+            message["state"] = state
         if limit is not None:
             message["limit"] = limit
         reply = await self._call(message)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 Message = dict[str, Any]
 
 DEFAULT_FAILED_LIMIT = 100
+DEFAULT_LIST_LIMIT = 100
 
 
 class PeerHandlers:
@@ -146,6 +147,23 @@ class ClientHandlers(PeerHandlers):
 
     def purge_failed(self, message: Message, now: float) -> None:
         self.session.reply(message["rid"], {"purged": self.manager.purge_failed()})
+
+    def list_jobs(self, message: Message, now: float) -> None:
+        rid = message["rid"]
+        state_name = message.get("state")
+        try:
+            state = None if state_name is None else JobState(state_name)
+        except ValueError:
+            self.session.reply_error(
+                rid, ErrorCode.BAD_REQUEST, f"LIST.state: no job state {state_name!r}"
+            )
+            return
+        limit = message.get("limit")
+        jobs = self.manager.list_jobs(
+            message["queue"], state, DEFAULT_LIST_LIMIT if limit is None else limit
+        )
+        described = failed_reply(jobs, self.state.config.max_frame // 2)
+        self.session.reply(rid, {"jobs": described}, durable=False)
 
     def follow(self, message: Message, now: float) -> None:
         """Push this job's progress reports here (``PROGRESSED``) until it finishes."""
@@ -308,5 +326,6 @@ ROUTES: dict[str, Route] = {
     Op.HEARTBEAT: Route(WorkerHandlers.heartbeat, _WORKER),
     Op.QUIET: Route(WorkerHandlers.quiet, _WORKER),
     Op.FOLLOW: Route(ClientHandlers.follow, _CLIENT),
+    Op.LIST: Route(ClientHandlers.list_jobs, _CLIENT),
     Op.PROGRESS: Route(WorkerHandlers.progress, _WORKER),
 }

@@ -61,6 +61,7 @@ class Op:
     RETRY: Final = "RETRY"
     PURGE_FAILED: Final = "PURGE_FAILED"
     FOLLOW: Final = "FOLLOW"
+    LIST: Final = "LIST"
     # worker notifications
     PROGRESS: Final = "PROGRESS"
     READY: Final = "READY"
@@ -184,6 +185,12 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
     Op.HEARTBEAT: _fields(Field("ids", Kind.IDS, required=True)),
     Op.QUIET: _fields(),
     Op.FOLLOW: _fields(RID, Field("id", Kind.ID, required=True)),
+    Op.LIST: _fields(
+        RID,
+        Field("queue", Kind.NAME, required=True),
+        Field("state", Kind.NAME),
+        Field("limit", Kind.UINT),
+    ),
     Op.PROGRESS: _fields(
         Field("id", Kind.ID, required=True),
         Field("attempt", Kind.UINT, required=True),

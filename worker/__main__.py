@@ -23,6 +23,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 
+from protocol.config import version
 from protocol.errors import BrokerUnavailable
 from protocol.security import add_peer_arguments, peer_settings
 from protocol.stream import install_uvloop
@@ -46,7 +47,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "modules", nargs="*", metavar="MODULE", help="modules whose @task functions to serve"
     )
-    p.add_argument("--connect", default="127.0.0.1:7878", help="broker HOST:PORT")
+    p.add_argument(
+        "--connect",
+        default=None,
+        help="broker HOST:PORT or jobwire[s]://HOST:PORT (default: JOBWIRE_URL, else "
+        "127.0.0.1:7878)",
+    )
+    p.add_argument("--version", action="version", version=f"jobwire {version()}")
     p.add_argument("--concurrency", type=int, default=4, help="jobs run at once")
     p.add_argument(
         "--prefetch",

@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 
 from protocol.backoff import Reconnect
+from protocol.config import resolve_address
 from protocol.errors import (
     BrokerUnavailable,
     ConnectionLost,
@@ -38,6 +39,7 @@ from protocol.errors import (
 )
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.messages import MAX_PROGRESS_INFO, Op, Role
+from protocol.security import client_ssl_context
 from protocol.states import JobState
 from protocol.stream import Connection, Message, open_connection
 from worker.processes import ProcessPool, ProcessTaskError, TaskHomes, home_of
@@ -205,7 +207,7 @@ class _HeldJob:
 class Worker:
     def __init__(
         self,
-        address: str = "127.0.0.1:7878",
+        address: str | None = None,
         *,
         registry: TaskRegistry | None = None,
         concurrency: int = 4,
@@ -223,7 +225,10 @@ class Worker:
         context: Context | None = None,
         processes: int | None = None,
     ) -> None:
-        """``connect_timeout``: how long the broker may stay unreachable (at start,
+        """``address``: as :class:`broker.Client`'s (``host:port`` or a ``jobwire://``
+        or ``jobwires://`` URL; by default ``JOBWIRE_URL``, else 127.0.0.1:7878).
+
+        ``connect_timeout``: how long the broker may stay unreachable (at start,
         or after a lost connection) before :meth:`run` raises
         :class:`BrokerUnavailable`; None (the default) retries for ever.
 
@@ -241,7 +246,9 @@ class Worker:
         # Jobs taken beyond the executing ones, so that a freed slot never waits a
         # round trip for its next job (see worker.slots). Raises ValueError early.
         self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch)
-        self.address = address
+        self.address, tls = resolve_address(address)
+        if tls and ssl is None:
+            ssl = client_ssl_context()
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency
         self.queues = list(queues or self.registry.queues() or ["default"])

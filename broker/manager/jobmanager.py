@@ -247,6 +247,21 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
+    def list_jobs(self, queue: str, state: JobState | None, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs of ``queue`` (in ``state``), in the order the manager took them.
+
+        A scan of every job it holds: for an operator's ``jobs`` command, not a hot path.
+        """
+        found: list[Job] = []
+        if limit <= 0:
+            return found
+        for job in self.jobs.values():
+            if job.queue == queue and (state is None or job.state is state):
+                found.append(job)
+                if len(found) >= limit:
+                    break
+        return found
+
     def queues_idle(self, queues: Iterable[str]) -> bool:
         """No job queued, delayed or running on any of these queues."""
         for queue in queues:
