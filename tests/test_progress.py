@@ -12,6 +12,7 @@ import pytest
 
 from broker import Broker, BrokerConfig, Client, NotFound
 from broker.client import Progress
+from tests.rawpeer import RawPeer
 from tests.waiting import eventually
 from worker import TaskRegistry, Worker, report_progress
 
@@ -138,3 +139,32 @@ async def test_a_plain_def_task_reports_from_its_thread_and_bad_reports_raise(
         await asyncio.wait_for(run, WAIT)
     with pytest.raises(LookupError):
         report_progress(0.1)  # outside a task
+
+
+async def test_the_broker_keeps_reports_only_from_the_attempt_it_delivered(broker: Broker) -> None:
+    """A raw worker: a report for a job it does not hold, or from another attempt, is dropped."""
+    peer = await RawPeer.connect(broker.address)
+    try:
+        assert (await peer.hello(role="worker", queues=["raw"]))["op"] == "OK"
+        async with Client(broker.address) as client:
+            held = await client.submit("t", queue="raw")
+            other = await client.submit("t", queue="elsewhere")
+            await peer.send({"op": "READY", "n": 1})
+            delivered = await peer.read()
+            assert delivered["op"] == "JOBS" and delivered["jobs"][0]["id"] == held.id
+            for report in (
+                {"id": held.id, "attempt": 2, "fraction": 0.9},  # not the attempt it holds
+                {"id": other.id, "attempt": 1, "fraction": 0.9},  # not a job it holds
+                {"id": held.id, "attempt": 1, "fraction": 0.5},  # the one that counts
+            ):
+                await peer.send({"op": "PROGRESS", **report})
+            await peer.send({"op": "PING", "rid": 1})
+            assert (await peer.read())["op"] == "OK"  # the reports before it were handled
+            assert (await held.status())["progress"]["fraction"] == 0.5
+            assert "progress" not in await other.status()
+            # A schema breach is refused like any other.
+            await peer.send({"op": "PROGRESS", "id": held.id, "attempt": 1, "fraction": 1.5})
+            refused = await peer.read()
+            assert (refused["op"], refused["code"]) == ("ERR", "BAD_REQUEST")
+    finally:
+        peer.close()
