@@ -18,7 +18,14 @@ import msgpack
 
 from protocol.backoff import Reconnect
 from protocol.config import resolve_address
-from protocol.errors import BrokerUnavailable, ConnectionLost, JobwireError, NotFound, RemoteError
+from protocol.errors import (
+    RETRYABLE_REFUSALS,
+    BrokerUnavailable,
+    ConnectionLost,
+    JobwireError,
+    NotFound,
+    RemoteError,
+)
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.job_spec import JobSpec
 from protocol.messages import Op, Role
@@ -371,6 +378,12 @@ class Client:
                     timeout=self._connect_timeout,
                 )
             except (OSError, ConnectionLost) as exc:  # TimeoutError is an OSError
+                self._last_failure = exc
+                self._reconnect.failed()
+                continue
+            except RemoteError as exc:
+                if exc.code not in RETRYABLE_REFUSALS:
+                    raise  # refused for good: a bad token, say
                 self._last_failure = exc
                 self._reconnect.failed()
                 continue

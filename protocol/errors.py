@@ -100,6 +100,11 @@ class BrokerUnavailable(JobwireError, ConnectionError):
     """
 
 
+# Refusals at the handshake that say "not now" rather than "not you": a
+# peer retries them like a broker it cannot reach.
+RETRYABLE_REFUSALS = frozenset({ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN})
+
+
 def remote_error(code: str, message: str) -> RemoteError:
     """The most specific :class:`RemoteError` subclass for an error reply's code."""
     if code == ErrorCode.NOT_FOUND:

@@ -136,3 +136,22 @@ async def test_a_result_timeout_can_cancel_the_job(
         with pytest.raises(TimeoutError):
             await job.result(timeout=0.05, cancel=True)
         assert (await job.status())["state"] == JobState.CANCELLED
+
+
+async def test_a_full_broker_is_unavailable_for_a_moment_not_a_refusal() -> None:
+    broker = Broker(BrokerConfig(port=0, max_connections=1))
+    await broker.start()
+    try:
+        async with (
+            Client(broker.address) as first,
+            Client(broker.address, connect_timeout=0.3) as second,
+        ):
+            await first.ping()
+            with pytest.raises(BrokerUnavailable) as raised:
+                await second.ping()
+            assert "TOO_MANY_CONNECTIONS" in str(raised.value)
+            await first.close()
+            second._connect_timeout = WAIT
+            await second.ping()  # retried until the slot was free
+    finally:
+        await broker.stop()

@@ -31,6 +31,7 @@ import msgpack
 from protocol.backoff import Reconnect
 from protocol.config import resolve_address
 from protocol.errors import (
+    RETRYABLE_REFUSALS,
     BrokerUnavailable,
     ConnectionLost,
     JobwireError,
@@ -307,7 +308,10 @@ class Worker:
                     break
                 try:
                     connection = await self._connect()
-                except (OSError, TimeoutError, ConnectionLost) as exc:
+                except (OSError, TimeoutError, ConnectionLost, RemoteError) as exc:
+                    if isinstance(exc, RemoteError) and exc.code not in RETRYABLE_REFUSALS:
+                        # Refused (bad token, other version): retrying would not help.
+                        raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
                     now = loop.time()
                     if unreachable_since is None:
                         unreachable_since = now
@@ -328,8 +332,8 @@ class Worker:
                         delay,
                     )
                     continue
-                except (RemoteError, ProtocolError) as exc:
-                    # Refused (bad token, other version): retrying would not help.
+                except ProtocolError as exc:
+                    # Another protocol version: retrying would not help.
                     raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
                 if reconnect.failures:
                     log.info("reconnected to the broker at %s", self.address)
