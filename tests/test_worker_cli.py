@@ -64,3 +64,10 @@ def test_processes_runs_plain_def_tasks_in_a_pool_it_announces(
 
     slept, who = asyncio.run(pids())
     assert slept == "slept" and who["pid"] == worker.pid  # async tasks stay in the worker
+
+
+def test_a_failing_startup_hook_exits_2_before_connecting() -> None:
+    run = worker("tests.tasks_bad_startup", "--connect", unused_address())
+    assert run.returncode == 2
+    assert "the on_startup hook failed: the database is not there" in run.stderr
+    assert "cannot reach the broker" not in run.stderr  # it never tried
