@@ -561,9 +561,9 @@ class Client:
                 raise NotFound("NOT_FOUND", f"no job {unknown[0]!r}")
         return futures
 
-    async def as_completed(self, jobs: Iterable[Job]) -> AsyncIterator[Job]:
+    async def as_completed(self, jobs: Iterable[Job[ResultT]]) -> AsyncIterator[Job[ResultT]]:
         """Yield each job as it finishes, in finishing order."""
-        waiting: dict[asyncio.Future[Message], Job] = {}
+        waiting: dict[asyncio.Future[Message], Job[ResultT]] = {}
         for job in jobs:
             waiting[await job._outcome_future()] = job
         pending: set[asyncio.Future[Message]] = set(waiting)

@@ -52,6 +52,9 @@ async def use(client: Client) -> dict[str, Any]:
 
     jobs = await client.submit_many([add.spec(i, i) for i in range(3)])
     sums = [await j.result(timeout=30) for j in jobs]
+    typed_jobs = [await add.submit(client, i, 1) for i in range(2)]
+    async for done in client.as_completed(typed_jobs):
+        assert_type(done, Job[int])
 
     # The msgpack round trip: the tuple comes back as a list, whatever the type says.
     paired = await (await pair.submit(client, "x", right="y")).result(timeout=30)
