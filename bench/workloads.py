@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import BrokerProc, FaninProc, Proc, ProcessFailed, WorkerProc, progress
-from bench.tasks import NOOP
+from bench.tasks import CPU, NOOP
 from broker import Client, Job
 
 Sample = dict[str, float]
@@ -329,6 +329,19 @@ async def round_trip(run: Run) -> Sample:
     }
 
 
+async def cpu_bound(run: Run) -> Sample:
+    """W7: one worker (8 slots); N jobs of ``bench.tasks.cpu`` (~20 ms of pure Python)
+    submitted at once; until every result is in."""
+    worker = run.start_worker()
+    async with Client(run.address, name="bench-w7") as client:
+        await wait_workers(client, 1, run)
+        meter = Meter(run, [worker])
+        jobs = await client.submit_many([{"task": CPU} for _ in range(run.n)])
+        run.counts["submitted"] = run.n
+        await await_results(jobs, run.counts)
+        return meter.sample(run.n)
+
+
 async def memory(run: Run) -> Sample:
     """W5: the broker's RSS growth per queued job, N small jobs queued, no worker."""
     async with Client(run.address, name="bench-w5") as client:
@@ -631,6 +644,7 @@ def suite(settings: Settings, broker_help: str, only: set[str] | None = None) ->
         ),
     ]
     workloads += durability(settings, broker_help)
+    workloads += cpu_bound_workloads(settings)
     if only:
         workloads = [w for w in workloads if w.id in only or w.id.split("-")[0] in only]
     return workloads
@@ -675,6 +689,25 @@ def durability(settings: Settings, broker_help: str) -> list[Workload]:
         + secured(settings)
         + prefetched(settings)
     )
+
+
+def cpu_bound_workloads(settings: Settings) -> list[Workload]:
+    """W7: a CPU-bound task in threads (the GIL's one core), then in 1 and 2 processes."""
+    n = 50 if settings.quick else 400
+    variants = [("threads", ()), ("--processes 1", ("--processes", "1"))]
+    variants.append(("--processes 2", ("--processes", "2")))
+    return [
+        Workload(
+            f"W7-{k}",
+            f"CPU-bound 20 ms task, {label}",
+            n,
+            cpu_bound,
+            (Figure("jobs_per_s", f"W7 CPU-bound 20 ms task, {label}", THROUGHPUT),),
+            timeout=60 + n * 0.1,
+            worker_args=args,
+        )
+        for k, (label, args) in enumerate(variants)
+    ]
 
 
 def prefetched(settings: Settings) -> list[Workload]:

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from broker.client import Client, Job, JobCancelled, JobFailed
     from broker.config import BrokerConfig
+    from broker.handles import TaskRef, task_ref
     from broker.manager import JobManager, ManagerConfig
     from broker.server import Broker
     from protocol.errors import (
+        BrokerUnavailable,
         ConnectionLost,
         JobwireError,
         NotFound,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "Broker": "broker.server",
     "BrokerConfig": "broker.config",
+    "BrokerUnavailable": "protocol.errors",
     "Client": "broker.client",
     "ConnectionLost": "protocol.errors",
     "Job": "broker.client",
@@ -44,7 +47,9 @@ _HOMES = {
     "QueueFull": "protocol.errors",
     "RemoteError": "protocol.errors",
     "StorageFailed": "protocol.errors",
+    "TaskRef": "broker.handles",
     "install_uvloop": "protocol.stream",
+    "task_ref": "broker.handles",
 }
 
 
@@ -64,6 +69,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Broker",
     "BrokerConfig",
+    "BrokerUnavailable",
     "Client",
     "ConnectionLost",
     "Job",
@@ -77,5 +83,7 @@ __all__ = [
     "QueueFull",
     "RemoteError",
     "StorageFailed",
+    "TaskRef",
     "install_uvloop",
+    "task_ref",
 ]

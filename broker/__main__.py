@@ -2,13 +2,17 @@
 
 python -m broker [--host 127.0.0.1] [--port 7878] [--log-level info] ...
 python -m broker stats | status JOB_ID | submit TASK --args JSON [--wait]
-python -m broker failed | retry JOB_ID|--all | purge-failed
+python -m broker failed | retry JOB_ID|--all | purge-failed | jobs QUEUE [--state S]
+Admin commands take --json (one JSON document on stdout), --connect or
+JOBWIRE_URL, and exit 0, 1 (the job failed, for submit --wait) or 2 (usage,
+or the broker refused or could not be reached).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import logging
 import signal
@@ -30,6 +34,7 @@ from broker.http import (
 from broker.journal import FsyncMode, JournalConfig, JournalError
 from broker.manager import ManagerConfig
 from broker.server import Broker, ExposureRefused
+from protocol.config import version
 from protocol.errors import JobwireError
 from protocol.logs import LOG_FORMATS, configure_logging
 from protocol.security import (
@@ -41,7 +46,16 @@ from protocol.security import (
 from protocol.states import UNFINISHED_STATES, JobState
 from protocol.stream import DEFAULT_PORT, install_uvloop
 
-ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed", "ping")
+ADMIN_COMMANDS = (
+    "stats",
+    "status",
+    "submit",
+    "failed",
+    "retry",
+    "purge-failed",
+    "jobs",
+    "ping",
+)
 DEFAULT_HTTP = f"{DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT}"
 
 
@@ -52,6 +66,7 @@ def serve_parser() -> argparse.ArgumentParser:
         + ", ".join(ADMIN_COMMANDS)
         + " (python -m broker COMMAND --help).",
     )
+    parser.add_argument("--version", action="version", version=f"jobwire {version()}")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument(
@@ -131,9 +146,22 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def admin_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT")
+    common.add_argument(
+        "--connect",
+        default=None,
+        help=f"HOST:PORT or jobwire[s]://HOST:PORT (default: JOBWIRE_URL, else "
+        f"127.0.0.1:{DEFAULT_PORT})",
+    )
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    common.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=3.0,
+        help="seconds to keep trying to reach the broker (default 3)",
+    )
     add_peer_arguments(common)
     parser = argparse.ArgumentParser(prog="python -m broker", description="Administer a broker.")
+    parser.add_argument("--version", action="version", version=f"jobwire {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, description: str) -> argparse.ArgumentParser:
@@ -158,7 +186,37 @@ def admin_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true")
     command("purge-failed", "empty the failed list")
     command("ping", "exit 0 when the broker answers and accepts jobs (for health checks)")
+    jobs = command("jobs", "list the jobs of a queue, oldest first")
+    jobs.add_argument("queue")
+    jobs.add_argument("--state", choices=[state.value for state in JobState], default=None)
+    jobs.add_argument("--limit", type=int, default=None, help="at most this many (default 100)")
     return parser
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit 2."""
+
+
+def json_argument(name: str, text: str, kind: type[list[Any]] | type[dict[str, Any]]) -> Any:
+    """``--args`` (a JSON array) or ``--kwargs`` (a JSON object), or a :class:`UsageError`."""
+    what = "array" if kind is list else "object"
+    example = "'[1, \"a\"]'" if kind is list else "'{\"key\": 1}'"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{name} is not valid JSON ({exc}); expected a JSON {what}") from None
+    if not isinstance(value, kind):
+        raise UsageError(
+            f"{name} must be a JSON {what}, e.g. {example}; got {type(value).__name__} {text!r}"
+        )
+    return value
+
+
+def unknown_command(word: str) -> str:
+    """The one-line error for a mistyped admin command."""
+    close = difflib.get_close_matches(word, ADMIN_COMMANDS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"commands: {', '.join(ADMIN_COMMANDS)}"
+    return f"unknown command {word!r}; {hint}"
 
 
 async def serve(config: BrokerConfig) -> None:
@@ -184,47 +242,74 @@ def print_stats(stats: dict[str, Any]) -> None:
     )
 
 
+def print_jobs(jobs: list[dict[str, Any]], what: str) -> None:
+    for job in jobs:
+        last = job["errors"][-1] if job["errors"] else {}
+        error = f"  {last.get('type', '')}: {last.get('message', '')}" if last else ""
+        print(
+            f"{job['id']}  {job['task']}  queue={job['queue']}  state={job['state']}  "
+            f"attempts={job['attempts']}{error}"
+        )
+    print(f"{len(jobs)} {what}(s)")
+
+
 async def run_admin(args: argparse.Namespace) -> int:
     token, context = peer_settings(args)
-    async with Client(args.connect, token=token, ssl=context, name="admin") as client:
-        command: str = args.command
+    as_json: bool = args.json
+    command: str = args.command
+    if command == "submit":  # checked before connecting
+        job_args = json_argument("--args", args.args, list)
+        job_kwargs = json_argument("--kwargs", args.kwargs, dict)
+    async with Client(
+        args.connect,
+        token=token,
+        ssl=context,
+        name="admin",
+        connect_timeout=args.connect_timeout,
+    ) as client:
         if command == "stats":
-            print_stats(await client.stats())
+            stats = await client.stats()
+            print_json(stats) if as_json else print_stats(stats)
         elif command == "status":
             print_json(await client.status(args.job_id))
         elif command == "submit":
             job = await client.submit(
                 args.task,
-                json.loads(args.args),
-                json.loads(args.kwargs),
+                job_args,
+                job_kwargs,
                 queue=args.queue,
                 priority=args.priority,
                 delay=args.delay,
             )
-            print(job.id)
-            if args.wait:
-                try:
-                    print_json(await job.result())
-                except JobFailed as exc:
+            if not args.wait:
+                print_json({"id": job.id}) if as_json else print(job.id)
+                return 0
+            if not as_json:
+                print(job.id)
+            try:
+                result = await job.result()
+            except JobFailed as exc:
+                if as_json:
+                    error = {"type": exc.error_type, "message": exc.error_message}
+                    print_json({"id": job.id, "state": "failed", "error": error})
+                else:
                     print(str(exc), file=sys.stderr)
                     if exc.traceback:
                         print(exc.traceback, file=sys.stderr)
-                    return 1
+                return 1
+            print_json({"id": job.id, "result": result} if as_json else result)
         elif command == "failed":
             failed_jobs = await client.failed(args.limit)
-            for failed_job in failed_jobs:
-                last = failed_job["errors"][-1] if failed_job["errors"] else {}
-                print(
-                    f"{failed_job['id']}  {failed_job['task']}  queue={failed_job['queue']}  "
-                    f"attempts={failed_job['attempts']}  "
-                    f"{last.get('type', '')}: {last.get('message', '')}"
-                )
-            print(f"{len(failed_jobs)} failed job(s)")
+            print_json(failed_jobs) if as_json else print_jobs(failed_jobs, "failed job")
+        elif command == "jobs":
+            jobs = await client.jobs(args.queue, args.state, args.limit)
+            print_json(jobs) if as_json else print_jobs(jobs, "job")
         elif command == "retry":
             count = await client.retry(None if args.all else [args.job_id])
-            print(f"retried {count} job(s)")
+            print_json({"retried": count}) if as_json else print(f"retried {count} job(s)")
         elif command == "purge-failed":
-            print(f"purged {await client.purge_failed()} job(s)")
+            count = await client.purge_failed()
+            print_json({"purged": count}) if as_json else print(f"purged {count} job(s)")
         elif command == "ping":
             await client.ping()
             storage = (await client.stats())["storage"]
@@ -249,9 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("warning")
         try:
             return run(lambda: run_admin(args))
-        except (JobwireError, OSError, ValueError) as exc:
+        except (JobwireError, OSError, ValueError, UsageError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if argv and not argv[0].startswith("-"):  # the server takes no positional argument
+        print(f"error: {unknown_command(argv[0])}", file=sys.stderr)
+        return 2
     args = serve_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     log = logging.getLogger("broker")

@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 import msgpack
 
-from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
+from protocol.backoff import Reconnect
+from protocol.config import resolve_address
+from protocol.errors import (
+    RETRYABLE_REFUSALS,
+    BrokerUnavailable,
+    ConnectionLost,
+    JobwireError,
+    NotFound,
+    RemoteError,
+)
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.job_spec import JobSpec
 from protocol.messages import Op, Role
-from protocol.security import resolve_token
+from protocol.security import client_ssl_context, resolve_token
 from protocol.states import JobState
 from protocol.stream import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -28,6 +38,21 @@ from protocol.stream import (
     ReplyHook,
     open_connection,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
+    # Defaults to Any, so that a bare ``Job`` in existing code keeps type-checking.
+    ResultT = TypeVar("ResultT", default=Any)
+else:
+    from typing import TypeVar
+
+    ResultT = TypeVar("ResultT")
+
+# Reconnecting: at once after a connection that worked, then from 50 ms
+# doubling to 1 s while attempts fail, all within ``connect_timeout``.
+RECONNECT_BASE = 0.05
+RECONNECT_CAP = 1.0
 
 # Marks an outcome future whose connection dropped; a plain value rather than
 # an exception, so an outcome nobody awaits never logs "exception never retrieved".
@@ -110,8 +135,27 @@ def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
     return batches
 
 
-class Job:
-    """A handle on a job the broker holds. ``await job.result()`` waits for it."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """A running job's progress report: what its task passed to ``report_progress``."""
+
+    fraction: float
+    info: dict[str, Any] | None = None
+
+
+def _progress(fraction: Any, info: bytes | None) -> Progress:
+    decoded = None if info is None else msgpack.unpackb(info, raw=False, strict_map_key=False)
+    return Progress(float(fraction), decoded if isinstance(decoded, dict) else None)
+
+
+class Job(Generic[ResultT]):
+    """A handle on a job the broker holds. ``await job.result()`` waits for it.
+
+    ``Job[int]`` (what a typed task handle's ``submit`` returns) says what
+    ``result()`` gives to a type checker; a bare ``Job`` means ``Job[Any]``.
+    The result is the task's return value after a msgpack round trip: tuples
+    come back as lists, and only msgpack's types exist.
+    """
 
     __slots__ = ("_client", "_outcome", "id")
 
@@ -138,23 +182,69 @@ class Job:
             future = self._outcome = (await self._client._watch([self.id]))[self.id]
         return future
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None, *, cancel: bool = False) -> ResultT:
         """The task's return value; raises :class:`JobFailed` (or :class:`JobCancelled`).
 
-        ``timeout`` bounds the wait (``TimeoutError``); the job itself goes on.
+        ``timeout`` bounds the wait (``TimeoutError``); the job itself goes on
+        unless ``cancel`` is true, which cancels it before raising.
         Raises :class:`ConnectionLost` if the connection drops while waiting.
         """
         future = self._outcome
         if future is not None and future.done() and future.result()["op"] != LOST:
-            return unpack_outcome(future.result())
-        future = await self._outcome_future()
-        # shield: a caller's timeout must not cancel the future the handle keeps
-        async with asyncio.timeout(timeout):
-            outcome = await asyncio.shield(future)
-        return unpack_outcome(outcome)
+            return cast(ResultT, unpack_outcome(future.result()))
+        try:
+            # shield: a caller's timeout must not cancel the future the handle keeps
+            async with asyncio.timeout(timeout):
+                future = await self._outcome_future()
+                outcome = await asyncio.shield(future)
+        except TimeoutError:
+            if cancel:
+                await self._client.cancel(self.id)
+            raise
+        return cast(ResultT, unpack_outcome(outcome))
 
     async def status(self) -> dict[str, Any]:
         return await self._client.status(self.id)
+
+    async def progress(self) -> AsyncIterator[Progress]:
+        """Each progress report of the job, from the latest one on; ends when the job ends.
+
+        ``async for p in job.progress(): print(p.fraction, p.info)``. Reports
+        are rate-limited at the worker, so some may be skipped (never the
+        latest one before a pause). Raises :class:`ConnectionLost` if the
+        connection drops, :class:`NotFound` for an unknown job.
+        """
+        client = self._client
+        reports: asyncio.Queue[Progress] = asyncio.Queue()
+        followers = client._followers.setdefault(self.id, [])
+        followers.append(reports)
+        try:
+            outcome = await self._outcome_future()
+            reply = await client._call({"op": Op.FOLLOW, "id": self.id})
+            if reply.get("fraction") is not None:
+                yield _progress(reply["fraction"], reply.get("info"))
+            if JobState(reply["state"]).finished:
+                return
+            while True:
+                if not reports.empty():
+                    yield reports.get_nowait()
+                    continue
+                if outcome.done():
+                    break
+                getter = asyncio.ensure_future(reports.get())
+                waiting: set[asyncio.Future[Any]] = {getter, outcome}
+                try:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    getter.cancel()  # nothing if it is done
+                if getter.done() and not getter.cancelled():
+                    yield getter.result()
+            if outcome.result()["op"] == LOST:
+                raise ConnectionLost("connection to the broker lost while following a job")
+        finally:
+            followers.remove(reports)
+            if not followers:
+                client._followers.pop(self.id, None)
 
     async def cancel(self) -> bool:
         return await self._client.cancel(self.id)
@@ -178,11 +268,19 @@ def unpack_outcome(outcome: Message) -> Any:
 
 
 class Client:
-    """``async with Client("127.0.0.1:7878") as client: ...``"""
+    """``async with Client("127.0.0.1:7878") as client: ...``
+
+    One client is meant to be shared by a whole program (every request of a
+    web app): its calls are multiplexed over one connection. It connects on
+    demand, so it can be created, entered and used before the broker is up:
+    a call waits up to ``connect_timeout`` for a connection, retrying with a
+    bounded backoff, then raises :class:`BrokerUnavailable`. A connection
+    lost after it worked is retried at once by the next call.
+    """
 
     def __init__(
         self,
-        address: str = "127.0.0.1:7878",
+        address: str | None = None,
         *,
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
@@ -191,27 +289,37 @@ class Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         watch: bool = True,
     ) -> None:
-        """``token``: the shared secret, by default from ``BROKER_TOKEN``.
+        """``address``: ``host:port``, ``jobwire://host:port`` or ``jobwires://host:port``
+        (TLS: verified against the system's CAs unless ``ssl`` is given); by
+        default ``JOBWIRE_URL``, else 127.0.0.1:7878.
+
+        ``token``: the shared secret, by default from ``BROKER_TOKEN`` (or
+        ``JOBWIRE_TOKEN``).
 
         ``watch``: have the broker push every submitted job's outcome, so that
         ``result()`` costs no extra round trip. A producer that rarely awaits
         results can pass False: ``result()`` then asks for the outcome itself.
         """
-        self.address = address
+        self.address, tls = resolve_address(address)
         self._watch_on_submit = watch
         self._token = token.strip() if token is not None else resolve_token()
-        self._ssl = ssl
+        self._ssl = ssl if ssl is not None or not tls else client_ssl_context()
         self._name = name
         self._max_frame = max_frame
         self._connect_timeout = connect_timeout
         self._frame_limit = max_frame
         self._connection: Connection | None = None
         self._connecting: asyncio.Lock | None = None
+        self._reconnect = Reconnect(RECONNECT_BASE, RECONNECT_CAP)
+        # The last failed attempt's error, the cause of a BrokerUnavailable.
+        self._last_failure: BaseException | None = None
         # Outcomes (DONE messages) by job id: a future per job being waited for.
         self._outcomes: dict[str, asyncio.Future[Message]] = {}
+        # Progress reports by job id, for each job.progress() iterating.
+        self._followers: dict[str, list[asyncio.Queue[Progress]]] = {}
 
     async def __aenter__(self) -> Client:
-        await self.connect()
+        """Connects nothing: the first call does (see :meth:`connect` to fail early)."""
         return self
 
     async def __aexit__(
@@ -223,6 +331,7 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
+        """Connect now; raises :class:`BrokerUnavailable` after ``connect_timeout``."""
         await self._ensure_connection()
 
     async def close(self) -> None:
@@ -236,20 +345,53 @@ class Client:
             return connection
         if self._connecting is None:
             self._connecting = asyncio.Lock()
-        async with self._connecting:
-            connection = self._connection
-            if connection is not None and connection.is_open:
-                return connection
-            connection, welcome = await open_connection(
-                self.address,
-                {"role": Role.CLIENT, "name": self._name},
-                on_push=self._on_push,
-                token=self._token,
-                ssl=self._ssl,
-                max_frame=self._max_frame,
-                timeout=self._connect_timeout,
+        try:
+            async with asyncio.timeout(self._connect_timeout) as scope, self._connecting:
+                connection = self._connection
+                if connection is not None and connection.is_open:
+                    return connection  # another call connected meanwhile
+                return await self._open(scope.when())
+        except TimeoutError:
+            cause = self._last_failure
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {self.address} within {self._connect_timeout:g}s"
+                + (f": {cause}" if cause else "")
+            ) from cause
+
+    async def _open(self, deadline: float | None) -> Connection:
+        """Try until a connection works; the caller's timeout, at ``deadline``, ends it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = self._reconnect.delay()
+            if deadline is not None:
+                # The backoff spans calls; each call still gets an attempt of its own.
+                delay = min(delay, max(0.0, (deadline - loop.time()) * 0.75))
+            await asyncio.sleep(delay)
+            try:
+                connection, welcome = await open_connection(
+                    self.address,
+                    {"role": Role.CLIENT, "name": self._name},
+                    on_push=self._on_push,
+                    token=self._token,
+                    ssl=self._ssl,
+                    max_frame=self._max_frame,
+                    timeout=self._connect_timeout,
+                )
+            except (OSError, ConnectionLost) as exc:  # TimeoutError is an OSError
+                self._last_failure = exc
+                self._reconnect.failed()
+                continue
+            except RemoteError as exc:
+                if exc.code not in RETRYABLE_REFUSALS:
+                    raise  # refused for good: a bad token, say
+                self._last_failure = exc
+                self._reconnect.failed()
+                continue
+            self._reconnect.connected()
+            self._last_failure = None
+            connection.closed.add_done_callback(
+                functools.partial(self._connection_closed, connection)
             )
-            connection.closed.add_done_callback(lambda _: self._connection_closed(connection))
             broker_limit = welcome.get("max_frame")
             if isinstance(broker_limit, int) and broker_limit > ENVELOPE_RESERVE:
                 # Frames we send must fit the broker's limit as well as ours.
@@ -257,7 +399,7 @@ class Client:
             self._connection = connection
             return connection
 
-    def _connection_closed(self, connection: Connection) -> None:
+    def _connection_closed(self, connection: Connection, _: object = None) -> None:
         if self._connection is connection:
             self._connection = None
         outcomes, self._outcomes = self._outcomes, {}
@@ -270,10 +412,17 @@ class Client:
         return await connection.call(message, on_reply)
 
     def _on_push(self, message: Message) -> None:
-        if message["op"] == Op.DONE:
+        op = message["op"]
+        if op == Op.DONE:
             future = self._outcomes.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(message)
+        elif op == Op.PROGRESSED:
+            followers = self._followers.get(message["id"])
+            if followers:
+                report = _progress(message["fraction"], message.get("info"))
+                for reports in followers:
+                    reports.put_nowait(report)
 
     # -- submitting ---------------------------------------------------------------
 
@@ -290,8 +439,15 @@ class Client:
         timeout: float | None = None,
         lease: float | None = None,
         job_id: str | None = None,
+        result_ttl: float | None = None,
     ) -> Job:
-        """Submit one job; returns its :class:`Job` handle once the broker has accepted it."""
+        """Submit one job; returns its :class:`Job` handle once the broker has accepted it.
+
+        ``result_ttl``: seconds the broker keeps the outcome after the job
+        ends (default: its ``--result-ttl``); 0 keeps it only until it is
+        pushed to the clients waiting for it (``result()`` after that, or
+        ``status()``, raises :class:`NotFound`).
+        """
         spec = job_spec(
             task,
             args,
@@ -303,6 +459,7 @@ class Client:
             timeout=timeout,
             lease=lease,
             job_id=job_id,
+            result_ttl=result_ttl,
         ).to_wire()
         connection = self._connection
         if connection is None or not connection.is_open:
@@ -404,9 +561,9 @@ class Client:
                 raise NotFound("NOT_FOUND", f"no job {unknown[0]!r}")
         return futures
 
-    async def as_completed(self, jobs: Iterable[Job]) -> AsyncIterator[Job]:
+    async def as_completed(self, jobs: Iterable[Job[ResultT]]) -> AsyncIterator[Job[ResultT]]:
         """Yield each job as it finishes, in finishing order."""
-        waiting: dict[asyncio.Future[Message], Job] = {}
+        waiting: dict[asyncio.Future[Message], Job[ResultT]] = {}
         for job in jobs:
             waiting[await job._outcome_future()] = job
         pending: set[asyncio.Future[Message]] = set(waiting)
@@ -423,6 +580,9 @@ class Client:
         """The job's state, attempts, errors and times (raises :class:`NotFound`)."""
         reply = await self._call({"op": Op.STATUS, "id": job_id})
         job: dict[str, Any] = reply["job"]
+        progress = job.get("progress")
+        if progress is not None and isinstance(progress.get("info"), bytes):
+            progress["info"] = _progress(0, progress["info"]).info
         return job
 
     async def cancel(self, job_id: str) -> bool:
@@ -438,6 +598,20 @@ class Client:
     async def failed(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The failed-job list, newest first."""
         message: Message = {"op": Op.FAILED}
+        if limit is not None:
+            message["limit"] = limit
+        reply = await self._call(message)
+        jobs: list[dict[str, Any]] = reply["jobs"]
+        return jobs
+
+    async def jobs(
+        self, queue: str = "default", state: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs of ``queue`` (in ``state``), oldest first, at most ``limit`` (the broker's
+        default: 100); each as ``failed()`` describes one."""
+        message: Message = {"op": Op.LIST, "queue": queue}
+        if state is not None:
+            message["state"] = state
         if limit is not None:
             message["limit"] = limit
         reply = await self._call(message)
@@ -462,4 +636,13 @@ class Client:
         await self._call({"op": Op.PING})
 
 
-__all__ = ["Client", "Job", "JobCancelled", "JobFailed", "RemoteError"]
+__all__ = [
+    "BrokerUnavailable",
+    "Client",
+    "ConnectionLost",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "Progress",
+    "RemoteError",
+]

@@ -22,6 +22,7 @@ from broker.wire import done_message, failed_reply, status_reply
 from protocol.errors import ErrorCode
 from protocol.job_spec import JobSpec
 from protocol.messages import Op, Role
+from protocol.states import JobState
 
 if TYPE_CHECKING:
     from broker.session import Session
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 Message = dict[str, Any]
 
 DEFAULT_FAILED_LIMIT = 100
+DEFAULT_LIST_LIMIT = 100
 
 
 class PeerHandlers:
@@ -146,6 +148,44 @@ class ClientHandlers(PeerHandlers):
     def purge_failed(self, message: Message, now: float) -> None:
         self.session.reply(message["rid"], {"purged": self.manager.purge_failed()})
 
+    def list_jobs(self, message: Message, now: float) -> None:
+        rid = message["rid"]
+        state_name = message.get("state")
+        try:
+            state = None if state_name is None else JobState(state_name)
+        except ValueError:
+            self.session.reply_error(
+                rid, ErrorCode.BAD_REQUEST, f"LIST.state: no job state {state_name!r}"
+            )
+            return
+        limit = message.get("limit")
+        jobs = self.manager.list_jobs(
+            message["queue"], state, DEFAULT_LIST_LIMIT if limit is None else limit
+        )
+        described = failed_reply(jobs, self.state.config.max_frame // 2)
+        self.session.reply(rid, {"jobs": described}, durable=False)
+
+    def follow(self, message: Message, now: float) -> None:
+        """Push this job's progress reports here (``PROGRESSED``) until it finishes."""
+        job = self.manager.get(message["id"])
+        if job is None:
+            self.session.reply_error(
+                message["rid"], ErrorCode.NOT_FOUND, f"no job {message['id']!r}"
+            )
+            return
+        if not job.state.finished:
+            self.state.followers.setdefault(job.id, set()).add(self.session)
+        latest = job.progress
+        self.session.reply(
+            message["rid"],
+            {
+                "state": job.state.value,
+                "fraction": None if latest is None else latest[0],
+                "info": None if latest is None else latest[1],
+            },
+            durable=False,
+        )
+
 
 class WorkerHandlers(PeerHandlers):
     """A worker's reports and credit, and the manager's sink for this worker."""
@@ -210,6 +250,29 @@ class WorkerHandlers(PeerHandlers):
     def quiet(self, message: Message, now: float) -> None:
         self.manager.quiet(self.consumer)
 
+    def progress(self, message: Message, now: float) -> None:
+        """Keep a running attempt's latest report and pass it to the job's followers.
+
+        A report from an attempt this worker no longer holds is ignored.
+        """
+        job = self.consumer.jobs.get(message["id"])
+        attempt = message["attempt"]
+        if job is None or job.attempts != attempt or job.state is not JobState.RUNNING:
+            return
+        fraction = message["fraction"]
+        info = message.get("info")
+        job.progress = [fraction, info, now, attempt]
+        followers = self.state.followers.get(job.id)
+        if followers:
+            push: Message = {"op": Op.PROGRESSED, "id": job.id, "fraction": fraction}
+            if info is not None:
+                push["info"] = info
+            for session in list(followers):
+                if session.is_closing:
+                    followers.discard(session)
+                else:
+                    session.send(push, durable=False)
+
     # -- the end --
 
     def check_burst_empty(self) -> None:
@@ -262,4 +325,7 @@ ROUTES: dict[str, Route] = {
     Op.RELEASE: Route(WorkerHandlers.release, _WORKER),
     Op.HEARTBEAT: Route(WorkerHandlers.heartbeat, _WORKER),
     Op.QUIET: Route(WorkerHandlers.quiet, _WORKER),
+    Op.FOLLOW: Route(ClientHandlers.follow, _CLIENT),
+    Op.LIST: Route(ClientHandlers.list_jobs, _CLIENT),
+    Op.PROGRESS: Route(WorkerHandlers.progress, _WORKER),
 }

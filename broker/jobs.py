@@ -68,8 +68,10 @@ class Job:
         "owner",
         "payload",
         "priority",
+        "progress",
         "queue",
         "result",
+        "result_ttl",
         "run_at",
         "started_at",
         "state",
@@ -110,6 +112,12 @@ class Job:
         self.lease_deadline = 0.0
         self.owner: Any = None
         self.result: bytes | None = None
+        # The submit's own result TTL (None: the broker's); 0 drops the
+        # outcome once the watchers are told.
+        self.result_ttl: float | None = None
+        # The latest progress report: [fraction, info (msgpack bytes or None),
+        # at, attempt]. Not journaled: it is news, not state.
+        self.progress: list[Any] | None = None
         self.errors: ErrorLog | None = None
         # Who wants a DONE push when the job finishes: None, one watcher, or a
         # list. Kept on the job, so watching costs no table entry and a

@@ -66,6 +66,10 @@ class Session(asyncio.Protocol):
         return self.role == Role.WORKER
 
     @property
+    def is_closing(self) -> bool:
+        return self._closing
+
+    @property
     def is_client(self) -> bool:
         return self.role == Role.CLIENT
 

@@ -46,6 +46,9 @@ class BrokerState:
         self._on_last_session_gone: Callable[[], None] | None = None
         # The storage backend's own figures, for STATS (set by the server).
         self.storage_stats: Callable[[], dict[str, Any]] | None = None
+        # Clients following a running job's progress (FOLLOW), by job id;
+        # dropped when the job finishes, closed sessions skipped until then.
+        self.followers: dict[str, set[Session]] = {}
 
     # -- sessions --
 
@@ -65,6 +68,7 @@ class BrokerState:
 
     def job_finished(self, job: Job) -> None:
         """Tell the job's watchers how it ended; tell idle burst workers so."""
+        self.followers.pop(job.id, None)
         watchers: list[Session] = job.take_watchers()
         if watchers:
             frame = encode_frame(done_message(job))

@@ -88,6 +88,9 @@ def status_reply(job: Job, budget: int) -> Message:
     oldest errors go first, and ``errors_left_out`` says how many went.
     """
     described = describe_job(job)
+    if job.progress is not None:
+        fraction, info, at, attempt = job.progress
+        described["progress"] = {"fraction": fraction, "info": info, "at": at, "attempt": attempt}
     errors = described["errors"]
     kept = len(errors)
     while errors and len(encode_frame(described)) > budget:

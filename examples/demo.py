@@ -14,6 +14,7 @@ import sys
 import time
 
 from broker import Client
+from examples.demo_tasks import seed_job
 from harness.processes import BrokerProc, Proc, WorkerProc
 
 BATCH = 10
@@ -57,16 +58,16 @@ async def dispatch(address: str) -> None:
     started = time.perf_counter()
     results: dict[int, int] = {}
     async with Client(address, name="demo-master") as client:
-        for first in range(0, TOTAL, BATCH):
+        for first in range(1, TOTAL + 1, BATCH):  # numbered from 1, as the seed's run
             jobs = {}
             for n in range(first, first + BATCH):
                 say(f"Dispatch job: {n}")
-                job = await client.submit("seed_job", [n])
+                job = await seed_job.submit(client, n)
                 jobs[job] = n
             async for job in client.as_completed(jobs):
                 results[jobs[job]] = await job.result()
                 say(f"Finished job: {jobs[job]}")
-    assert all(results[n] == n * n for n in range(TOTAL))
+    assert all(results[n] == n * n for n in range(1, TOTAL + 1))
     elapsed = time.perf_counter() - started
     say(
         f"Done: {len(results)} jobs in {TOTAL // BATCH} batches of {BATCH} "

@@ -6,7 +6,11 @@
   input, however malformed.
 - ``RemoteError``: the broker understood the request and refused it (an
   error reply: unknown job, queue full, ...). Usually the *caller's* doing.
-- ``ConnectionLost``: the connection went away while something waited on it.
+- ``ConnectionLost``: the connection went away while something waited on it;
+  whether the broker acted on the request is unknown.
+- ``BrokerUnavailable``: no connection to the broker could be made within
+  the connect timeout, so the request was never sent. Both are
+  ``ConnectionError``s: catch that for either.
 - Anything else escaping this package is a bug in jobwire.
 """
 
@@ -83,6 +87,22 @@ class StorageFailed(RemoteError):
 
 class ConnectionLost(JobwireError, ConnectionError):
     """The connection closed while a call waited on it; the call's outcome is unknown."""
+
+
+class BrokerUnavailable(JobwireError, ConnectionError):
+    """The broker could not be reached within the connect timeout; nothing was sent.
+
+    Every way of not reaching it (refused, unreachable, unresolvable, a
+    handshake cut short, a timeout) is this one class; ``__cause__`` is the
+    last attempt's own error. A broker that answers but refuses the peer (a
+    bad token, another protocol version) is a :class:`RemoteError` or a
+    :class:`ProtocolError` instead: retrying would not help.
+    """
+
+
+# Refusals at the handshake that say "not now" rather than "not you": a
+# peer retries them like a broker it cannot reach.
+RETRYABLE_REFUSALS = frozenset({ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN})
 
 
 def remote_error(code: str, message: str) -> RemoteError:

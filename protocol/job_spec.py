@@ -25,6 +25,7 @@ WIRE_NAMES: Final = {
     "timeout": "timeout",
     "lease": "lease",
     "job_id": "id",
+    "result_ttl": "result_ttl",
 }
 
 
@@ -33,7 +34,9 @@ class JobSpec:
     """A job to submit. ``payload`` is the msgpack encoding of ``[args, kwargs]``.
 
     ``None`` for ``max_attempts``, ``timeout`` or ``lease`` means: the task's
-    announced default, else the broker's.
+    announced default, else the broker's; for ``result_ttl`` (seconds the
+    outcome is kept once the job ends; 0: only until it is pushed to the
+    waiters), the broker's ``--result-ttl``.
     """
 
     task: str
@@ -45,6 +48,7 @@ class JobSpec:
     timeout: float | None = None
     lease: float | None = None
     job_id: str | None = None
+    result_ttl: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The ``SUBMIT`` entry: only the fields that differ from their defaults."""
@@ -63,6 +67,8 @@ class JobSpec:
             wire["lease"] = self.lease
         if self.job_id is not None:
             wire["id"] = self.job_id
+        if self.result_ttl is not None:
+            wire["result_ttl"] = self.result_ttl
         return wire
 
     @classmethod
@@ -81,4 +87,5 @@ class JobSpec:
             get("timeout"),
             get("lease"),
             get("id"),
+            get("result_ttl"),
         )

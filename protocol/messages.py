@@ -31,6 +31,8 @@ MAX_SECONDS: Final = 10 * 365 * 24 * 3600.0
 MAX_UINT: Final = 2**63 - 1
 # The largest max_attempts a worker may announce for a task (HELLO.tasks).
 MAX_TASK_ATTEMPTS: Final = 1_000_000
+# The most bytes a progress report's ``info`` (msgpack of a map) may take.
+MAX_PROGRESS_INFO: Final = 1024
 
 
 class Op:
@@ -45,6 +47,7 @@ class Op:
     REVOKE: Final = "REVOKE"
     EMPTY: Final = "EMPTY"
     SHUTDOWN: Final = "SHUTDOWN"
+    PROGRESSED: Final = "PROGRESSED"  # a followed job's progress report
     # any peer -> broker, request with rid
     HELLO: Final = "HELLO"
     PING: Final = "PING"
@@ -57,7 +60,10 @@ class Op:
     FAILED: Final = "FAILED"
     RETRY: Final = "RETRY"
     PURGE_FAILED: Final = "PURGE_FAILED"
+    FOLLOW: Final = "FOLLOW"
+    LIST: Final = "LIST"
     # worker notifications
+    PROGRESS: Final = "PROGRESS"
     READY: Final = "READY"
     ACK: Final = "ACK"
     FAIL: Final = "FAIL"
@@ -78,6 +84,8 @@ class Kind(Enum):
     TEXT = "text"  # string of at most MAX_TEXT_LENGTH
     INT = "integer"
     UINT = "unsigned integer"
+    FRACTION = "number in 0..1"
+    PROGRESS_INFO = f"binary of at most {MAX_PROGRESS_INFO} bytes"
     SECONDS = "non-negative number"
     BOOL = "boolean"
     BIN = "binary"
@@ -116,6 +124,7 @@ JOB_SPEC: Final = _fields(
     Field("timeout", Kind.SECONDS),
     Field("lease", Kind.SECONDS),
     Field("id", Kind.ID),
+    Field("result_ttl", Kind.SECONDS),
 )
 
 ERROR_INFO: Final = _fields(
@@ -175,6 +184,19 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
     ),
     Op.HEARTBEAT: _fields(Field("ids", Kind.IDS, required=True)),
     Op.QUIET: _fields(),
+    Op.FOLLOW: _fields(RID, Field("id", Kind.ID, required=True)),
+    Op.LIST: _fields(
+        RID,
+        Field("queue", Kind.NAME, required=True),
+        Field("state", Kind.NAME),
+        Field("limit", Kind.UINT),
+    ),
+    Op.PROGRESS: _fields(
+        Field("id", Kind.ID, required=True),
+        Field("attempt", Kind.UINT, required=True),
+        Field("fraction", Kind.FRACTION, required=True),
+        Field("info", Kind.PROGRESS_INFO),
+    ),
 }
 
 # What the broker may send a peer.
@@ -203,6 +225,11 @@ PUSHES: Final[dict[str, dict[str, Field]]] = {
     ),
     Op.EMPTY: _fields(),
     Op.SHUTDOWN: _fields(),
+    Op.PROGRESSED: _fields(
+        Field("id", Kind.ID, required=True),
+        Field("fraction", Kind.FRACTION, required=True),
+        Field("info", Kind.PROGRESS_INFO),
+    ),
 }
 
 # OK replies carry fields that depend on the request; they are checked by
@@ -248,9 +275,17 @@ def _check_value(where: str, kind: Kind, value: Any) -> None:
         if not (0 <= value <= MAX_SECONDS) or math.isnan(value):
             raise _bad(where, f"expected a number of seconds in 0..{MAX_SECONDS:.0f}")
         return
-    if kind is Kind.BIN:
+    if kind is Kind.FRACTION:
+        if type(value) not in (int, float):
+            raise _bad(where, f"expected number, got {_type_name(value)}")
+        if not 0 <= value <= 1:  # NaN fails too
+            raise _bad(where, f"expected a number in 0..1, got {_clip(value)}")
+        return
+    if kind in (Kind.BIN, Kind.PROGRESS_INFO):
         if type(value) is not bytes:
             raise _bad(where, f"expected binary, got {_type_name(value)}")
+        if kind is Kind.PROGRESS_INFO and len(value) > MAX_PROGRESS_INFO:
+            raise _bad(where, f"{len(value)} bytes is more than {MAX_PROGRESS_INFO}")
         return
     if kind in (Kind.STR, Kind.NAME, Kind.ID, Kind.TEXT):
         if type(value) is not str:
@@ -368,6 +403,15 @@ def _is_seconds(value: Any) -> bool:
     return (kind is int or kind is float) and 0 <= value <= MAX_SECONDS  # NaN fails too
 
 
+def _is_fraction(value: Any) -> bool:
+    kind = type(value)
+    return (kind is int or kind is float) and 0 <= value <= 1  # NaN fails too
+
+
+def _is_progress_info(value: Any) -> bool:
+    return type(value) is bytes and len(value) <= MAX_PROGRESS_INFO
+
+
 def _is_name(value: Any) -> bool:
     return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH
 
@@ -423,6 +467,8 @@ def _compile(schema: dict[str, Field]) -> _Compiled:
         Kind.UINT: _is_uint,
         Kind.SECONDS: _is_seconds,
         Kind.BIN: lambda value: type(value) is bytes,
+        Kind.FRACTION: _is_fraction,
+        Kind.PROGRESS_INFO: _is_progress_info,
         Kind.STR: _is_text,
         Kind.TEXT: _is_text,
         Kind.NAME: _is_name,

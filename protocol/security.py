@@ -14,6 +14,8 @@ import ssl
 from pathlib import Path
 
 TOKEN_ENV = "BROKER_TOKEN"
+# Read when BROKER_TOKEN is unset or empty: one JOBWIRE_ prefix with JOBWIRE_URL.
+TOKEN_ENV_ALT = "JOBWIRE_TOKEN"
 
 
 def auth_proof(token: str, nonce: bytes) -> bytes:
@@ -31,7 +33,8 @@ def proof_matches(token: str, nonce: bytes, proof: bytes | None) -> bool:
 
 
 def resolve_token(token: str | None = None, token_file: str | None = None) -> str | None:
-    """The token from an explicit value, a file (first line), or ``BROKER_TOKEN``, in that order.
+    """The token from an explicit value, a file (first line), ``BROKER_TOKEN`` or
+    ``JOBWIRE_TOKEN``, in that order.
 
     Surrounding whitespace is stripped from all three alike (a trailing newline
     from ``echo`` or a secrets mount is never part of a token); a value that is
@@ -44,7 +47,9 @@ def resolve_token(token: str | None = None, token_file: str | None = None) -> st
         if not text:
             raise ValueError(f"token file {token_file} is empty")
         return text.splitlines()[0].strip()
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    return (
+        os.environ.get(TOKEN_ENV, "").strip() or os.environ.get(TOKEN_ENV_ALT, "").strip() or None
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -81,7 +86,9 @@ def client_ssl_context(
 
 def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
     """The token and TLS options of a program that connects to a broker."""
-    parser.add_argument("--token", default=None, help=f"shared secret (or {TOKEN_ENV})")
+    parser.add_argument(
+        "--token", default=None, help=f"shared secret (or {TOKEN_ENV}, or {TOKEN_ENV_ALT})"
+    )
     parser.add_argument("--token-file", default=None, help="file whose first line is the token")
     parser.add_argument("--tls-ca", default=None, help="CA to verify the broker: connect with TLS")
     parser.add_argument("--tls-cert", default=None, help="client certificate (PEM)")

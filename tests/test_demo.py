@@ -22,12 +22,12 @@ def test_demo_dispatches_the_next_batch_only_when_all_ten_finished() -> None:
     lines = run.stdout.splitlines()
     events = [m.groups() for line in lines if (m := re.fullmatch(r"(\w+) job: (\d+)", line))]
     for verb in ("Dispatch", "Run", "Finished"):
-        assert sorted(int(n) for v, n in events if v == verb) == list(range(30)), verb
+        assert sorted(int(n) for v, n in events if v == verb) == list(range(1, 31)), verb
     for batch in range(3):
-        members = {str(n) for n in range(batch * 10, batch * 10 + 10)}
+        members = {str(n) for n in range(batch * 10 + 1, batch * 10 + 11)}
         last_finish = max(i for i, (v, n) in enumerate(events) if v == "Finished" and n in members)
         later_dispatches = [
-            i for i, (v, n) in enumerate(events) if v == "Dispatch" and int(n) >= batch * 10 + 10
+            i for i, (v, n) in enumerate(events) if v == "Dispatch" and int(n) > batch * 10 + 10
         ]
         assert all(i > last_finish for i in later_dispatches)
     assert lines[-1].startswith("Done: 30 jobs")

@@ -28,6 +28,7 @@ from protocol.messages import (
     MAX_ID_LENGTH,
     MAX_LIST_LENGTH,
     MAX_NAME_LENGTH,
+    MAX_PROGRESS_INFO,
     MAX_SECONDS,
     MAX_TASK_ATTEMPTS,
     MAX_TEXT_LENGTH,
@@ -72,6 +73,8 @@ GOOD: dict[Kind, Any] = {
     Kind.INT: -5,
     Kind.UINT: 3,
     Kind.SECONDS: 1.5,
+    Kind.FRACTION: 0.25,
+    Kind.PROGRESS_INFO: b"\x81\xa4rows\xcd\x0f\xa0",
     Kind.BOOL: True,
     Kind.BIN: b"\x93\x01\x02\x03",
     Kind.NAMES: ["default", "high"],
@@ -146,7 +149,7 @@ def test_request_and_push_ops_are_disjoint_and_complete() -> None:
 
 
 def test_every_request_with_reply_requires_rid() -> None:
-    notifications = {Op.READY, Op.ACK, Op.FAIL, Op.RELEASE, Op.HEARTBEAT, Op.QUIET}
+    notifications = {Op.READY, Op.ACK, Op.FAIL, Op.RELEASE, Op.HEARTBEAT, Op.QUIET, Op.PROGRESS}
     for op, schema in REQUESTS.items():
         if op in notifications:
             assert "rid" not in schema, op
@@ -302,6 +305,8 @@ BAD: dict[Kind, list[Any]] = {
         [1],
         {},
     ],
+    Kind.FRACTION: [True, -0.001, 1.001, 2, math.nan, math.inf, "0.5", b"1", [0.5], {}],
+    Kind.PROGRESS_INFO: [b"x" * (MAX_PROGRESS_INFO + 1), "text", bytearray(b"x"), 0, {}],
     Kind.BOOL: [0, 1, 1.0, "true", b"\x01", [], {}],
     Kind.BIN: ["text", bytearray(b"x"), [1, 2], 0, True, {}, 1.0],
     Kind.NAME: ["", "n" * (MAX_NAME_LENGTH + 1), b"name", 1, True, ["a"], {}],
@@ -575,6 +580,8 @@ EDGE_GOOD: dict[Kind, list[Any]] = {
     Kind.UINT: [0, MAX_UINT],
     Kind.INT: [0, -MAX_UINT, MAX_UINT],
     Kind.SECONDS: [0, 0.0, -0.0, 5e-324, MAX_SECONDS, int(MAX_SECONDS)],
+    Kind.FRACTION: [0, 1, 0.0, 1.0, -0.0],
+    Kind.PROGRESS_INFO: [b"", b"\x00" * MAX_PROGRESS_INFO],
     Kind.NAME: ["n", "n" * MAX_NAME_LENGTH, "é" * MAX_NAME_LENGTH, "\x00"],
     Kind.ID: ["i", "i" * MAX_ID_LENGTH, "😀" * MAX_ID_LENGTH],
     Kind.TEXT: ["", "t" * MAX_TEXT_LENGTH],
@@ -926,6 +933,8 @@ _SIMPLE_VALID: dict[Kind, st.SearchStrategy[Any]] = {
         st.integers(0, int(MAX_SECONDS)), st.floats(0, MAX_SECONDS, allow_nan=False)
     ),
     Kind.BOOL: st.booleans(),
+    Kind.FRACTION: st.one_of(st.integers(0, 1), st.floats(0, 1, allow_nan=False)),
+    Kind.PROGRESS_INFO: st.binary(max_size=50),
     Kind.BIN: st.binary(max_size=50),
     Kind.NAMES: st.lists(_names, max_size=3),
     Kind.IDS: st.lists(_names, max_size=3),

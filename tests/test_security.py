@@ -346,7 +346,7 @@ def test_worker_with_a_wrong_token_exits_with_a_clear_error(secured: BrokerProc)
         secured.address, ["tests.tasks_e2e"], extra=["--token", "nope"], wait_connected=False
     )
     try:
-        assert worker.wait(WAIT) == 1
+        assert worker.wait(WAIT) == 2  # refused: a usage error, not a retry
         assert "AUTH_FAILED" in worker.output()
     finally:
         worker.stop()

@@ -1,6 +1,7 @@
 """jobwire's worker: ``@task`` to register, :class:`Worker` to serve."""
 
-from worker.registry import TaskDef, TaskRegistry, default_registry, task
+from broker.handles import TaskRef, task_ref
+from worker.registry import AsyncTask, Task, TaskDef, TaskRegistry, default_registry, task
 from worker.retry import Retry
 from worker.runtime import (
     BadPayload,
@@ -11,14 +12,19 @@ from worker.runtime import (
     Worker,
     WorkerRefused,
     current_job,
+    report_progress,
+    task_context,
 )
 
 __all__ = [
+    "AsyncTask",
     "BadPayload",
     "JobInfo",
     "JobTimeout",
     "Retry",
+    "Task",
     "TaskDef",
+    "TaskRef",
     "TaskRegistry",
     "UnencodableResult",
     "UnknownTask",
@@ -26,5 +32,8 @@ __all__ = [
     "WorkerRefused",
     "current_job",
     "default_registry",
+    "report_progress",
     "task",
+    "task_context",
+    "task_ref",
 ]

@@ -1,13 +1,23 @@
-"""Tasks: the ``@task`` decorator and the registry a worker serves from."""
+"""Tasks: the ``@task`` decorator, the handles it returns, and the registry a worker serves from.
+
+``@task`` registers the function and returns a typed handle on it: still
+callable as the function (tests, direct calls), and a
+:class:`broker.handles.TaskRef` that submits jobs of the task with its own
+signature checked (``await add.submit(client, 1, 2)`` is a ``Job[int]``).
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
-F = TypeVar("F", bound=Callable[..., Any])
+from broker.handles import TaskRef
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +31,8 @@ class TaskDef:
     timeout: float | None = None
     max_attempts: int | None = None
     lease: float | None = None
+    # Runs in the worker's process pool (worker.processes), not a thread.
+    process: bool = False
 
     def defaults(self) -> dict[str, Any]:
         """What the worker announces to the broker for jobs of this task."""
@@ -46,18 +58,18 @@ class TaskRegistry:
         timeout: float | None = None,
         max_attempts: int | None = None,
         lease: float | None = None,
+        process: bool = False,
     ) -> TaskDef:
+        if isinstance(func, TaskHandle):  # a handle registered again: its function
+            func = func.definition.func
         task_name = name or func.__name__
         if not task_name:
             raise ValueError("a task needs a name")
+        is_async = inspect.iscoroutinefunction(func)
+        if process and is_async:
+            raise ValueError(f"task {task_name!r}: an async def task cannot run in a process")
         definition = TaskDef(
-            task_name,
-            func,
-            inspect.iscoroutinefunction(func),
-            queue,
-            timeout,
-            max_attempts,
-            lease,
+            task_name, func, is_async, queue, timeout, max_attempts, lease, process
         )
         existing = self._tasks.get(task_name)
         if existing is not None and existing.func is not func:
@@ -89,8 +101,70 @@ class TaskRegistry:
 default_registry = TaskRegistry()
 
 
+class TaskHandle(TaskRef[P, R]):
+    """What ``@task`` returns: a reference to the registered task, bound to its queue.
+
+    :class:`Task` and :class:`AsyncTask` only type ``__call__`` for plain and
+    ``async def`` functions; ``inspect`` sees the function through ``__wrapped__``.
+    """
+
+    def __init__(self, definition: TaskDef) -> None:
+        options = {"queue": definition.queue} if definition.queue else {}
+        super().__init__(definition.name, **options)
+        self.definition = definition
+        functools.update_wrapper(cast(Any, self), definition.func)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} of {self.definition.func!r}>"
+
+
+class Task(TaskHandle[P, R]):
+    """The handle of a plain ``def`` task: calling it calls the function."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self.definition.func(*args, **kwargs))
+
+
+class AsyncTask(TaskHandle[P, R]):
+    """The handle of an ``async def`` task: calling it returns the coroutine."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return cast(Coroutine[Any, Any, R], self.definition.func(*args, **kwargs))
+
+
+def _handle(definition: TaskDef) -> TaskHandle[Any, Any]:
+    return AsyncTask(definition) if definition.is_async else Task(definition)
+
+
+class TaskDecorator:
+    """What ``@task(...)`` with options returns: applied to the function, registers it."""
+
+    def __init__(self, registry: TaskRegistry | None, options: dict[str, Any]) -> None:
+        self._registry = registry
+        self._options = options
+
+    # An async function matches both; the first wins, as intended.
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, func: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    def __call__(self, func: Callable[..., Any], /) -> TaskHandle[Any, Any]:
+        registry = self._registry if self._registry is not None else default_registry
+        return _handle(registry.register(func, **self._options))
+
+
 @overload
-def task(func: F, /) -> F: ...
+def task(  # type: ignore[overload-overlap]
+    func: Callable[P, Coroutine[Any, Any, R]], /
+) -> AsyncTask[P, R]: ...
+
+
+@overload
+def task(func: Callable[P, R], /) -> Task[P, R]: ...
 
 
 @overload
@@ -101,12 +175,13 @@ def task(
     timeout: float | None = None,
     max_attempts: int | None = None,
     lease: float | None = None,
+    process: bool = False,
     registry: TaskRegistry | None = None,
-) -> Callable[[F], F]: ...
+) -> TaskDecorator: ...
 
 
 def task(
-    func: F | None = None,
+    func: Callable[..., Any] | None = None,
     /,
     *,
     name: str | None = None,
@@ -114,20 +189,28 @@ def task(
     timeout: float | None = None,
     max_attempts: int | None = None,
     lease: float | None = None,
+    process: bool = False,
     registry: TaskRegistry | None = None,
-) -> F | Callable[[F], F]:
+) -> TaskHandle[Any, Any] | TaskDecorator:
     """Register a function as a task: ``@task`` or ``@task(name=..., timeout=...)``.
 
     ``async def`` tasks run on the worker's event loop; plain ``def`` tasks
-    run in a thread pool sized to the worker's concurrency.
+    run in a thread pool sized to the worker's concurrency, or with
+    ``process=True`` (a module-level ``def`` only) in the worker's process
+    pool. Returns the task's handle (:class:`Task` or :class:`AsyncTask`).
     """
-
-    def decorate(f: F) -> F:
-        (registry or default_registry).register(
-            f, name=name, queue=queue, timeout=timeout, max_attempts=max_attempts, lease=lease
-        )
-        return f
-
+    decorator = TaskDecorator(
+        registry,
+        {
+            "name": name,
+            "queue": queue,
+            "timeout": timeout,
+            "max_attempts": max_attempts,
+            "lease": lease,
+            "process": process,
+        },
+    )
     if func is not None:
-        return decorate(func)
-    return decorate
+        handle: TaskHandle[Any, Any] = decorator(func)
+        return handle
+    return decorator

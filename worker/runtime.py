@@ -14,46 +14,69 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
+import math
+import os
 import ssl as ssl_module
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from protocol.backoff import backoff_delay
-from protocol.errors import ConnectionLost, JobwireError, ProtocolError, RemoteError
+from protocol.backoff import Reconnect
+from protocol.config import resolve_address
+from protocol.errors import (
+    RETRYABLE_REFUSALS,
+    BrokerUnavailable,
+    ConnectionLost,
+    JobwireError,
+    ProtocolError,
+    RemoteError,
+)
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.logs import job_extra
-from protocol.messages import Op, Role
+from protocol.messages import MAX_PROGRESS_INFO, Op, Role
+from protocol.security import client_ssl_context
 from protocol.states import JobState
 from protocol.stream import Connection, Message, open_connection
-from worker.registry import TaskRegistry, default_registry
+from worker.processes import ProcessPool, ProcessTaskError, TaskHomes, home_of
+from worker.registry import TaskDef, TaskRegistry, default_registry
 from worker.retry import Retry
 from worker.slots import Arrival, Slots, StopReason
 
 log = logging.getLogger("worker")
 
 
+# Reconnecting (``protocol.backoff.Reconnect``): at once after a connection
+# that worked, then 0.1 s doubling to 10 s while attempts fail.
 RECONNECT_BASE = 0.1
 RECONNECT_CAP = 10.0
 # Heartbeats go out at this fraction of the shortest lease held.
 HEARTBEAT_FRACTION = 3.0
+# At most one PROGRESS per job in this many seconds; in between, the latest
+# report waits and replaces the one before it.
+PROGRESS_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
 class JobInfo:
-    """What a running task can learn about its own job (``worker.current_job()``)."""
+    """What a running task can learn about its own job (``worker.current_job()``).
+
+    ``deadline``: when the task's timeout ends, in ``time.time()`` seconds
+    (None without a timeout).
+    """
 
     id: str
     task: str
     queue: str
     attempt: int
     max_attempts: int
+    deadline: float | None = None
 
 
 _current_job: contextvars.ContextVar[JobInfo] = contextvars.ContextVar("jobwire_current_job")
@@ -64,7 +87,86 @@ def current_job() -> JobInfo:
     return _current_job.get()
 
 
+# The worker's shared context, as its on_startup hook left it (arq's ``ctx``).
+Context = dict[str, Any]
+# A lifecycle hook: a plain or async function of the context.
+Hook = Callable[[Context], Awaitable[None] | None]
+
+_task_context: contextvars.ContextVar[Context] = contextvars.ContextVar("jobwire_task_context")
+
+
+def task_context() -> Context:
+    """The worker's shared context (what ``on_startup`` put there: a database
+    pool, an HTTP session), for the calling task; raises ``LookupError``
+    outside a task."""
+    return _task_context.get()
+
+
+# The worker and the held job of the running task, for report_progress.
+_current_held: contextvars.ContextVar[tuple[Worker, _HeldJob]] = contextvars.ContextVar(
+    "jobwire_current_held"
+)
+
+
+class _Reported:
+    """What :func:`report_progress` returns: awaiting it does nothing more."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+_REPORTED = _Reported()
+
+
+def report_progress(fraction: float, info: Mapping[str, Any] | None = None) -> _Reported:
+    """Report the running job's progress: ``fraction`` in 0..1 and a small map.
+
+    ``await report_progress(0.4, {"rows": 4000})`` in an ``async def`` task;
+    a plain ``def`` task calls it without ``await``. ``info`` must encode to
+    at most 1024 bytes of msgpack (``ValueError`` otherwise). Reports are
+    rate-limited per job (one every 0.25 s at most; the latest wins), so a
+    tight loop may call it freely. Raises ``LookupError`` outside a task.
+    """
+    worker, held = _current_held.get()
+    if type(fraction) not in (int, float) or not 0 <= fraction <= 1:
+        raise ValueError(f"progress must be a number in 0..1, not {fraction!r}")
+    encoded: bytes | None = None
+    if info is not None:
+        try:
+            encoded = packb(dict(info))
+        except Exception as exc:
+            raise ValueError(f"progress info cannot be encoded as msgpack: {exc}") from None
+        if len(encoded) > MAX_PROGRESS_INFO:
+            raise ValueError(
+                f"progress info is {len(encoded)} bytes encoded, more than {MAX_PROGRESS_INFO}"
+            )
+    loop = worker._loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        worker._progress(held, float(fraction), encoded)
+    elif loop is not None:  # a plain def task, in its thread
+        loop.call_soon_threadsafe(worker._progress, held, float(fraction), encoded)
+    return _REPORTED
+
+
+async def _run_hook(hook: Hook | None, context: Context) -> None:
+    if hook is None:
+        return
+    outcome = hook(context)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
 def error_info(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, ProcessTaskError):  # raised in a task process: its own account
+        return dict(exc.info)
+    if isinstance(exc.__cause__, ProcessTaskError):  # a Retry raised in a task process
+        return dict(exc.__cause__.info)
     return {
         "type": type(exc).__name__,
         "message": str(exc),
@@ -76,7 +178,17 @@ class _HeldJob:
     """A job this worker holds (executing, or waiting for a slot): its delivery, its
     task once started, and why it was stopped."""
 
-    __slots__ = ("delivery", "lease", "outcome", "started", "stop_reason", "task")
+    __slots__ = (
+        "delivery",
+        "lease",
+        "outcome",
+        "progress_pending",
+        "progress_sent",
+        "progress_timer",
+        "started",
+        "stop_reason",
+        "task",
+    )
 
     def __init__(self, delivery: Message) -> None:
         self.delivery = delivery
@@ -87,12 +199,17 @@ class _HeldJob:
         self.stop_reason: StopReason | None = None
         # How it ended, for the log: set by whoever ends it.
         self.outcome: str | None = None
+        # Progress: the report waiting for its turn, when the last one left,
+        # and the timer that sends the waiting one (see PROGRESS_INTERVAL).
+        self.progress_pending: tuple[float, bytes | None] | None = None
+        self.progress_sent = -math.inf
+        self.progress_timer: asyncio.TimerHandle | None = None
 
 
 class Worker:
     def __init__(
         self,
-        address: str = "127.0.0.1:7878",
+        address: str | None = None,
         *,
         registry: TaskRegistry | None = None,
         concurrency: int = 4,
@@ -104,11 +221,36 @@ class Worker:
         grace: float = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
         prefetch: int = 0,
+        connect_timeout: float | None = None,
+        on_startup: Hook | None = None,
+        on_shutdown: Hook | None = None,
+        context: Context | None = None,
+        processes: int | None = None,
     ) -> None:
+        """``address``: as :class:`broker.Client`'s (``host:port`` or a ``jobwire://``
+        or ``jobwires://`` URL; by default ``JOBWIRE_URL``, else 127.0.0.1:7878).
+
+        ``connect_timeout``: how long the broker may stay unreachable (at start,
+        or after a lost connection) before :meth:`run` raises
+        :class:`BrokerUnavailable`; None (the default) retries for ever.
+
+        ``on_startup(context)`` runs in :meth:`run` before the worker connects
+        (an exception from it ends :meth:`run`); ``on_shutdown(context)`` runs
+        once every job has finished or been handed back. Either may be async.
+        Tasks read ``context`` with :func:`task_context`; it starts as
+        ``context`` (or an empty dict) with ``"worker"`` set to this worker.
+
+        ``processes``: the size of the process pool, and with it every plain
+        ``def`` task runs in a process (``--processes``). Without it, only
+        ``@task(process=True)`` tasks do, in a pool of ``min(concurrency,
+        os.cpu_count())`` processes started only if the registry has one.
+        """
         # Jobs taken beyond the executing ones, so that a freed slot never waits a
         # round trip for its next job (see worker.slots). Raises ValueError early.
         self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch)
-        self.address = address
+        self.address, tls = resolve_address(address)
+        if tls and ssl is None:
+            ssl = client_ssl_context()
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency
         self.queues = list(queues or self.registry.queues() or ["default"])
@@ -119,6 +261,15 @@ class Worker:
         self.grace = grace
         self.max_frame = max_frame
         self.prefetch = prefetch
+        self.connect_timeout = connect_timeout
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self.context: Context = context if context is not None else {}
+        self.context.setdefault("worker", self)
+        if processes is not None and processes < 0:
+            raise ValueError("processes must be 0 or more")
+        self.processes = processes
+        self._pool: ProcessPool | None = None
         self.jobs_done = 0
         self._connection: Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -130,6 +281,7 @@ class Worker:
         self._log_jobs = False
         # A READY is scheduled for the end of this loop turn.
         self._ready_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- control ---------------------------------------------------------------
 
@@ -137,30 +289,57 @@ class Worker:
         """Serve until :meth:`stop` (or, in burst mode, until the queues are empty)."""
         self._stopped = asyncio.Event()
         self._heartbeat_wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        homes = self._process_homes()  # a task no process can find: ValueError, before anything
+        await _run_hook(self.on_startup, self.context)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobwire-task")
+        reconnect = Reconnect(RECONNECT_BASE, RECONNECT_CAP)
+        loop = asyncio.get_running_loop()
+        unreachable_since: float | None = None
         try:
-            failures = 0
+            if homes:
+                size = self.processes or min(self.concurrency, os.cpu_count() or 1)
+                self._pool = ProcessPool(size, homes)
+                log.info("process pool: %d processes for %s", size, ", ".join(sorted(homes)))
+                await self._pool.start()
             while not self._slots.stopping:
+                # At once after a connection that worked; backoff while attempts fail.
+                await self._sleep_unless_stopped(reconnect.delay())
+                if self._slots.stopping:
+                    break
                 try:
                     connection = await self._connect()
-                except (OSError, TimeoutError, ConnectionLost) as exc:
-                    failures += 1
-                    delay = backoff_delay(failures, RECONNECT_BASE, RECONNECT_CAP)
+                except (OSError, TimeoutError, ConnectionLost, RemoteError) as exc:
+                    if isinstance(exc, RemoteError) and exc.code not in RETRYABLE_REFUSALS:
+                        # Refused (bad token, other version): retrying would not help.
+                        raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
+                    now = loop.time()
+                    if unreachable_since is None:
+                        unreachable_since = now
+                    if (
+                        self.connect_timeout is not None
+                        and now - unreachable_since >= self.connect_timeout
+                    ):
+                        raise BrokerUnavailable(
+                            f"cannot reach the broker at {self.address} within "
+                            f"{self.connect_timeout:g}s: {exc or type(exc).__name__}"
+                        ) from exc
+                    delay = reconnect.failed()
                     log.warning(
                         "cannot reach the broker at %s (%s); attempt %d, retrying in %.1fs",
                         self.address,
                         exc or type(exc).__name__,
-                        failures,
+                        reconnect.failures,
                         delay,
                     )
-                    await self._sleep_unless_stopped(delay)
                     continue
-                except (RemoteError, ProtocolError) as exc:
-                    # Refused (bad token, other version): retrying would not help.
+                except ProtocolError as exc:
+                    # Another protocol version: retrying would not help.
                     raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
-                if failures:
+                if reconnect.failures:
                     log.info("reconnected to the broker at %s", self.address)
-                failures = 0
+                reconnect.connected()
+                unreachable_since = None
                 await self._serve(connection)
                 if self._burst_done:
                     break
@@ -168,7 +347,26 @@ class Worker:
             await self._cancel_all(StopReason.SHUTDOWN)
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+            try:
+                await _run_hook(self.on_shutdown, self.context)
+            except Exception:
+                log.exception("the on_shutdown hook failed")
             log.info("stopped after %d job(s)", self.jobs_done)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a setting :meth:`run` would refuse (a process
+        task that no process could import)."""
+        self._process_homes()
+
+    def _runs_in_process(self, definition: TaskDef) -> bool:
+        return definition.process or (bool(self.processes) and not definition.is_async)
+
+    def _process_homes(self) -> TaskHomes:
+        """The tasks this worker runs in processes, and where a child finds each."""
+        return {d.name: home_of(d.name, d.func) for d in self.registry if self._runs_in_process(d)}
 
     def stop(self) -> None:
         """Begin a graceful stop: no new jobs; running ones get ``grace`` seconds."""
@@ -396,6 +594,9 @@ class Worker:
         # the slots hold on to the newer one.
         self._slots.ended(job_id, held, reason)
         self.jobs_done += 1
+        if held.progress_timer is not None:  # the job's end says more
+            held.progress_timer.cancel()
+            held.progress_timer = None
         if held.outcome is None and reason is not None:
             held.outcome = reason.value
             if reason is StopReason.SHUTDOWN and connection.is_open:
@@ -454,8 +655,24 @@ class Worker:
                 delivery["queue"],
                 delivery["attempt"],
                 delivery["max_attempts"],
+                None if timeout is None else time.time() + timeout,
             )
         )
+        _task_context.set(self.context)
+        held = self._slots.get(delivery["id"])
+        if held is not None:
+            _current_held.set((self, held))
+        if self._pool is not None and self._runs_in_process(definition):
+            try:
+                return _Encoded(await self._pool.run(definition.name, delivery["payload"], timeout))
+            except TimeoutError:
+                raise JobTimeout(
+                    f"the task ran longer than its timeout of {timeout:g}s; its process was killed"
+                ) from None
+            except ProcessTaskError as exc:
+                if exc.retry_in is not None:
+                    raise Retry(exc.retry_in, exc.info.get("message", "")) from exc
+                raise
         if definition.is_async:
             call = definition.func(*args, **kwargs)
         else:
@@ -471,6 +688,41 @@ class Worker:
                 return await call
         except TimeoutError:
             raise JobTimeout(f"the task ran longer than its timeout of {timeout:g}s") from None
+
+    # -- progress ----------------------------------------------------------------
+
+    def _progress(self, held: _HeldJob, fraction: float, info: bytes | None) -> None:
+        """A report from the job's task: send it now, or when its interval has passed."""
+        if held.task is None or held.task.done():
+            return  # it ended meanwhile (a report from a thread can arrive late)
+        held.progress_pending = (fraction, info)
+        if held.progress_timer is not None:
+            return  # the scheduled send takes the latest
+        loop = asyncio.get_running_loop()
+        wait = held.progress_sent + PROGRESS_INTERVAL - loop.time()
+        if wait <= 0:
+            self._send_progress(held)
+        else:
+            held.progress_timer = loop.call_later(wait, self._send_progress, held)
+
+    def _send_progress(self, held: _HeldJob) -> None:
+        held.progress_timer = None
+        pending, held.progress_pending = held.progress_pending, None
+        connection = self._connection
+        if pending is None or connection is None or not connection.is_open:
+            return
+        held.progress_sent = asyncio.get_running_loop().time()
+        fraction, info = pending
+        delivery = held.delivery
+        report: Message = {
+            "op": Op.PROGRESS,
+            "id": delivery["id"],
+            "attempt": delivery["attempt"],
+            "fraction": fraction,
+        }
+        if info is not None:
+            report["info"] = info
+        connection.send(report)
 
     # -- leases ------------------------------------------------------------------
 
@@ -513,9 +765,13 @@ class UnencodableResult(JobwireError, TypeError):
     """The task returned something msgpack cannot encode."""
 
 
+class _Encoded(bytes):
+    """A result a task process encoded already."""
+
+
 def _encode_result(result: Any, limit: int) -> bytes:
     try:
-        encoded: bytes = packb(result)
+        encoded: bytes = result if type(result) is _Encoded else packb(result)
     except Exception as exc:
         raise UnencodableResult(
             f"the task's return value of type {type(result).__name__} cannot be encoded "
@@ -538,4 +794,6 @@ __all__ = [
     "Worker",
     "WorkerRefused",
     "current_job",
+    "report_progress",
+    "task_context",
 ]

@@ -30,6 +30,13 @@ _SNAPSHOT_JOB_V1_LENGTH = 19
 
 
 def submitted_record(job: Job) -> list[Any]:
+    record = _submitted_fields(job)
+    if job.result_ttl is not None:
+        record.append(job.result_ttl)  # optional 13th field; older readers ignore it
+    return record
+
+
+def _submitted_fields(job: Job) -> list[Any]:
     return [
         SUBMITTED,
         job.id,
@@ -72,10 +79,11 @@ def changed_record(job: Job) -> list[Any]:
 def snapshot_record(job: Job) -> list[Any]:
     return [
         SNAPSHOT_JOB,
-        *submitted_record(job)[1:],
+        *_submitted_fields(job)[1:],
         *changed_record(job)[2:-2],
         list(job.errors or ()),
         job.error_count,
+        job.result_ttl,  # 21st field, absent before result_ttl existed
     ]
 
 
@@ -87,6 +95,8 @@ def _job_from_submitted(fields: list[Any]) -> Job:
     job = Job(job_id, task, payload, queue, priority, key, attempts_max, timeout, lease, created)
     job.run_at = run_at
     job.state = JobState.DELAYED if run_at > created else JobState.QUEUED
+    if len(fields) > 12:
+        job.result_ttl = fields[12]
     return job
 
 
@@ -139,6 +149,8 @@ def replay(records: list[list[Any]], jobs: dict[str, Job]) -> None:
             errors = record[18]
             total = len(errors) if len(record) == _SNAPSHOT_JOB_V1_LENGTH else record[19]
             job.errors = ErrorLog(errors, total) if errors else None
+            if len(record) > 20:
+                job.result_ttl = record[20]
             jobs[job.id] = job
         elif kind == SNAPSHOT_END:
             pass

@@ -111,6 +111,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             counts = self.queues[queue] = QueueCounts()
         if delay > 0:
             job.run_at = now + delay
+        if spec.result_ttl is not None:
+            job.result_ttl = spec.result_ttl
         if self.journal is not None:
             self.journal.job_submitted(job)
         if delay > 0:
@@ -253,12 +255,29 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             candidates.append(self._leases[0][0])
         if self._results:
             candidates.append(self._results[0][0])
+        if self._results_own_ttl:
+            candidates.append(self._results_own_ttl[0][0])
         return min(candidates) if candidates else None
 
     # -- questions ---------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
+
+    def list_jobs(self, queue: str, state: JobState | None, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs of ``queue`` (in ``state``), in the order the manager took them.
+
+        A scan of every job it holds: for an operator's ``jobs`` command, not a hot path.
+        """
+        found: list[Job] = []
+        if limit <= 0:
+            return found
+        for job in self.jobs.values():
+            if job.queue == queue and (state is None or job.state is state):
+                found.append(job)
+                if len(found) >= limit:
+                    break
+        return found
 
     def queues_idle(self, queues: Iterable[str]) -> bool:
         """No job queued, delayed or running on any of these queues."""

@@ -39,6 +39,12 @@ class Recovery(ManagerState):
             if state.finished:
                 if state is JobState.FAILED:
                     failed.append(job)
+                elif job.result_ttl is not None:  # its own TTL
+                    expiry = (job.finished_at or 0.0) + job.result_ttl
+                    if job.result_ttl > 0 and expiry > now:
+                        self.jobs[job.id] = job
+                        entry = (expiry, next(self._tiebreak), job)
+                        heapq.heappush(self._results_own_ttl, entry)
                 elif job.finished_at is not None and job.finished_at + ttl > now:
                     self.jobs[job.id] = job
                     self._results.append((job.finished_at + ttl, job))
@@ -57,8 +63,11 @@ class Recovery(ManagerState):
                 ready.append(job)
         self._seq = itertools.count(max_seq + 1)
         self._results = deque(sorted(self._results, key=lambda entry: entry[0]))
-        while len(self._results) > self.config.max_results:
-            _, dropped = self._results.popleft()
+        while len(self._results) + len(self._results_own_ttl) > self.config.max_results:
+            if self._results:
+                _, dropped = self._results.popleft()
+            else:
+                _, _, dropped = heapq.heappop(self._results_own_ttl)
             del self.jobs[dropped.id]
         failed.sort(key=lambda job: job.finished_at or 0.0)
         for job in failed:

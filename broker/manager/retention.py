@@ -2,6 +2,9 @@
 
 A succeeded or cancelled job stays (for ``STATUS`` and idempotent submits)
 until ``result_ttl`` has passed or ``max_results`` newer ones push it out.
+A job submitted with its own ``result_ttl`` expires by that instead (a heap
+beside the FIFO of the broker's one TTL); with 0 it is forgotten as soon as
+``on_finished`` has told its watchers.
 A failed job stays on the failed list, at most ``max_failed`` of them, until
 it is retried or purged. Past ``MAX_QUEUES_KEPT`` queues, a queue that goes
 idle is forgotten.
@@ -9,6 +12,7 @@ idle is forgotten.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 from collections.abc import Iterable
@@ -46,18 +50,31 @@ class Retention(ManagerState):
             else:
                 self.counters["cancelled"] += 1
                 self.metrics.of(job.queue).cancelled += 1
-            self._results.append((now + self.config.result_ttl, job))
+            ttl = job.result_ttl
+            if ttl is None:
+                self._results.append((now + self.config.result_ttl, job))
+            elif ttl > 0:
+                entry = (now + ttl, next(self._tiebreak), job)
+                heapq.heappush(self._results_own_ttl, entry)
         if self.journal is not None:
             self.journal.job_changed(job)
-        if len(self._results) > self.config.max_results:
+        if len(self._results) + len(self._results_own_ttl) > self.config.max_results:
             self._drop_oldest_result()
         if len(self.queues) > MAX_QUEUES_KEPT:
             self._forget_queue_if_idle(job.queue)
         if self.on_finished is not None:
             self.on_finished(job)
+        if job.result_ttl == 0 and state is not JobState.FAILED:
+            self._forget_finished(job)  # the watchers have their DONE
 
     def _drop_oldest_result(self) -> None:
-        _, job = self._results.popleft()
+        if self._results:
+            _, job = self._results.popleft()
+        else:
+            _, _, job = heapq.heappop(self._results_own_ttl)
+        self._forget_finished(job)
+
+    def _forget_finished(self, job: Job) -> None:
         if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
             del self.jobs[job.id]
             self.counters["expired"] += 1
@@ -69,6 +86,12 @@ class Retention(ManagerState):
         results = self._results
         while results and results[0][0] <= now:
             _, job = results.popleft()
+            if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
+                del self.jobs[job.id]
+                self.counters["expired"] += 1
+        own = self._results_own_ttl
+        while own and own[0][0] <= now:
+            _, _, job = heapq.heappop(own)
             if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
                 del self.jobs[job.id]
                 self.counters["expired"] += 1

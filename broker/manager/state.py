@@ -89,6 +89,9 @@ class ManagerState:
 
         # retention.py: finished jobs kept for a while.
         self._results: deque[tuple[float, Job]] = deque()
+        # Those of jobs submitted with their own result_ttl, by expiry:
+        # (expiry, tiebreak, job). Together with _results, at most max_results.
+        self._results_own_ttl: list[tuple[float, int, Job]] = []
         self._failed: OrderedDict[str, Job] = OrderedDict()
 
     def _counts(self, queue: str) -> QueueCounts:
