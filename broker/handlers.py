@@ -151,10 +151,15 @@ class WorkerHandlers(PeerHandlers):
     """A worker's reports and credit, and the manager's sink for this worker."""
 
     def __init__(
-        self, session: Session, state: BrokerState, queues: list[str], burst: bool
+        self,
+        session: Session,
+        state: BrokerState,
+        queues: list[str],
+        burst: bool,
+        task_names: list[str] | None = None,
     ) -> None:
         super().__init__(session, state)
-        self.consumer = Consumer(self, queues, session.name)
+        self.consumer = Consumer(self, queues, session.name, task_names)
         self.burst = burst
         self._empty_sent = False
         state.manager.attach(self.consumer)

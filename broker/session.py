@@ -273,13 +273,17 @@ class Session(asyncio.Protocol):
             if tasks:
                 self.manager.announce_tasks(tasks)  # checked by the schema
             queues = message.get("queues") or ["default"]
-            self.worker = WorkerHandlers(self, self.state, queues, bool(message.get("burst")))
+            self.worker = WorkerHandlers(
+                self, self.state, queues, bool(message.get("burst")), message.get("task_names")
+            )
             self.handlers = self.worker
+            task_names = self.worker.consumer.tasks
             log.info(
-                "worker %s connected from %s, queues %s",
+                "worker %s connected from %s, queues %s, tasks %s",
                 self.name or "?",
                 self.peer,
                 ",".join(self.worker.consumer.queues),
+                "(every task)" if task_names is None else ",".join(sorted(task_names)),
             )
         else:
             self.handlers = ClientHandlers(self, self.state)

@@ -146,6 +146,8 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
         Field("queues", Kind.NAMES),
         Field("burst", Kind.BOOL),
         Field("tasks", Kind.TASK_DEFAULTS),
+        # Worker only: the tasks it runs; it is sent only jobs of these (routing by task).
+        Field("task_names", Kind.NAMES),
     ),
     Op.PING: _fields(RID),
     Op.SUBMIT: _fields(

@@ -291,7 +291,7 @@ async def test_stop_hands_prefetched_jobs_back_and_lets_the_running_one_finish(
         assert set(gates.started) == {"running"}  # the others never started here
 
 
-async def test_retry_timeout_and_unknown_task(broker: Broker) -> None:
+async def test_retry_timeout_and_a_task_deployed_later(broker: Broker) -> None:
     registry = TaskRegistry()
     never = asyncio.Event()
 
@@ -308,14 +308,22 @@ async def test_retry_timeout_and_unknown_task(broker: Broker) -> None:
     async with Client(broker.address) as client, serving(Worker(broker.address, registry=registry)):
         retried = await client.submit("retries_once")
         hung = await client.submit("hangs", max_attempts=1)
-        unknown = await client.submit("no_such_task", max_attempts=1)
+        unknown = await client.submit("deployed_later", max_attempts=1)
         assert await retried.result(timeout=WAIT) == 2
         status = await client.status(retried.id)
         assert [e["type"] for e in status["errors"]] == ["Retry"]
         with pytest.raises(JobFailed) as timed_out:
             await hung.result(timeout=WAIT)
         assert timed_out.value.error_type == "JobTimeout"
-        with pytest.raises(JobFailed) as missing:
-            await unknown.result(timeout=WAIT)
-        assert missing.value.error_type == "UnknownTask"
-        assert "no_such_task" in missing.value.error_message
+        # No worker announced it: the job waits for one instead of failing.
+        assert (await client.status(unknown.id))["state"] == JobState.QUEUED
+        assert (await client.stats())["no_worker"] == {"default": {"deployed_later": 1}}
+        later = TaskRegistry()
+
+        async def deployed_later() -> str:
+            return "ran"
+
+        later.register(deployed_later)
+        async with serving(Worker(broker.address, registry=later)):
+            assert await unknown.result(timeout=WAIT) == "ran"
+        assert (await client.status(unknown.id))["attempts"] == 1

@@ -74,14 +74,16 @@ class Harness:
             id_prefix="t",
         )
 
-    def consumer(self, *queues: str, name: str = "") -> tuple[Consumer, RecordingSink]:
+    def consumer(
+        self, *queues: str, name: str = "", tasks: tuple[str, ...] | None = None
+    ) -> tuple[Consumer, RecordingSink]:
         sink = RecordingSink()
-        consumer = Consumer(sink, queues or ("default",), name=name)
+        consumer = Consumer(sink, queues or ("default",), name=name, tasks=tasks)
         self.manager.attach(consumer)
         return consumer, sink
 
-    def submit(self, now: float = 0.0, **options: Any) -> Job:
-        job, created = submit_job(self.manager, "task", b"payload", now, **options)
+    def submit(self, now: float = 0.0, task: str = "task", **options: Any) -> Job:
+        job, created = submit_job(self.manager, task, b"payload", now, **options)
         assert created
         return job
 
@@ -1486,6 +1488,7 @@ def test_stats_shape_and_counters() -> None:
         "running": 0,
         "failed_list": 0,
         "consumers": 0,
+        "no_worker": {},
         "submitted": 0,
         "succeeded": 0,
         "failed": 0,
@@ -1518,6 +1521,7 @@ def test_stats_shape_and_counters() -> None:
         "running": 1,
         "failed_list": 1,
         "consumers": 3,
+        "no_worker": {"c": {"task": 1}},  # nobody serves queue c
         "submitted": 6,
         "succeeded": 1,
         "failed": 1,
@@ -1593,15 +1597,102 @@ def test_announced_tasks_past_the_name_limit_are_not_recorded() -> None:
     assert len(h.manager.task_defaults) == MAX_INTERNED_NAMES
 
 
+# -- routing by task ----------------------------------------------------------------------
+
+
+def test_a_consumer_that_announced_tasks_gets_only_jobs_of_those_tasks() -> None:
+    h = Harness()
+    resize = h.submit(0.0, task="resize")
+    mail = h.submit(0.0, task="mail")
+    resize2 = h.submit(0.0, task="resize")
+    mailer, mail_sink = h.consumer(tasks=("mail",))
+    h.manager.grant(mailer, 5, 0.0)
+    assert mail_sink.ids == [mail.id]
+    assert mailer.credit == 4
+    resizer, resize_sink = h.consumer(tasks=("resize", "thumb"))
+    h.manager.grant(resizer, 5, 0.0)
+    assert resize_sink.ids == [resize.id, resize2.id]
+    # A waiting consumer is handed a new job of its task at once, and only of its task.
+    thumb = h.submit(1.0, task="thumb")
+    later_mail = h.submit(1.0, task="mail")
+    assert resize_sink.ids[-1] == thumb.id
+    assert mail_sink.ids == [mail.id, later_mail.id]
+
+
+def test_priority_then_fifo_among_the_tasks_a_consumer_takes() -> None:
+    h = Harness()
+    ids = [
+        h.submit(0.0, task=task, priority=priority).id
+        for task, priority in [("a", 0), ("b", 0), ("c", 5), ("a", 1), ("b", 1), ("a", 0)]
+    ]
+    consumer, sink = h.consumer(tasks=("a", "b"))
+    h.manager.grant(consumer, 10, 0.0)
+    assert sink.ids == [ids[3], ids[4], ids[0], ids[1], ids[5]]  # never task c
+    assert h.counts() == (1, 0, 5)
+
+
+def test_a_job_no_consumer_takes_waits_counted_until_one_attaches() -> None:
+    h = Harness()
+    only_echo, echo_sink = h.consumer(tasks=("echo",))
+    h.manager.grant(only_echo, 3, 0.0)
+    new_task = h.submit(0.0, task="brand_new")
+    assert new_task.state is QUEUED and echo_sink.ids == []
+    assert h.manager.stats()["no_worker"] == {"default": {"brand_new": 1}}
+    other = h.submit(0.0, task="brand_new", queue="other")  # nobody serves "other" at all
+    assert h.manager.stats()["no_worker"] == {
+        "default": {"brand_new": 1},
+        "other": {"brand_new": 1},
+    }
+    h.manager.cancel(other.id, 0.0)
+    assert h.manager.stats()["no_worker"] == {"default": {"brand_new": 1}}
+    deployed, deployed_sink = h.consumer(tasks=("brand_new",))
+    h.manager.grant(deployed, 1, 1.0)
+    assert deployed_sink.ids == [new_task.id]
+    assert h.manager.stats()["no_worker"] == {}
+
+
+def test_a_consumer_without_a_task_list_takes_every_task() -> None:
+    h = Harness()
+    jobs = [h.submit(0.0, task=task) for task in ("a", "b", "c")]
+    router, router_sink = h.consumer(tasks=("b",))
+    anything, anything_sink = h.consumer()
+    assert h.manager.stats()["no_worker"] == {}
+    h.manager.grant(anything, 2, 0.0)
+    h.manager.grant(router, 2, 0.0)
+    assert anything_sink.ids == [jobs[0].id, jobs[1].id]
+    assert router_sink.ids == []
+    # Waiting for jobs: one taking every task first, then one waiting for the job's task.
+    h.manager.grant(anything, 1, 0.0)
+    assert anything_sink.ids[-1] == jobs[2].id
+    b = h.submit(1.0, task="b")
+    assert router_sink.ids == [b.id]
+
+
+def test_a_job_handed_back_goes_to_a_consumer_of_its_task() -> None:
+    h = Harness()
+    job = h.submit(0.0, task="x")
+    first, _ = h.consumer(tasks=("x",))
+    h.manager.grant(first, 1, 0.0)
+    other, other_sink = h.consumer(tasks=("y",))
+    h.manager.grant(other, 1, 0.0)
+    second, second_sink = h.consumer(tasks=("x", "y"))
+    h.manager.grant(second, 1, 0.0)
+    h.manager.detach(first, 1.0, "gone")
+    assert other_sink.ids == [] and second_sink.ids == [job.id]
+
+
 # -- random operations keep the invariants -------------------------------------------
 
 
 class Slot:
     """One consumer in the random run, with what the test knows it did."""
 
-    def __init__(self, harness: Harness, queues: tuple[str, ...]) -> None:
+    def __init__(
+        self, harness: Harness, queues: tuple[str, ...], tasks: tuple[str, ...] | None = None
+    ) -> None:
         self.queues = queues
-        self.consumer, self.sink = harness.consumer(*queues)
+        self.tasks = tasks
+        self.consumer, self.sink = harness.consumer(*queues, tasks=tasks)
         self.granted_total = 0
         # Credit granted since the last quiet (plus what was delivered before it).
         self.granted_since_quiet = 0
@@ -1660,7 +1751,21 @@ def check_invariants(
     assert len(h.finished) == len({id(job) for job in h.finished})
     assert {id(job) for job in h.finished} == {id(job) for job in submitted if job.state.finished}
 
-    queued_queues = {job.queue for job in jobs.values() if job.state is QUEUED}
+    queued = {(job.queue, job.task) for job in jobs.values() if job.state is QUEUED}
+    stats_no_worker = manager.stats()["no_worker"]
+    for queue, task in queued:
+        takers = [
+            s.consumer
+            for s in slots
+            if s.consumer in manager.consumers
+            and queue in s.queues
+            and (s.tasks is None or task in s.tasks)
+        ]
+        assert (task in stats_no_worker.get(queue, {})) == (not takers)
+    queued_by_pair = Counter((job.queue, job.task) for job in jobs.values() if job.state is QUEUED)
+    for queue, tasks in stats_no_worker.items():
+        for task, n in tasks.items():
+            assert n == queued_by_pair[(queue, task)]
     for slot in slots:
         consumer = slot.consumer
         delivered = len(slot.sink.deliveries)
@@ -1677,7 +1782,16 @@ def check_invariants(
         # A consumer with credit is never left idle while a job it takes is queued
         # (unless dispatch is paused; resuming feeds it).
         if consumer.credit > 0 and not paused:
-            assert queued_queues.isdisjoint(consumer.queues)
+            assert not any(
+                queue in consumer.queues and (slot.tasks is None or task in slot.tasks)
+                for queue, task in queued
+            )
+        # Routing by task: a consumer only ever got jobs of the tasks it announced.
+        if slot.tasks is not None:
+            assert all(
+                jobs[job_id].task in slot.tasks for job_id in slot.sink.ids if job_id in jobs
+            )
+            assert all(job.task in slot.tasks for job in consumer.jobs.values())
         for run_at, started_at in slot.sink.delivered_at:
             assert started_at is not None
             assert run_at <= started_at
@@ -1696,7 +1810,15 @@ def check_invariants(
 def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
     h = Harness(lease=10.0, result_ttl=30.0, max_attempts=3, backoff_base=1.0, backoff_cap=8.0)
     manager = h.manager
-    slots = [Slot(h, queues) for queues in (("a",), ("b",), ("a", "b"))]
+    slots = [
+        Slot(h, queues, tasks)
+        for queues, tasks in (
+            (("a",), None),
+            (("b",), ("x",)),
+            (("a", "b"), ("y", "z")),
+            (("b",), None),
+        )
+    ]
     submitted: list[Job] = []
     now = 0.0
     paused = False
@@ -1711,7 +1833,7 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             delay = data.draw(st.sampled_from([0.0, 0.0, 0.5, 4.0, 12.0]), label="delay")
             job, created = submit_job(
                 manager,
-                "task",
+                data.draw(st.sampled_from(["x", "y", "w"]), label="task"),
                 b"",
                 now,
                 queue=data.draw(st.sampled_from(["a", "b"]), label="queue"),
@@ -1794,7 +1916,7 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             slot.granted_since_quiet = len(slot.sink.deliveries)
             slot.reported += len(held)
             check_invariants(h, slots, submitted, now, paused)
-            slots[slots.index(slot)] = Slot(h, slot.queues)
+            slots[slots.index(slot)] = Slot(h, slot.queues, slot.tasks)
         elif operation == "stale" and submitted:
             job = submitted[data.draw(st.integers(0, len(submitted) - 1), label="job")]
             state, attempts = job.state, job.attempts

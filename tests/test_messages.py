@@ -413,6 +413,14 @@ def test_kinds_all_covered_by_good_and_bad_tables() -> None:
             "HELLO.burst: expected boolean, got int",
         ),
         (
+            {"op": "HELLO", "rid": 1, "version": 1, "role": "r", "task_names": ["ok", 2]},
+            "HELLO.task_names[1]: expected string, got int",
+        ),
+        (
+            {"op": "HELLO", "rid": 1, "version": 1, "role": "r", "task_names": "resize"},
+            "HELLO.task_names: expected array, got str",
+        ),
+        (
             {"op": "FAIL", "id": "j", "attempt": 1, "error": {"type": "E"}},
             "FAIL.error: missing required field 'message'",
         ),

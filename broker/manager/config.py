@@ -63,16 +63,25 @@ class JournalSink(Protocol):
 class Consumer:
     """A worker connection as the manager sees it.
 
-    The queues it serves, how many more jobs it can take (``credit``), and
-    the jobs it holds (``jobs``, by id).
+    The queues it serves, the tasks it runs (``tasks``: None for every task,
+    else the names it announced), how many more jobs it can take
+    (``credit``), and the jobs it holds (``jobs``, by id).
     """
 
-    __slots__ = ("credit", "jobs", "name", "queues", "sink")
+    __slots__ = ("credit", "jobs", "name", "queues", "sink", "tasks")
 
-    def __init__(self, sink: Sink, queues: Iterable[str], name: str = "") -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        queues: Iterable[str],
+        name: str = "",
+        tasks: Iterable[str] | None = None,
+    ) -> None:
         self.sink = sink
         self.queues = tuple(dict.fromkeys(queues))
         self.name = name
+        # Routing by task: None takes every task (a peer that announced no list).
+        self.tasks: frozenset[str] | None = frozenset(tasks) if tasks else None
         self.credit = 0
         self.jobs: dict[str, Job] = {}
 

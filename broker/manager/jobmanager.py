@@ -205,6 +205,7 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         counts = self._counts(job.queue)
         if state is JobState.QUEUED:
             counts.queued -= 1  # its ready-queue entry is skipped when reached
+            self._unready(job)
         elif state is JobState.DELAYED:
             counts.delayed -= 1
         elif state is JobState.RUNNING:
@@ -259,5 +260,6 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             "running": self.running,
             "failed_list": len(self._failed),
             "consumers": len(self.consumers),
+            "no_worker": self.queued_without_worker(),
             **self.counters,
         }

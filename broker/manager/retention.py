@@ -75,10 +75,12 @@ class Retention(ManagerState):
             counts is not None
             and not (counts.queued or counts.delayed or counts.running)
             and not self._waiting.get(queue)
+            and not self._waiting_tasks.get(queue)
         ):
             del self.queues[queue]
             self._ready.pop(queue, None)
             self._waiting.pop(queue, None)
+            self._waiting_tasks.pop(queue, None)
 
     # -- the failed list ---------------------------------------------------------
 

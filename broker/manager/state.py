@@ -71,10 +71,13 @@ class ManagerState:
         # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
         self.task_defaults: dict[str, dict[str, Any]] = {}
 
-        # dispatch.py: ready jobs, the consumers waiting for them, delayed jobs.
+        # dispatch.py: ready jobs by queue then task, the consumers waiting for
+        # them (taking every task: by queue; announcing tasks: by queue then
+        # task), delayed jobs.
         self.consumers: set[Consumer] = set()
-        self._ready: dict[str, ReadyQueue] = {}
+        self._ready: dict[str, dict[str, ReadyQueue]] = {}
         self._waiting: dict[str, dict[Consumer, None]] = {}
+        self._waiting_tasks: dict[str, dict[str, dict[Consumer, None]]] = {}
         self._delayed: list[tuple[float, int, Job]] = []
         self._dispatch_paused = False
 
@@ -110,6 +113,8 @@ class ManagerState:
         ) -> None: ...
 
         def _stop_waiting(self, consumer: Consumer) -> None: ...
+
+        def _unready(self, job: Job) -> None: ...
 
         # leases.py
         def _release_hold(self, job: Job) -> None: ...
