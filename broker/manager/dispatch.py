@@ -201,18 +201,16 @@ class Dispatch(ManagerState):
                     if not by_task:
                         continue
                     if tasks is None:
-                        candidates: Iterable[tuple[str, ReadyQueue]] = by_task.items()
+                        candidates: Iterable[ReadyQueue] = by_task.values()
                     elif len(by_task) <= len(tasks):
-                        candidates = [item for item in by_task.items() if item[0] in tasks]
+                        candidates = [q for t, q in by_task.items() if t in tasks]
                     else:
-                        candidates = [(t, by_task[t]) for t in tasks if t in by_task]
-                    drained: list[str] | None = None
-                    for task, candidate in candidates:
+                        candidates = [by_task[t] for t in tasks if t in by_task]
+                    drained = False
+                    for candidate in candidates:
                         head = candidate.peek()
                         if head is None:
-                            if drained is None:
-                                drained = []
-                            drained.append(task)
+                            drained = True
                             continue
                         # Highest priority first; equal priorities in submission order.
                         if (
@@ -222,8 +220,8 @@ class Dispatch(ManagerState):
                         ):
                             best = head
                             best_queue = candidate
-                    if drained is not None:
-                        for task in drained:  # only pairs with ready jobs are kept
+                    if drained:  # only (queue, task) pairs with ready jobs are kept
+                        for task in [t for t, q in by_task.items() if not q.count]:
                             del by_task[task]
             if best is None or best_queue is None:
                 self._start_waiting(consumer)
