@@ -3,6 +3,7 @@
 python -m broker [--host 127.0.0.1] [--port 7878] [--log-level info] ...
 python -m broker stats | status JOB_ID | submit TASK --args JSON [--wait]
 python -m broker failed | retry JOB_ID|--all | purge-failed
+python -m broker pause QUEUE | resume QUEUE
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ from protocol.security import (
 from protocol.states import UNFINISHED_STATES, JobState
 from protocol.stream import DEFAULT_PORT, install_uvloop
 
-ADMIN_COMMANDS = ("stats", "status", "submit", "failed", "retry", "purge-failed")
+ADMIN_COMMANDS = (
+    "stats",
+    "status",
+    "submit",
+    "failed",
+    "retry",
+    "purge-failed",
+    "pause",
+    "resume",
+)
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -139,6 +149,10 @@ def admin_parser() -> argparse.ArgumentParser:
     which.add_argument("job_id", nargs="?")
     which.add_argument("--all", action="store_true")
     command("purge-failed", "empty the failed list")
+    pause = command("pause", "start no more jobs from a queue (it still accepts them)")
+    pause.add_argument("queue")
+    resume = command("resume", "start jobs from a paused queue again")
+    resume.add_argument("queue")
     return parser
 
 
@@ -171,6 +185,11 @@ def print_stats(stats: dict[str, Any]) -> None:
         f"succeeded {stats[JobState.SUCCEEDED]}  failed {stats[JobState.FAILED]}  "
         f"failed list {stats['failed_list']}  submitted {stats['submitted']}"
     )
+    if stats.get("paused"):
+        print("paused: " + ", ".join(stats["paused"]))
+    for queue, tasks in (stats.get("no_worker") or {}).items():
+        waiting = ", ".join(f"{task} ({count})" for task, count in tasks.items())
+        print(f"waiting for a worker with their task on {queue}: {waiting}")
 
 
 async def run_admin(args: argparse.Namespace) -> int:
@@ -214,6 +233,12 @@ async def run_admin(args: argparse.Namespace) -> int:
             print(f"retried {count} job(s)")
         elif command == "purge-failed":
             print(f"purged {await client.purge_failed()} job(s)")
+        elif command == "pause":
+            changed = await client.pause(args.queue)
+            print(f"paused {args.queue}" if changed else f"{args.queue} was already paused")
+        elif command == "resume":
+            changed = await client.resume(args.queue)
+            print(f"resumed {args.queue}" if changed else f"{args.queue} was not paused")
     return 0
 
 

@@ -17,7 +17,7 @@ import msgpack
 
 from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
-from protocol.job_spec import JobSpec
+from protocol.job_spec import DEFAULT_QUEUE, JobSpec
 from protocol.messages import Op, Role
 from protocol.security import resolve_token
 from protocol.states import JobState
@@ -457,6 +457,17 @@ class Client:
     async def purge_failed(self) -> int:
         reply = await self._call({"op": Op.PURGE_FAILED})
         return int(reply["purged"])
+
+    async def pause(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Start no more jobs from ``queue`` (it still accepts them, and running ones
+        finish), until :meth:`resume`; survives a broker restart. False if already paused."""
+        reply = await self._call({"op": Op.PAUSE, "queue": queue})
+        return bool(reply["changed"])
+
+    async def resume(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Start jobs from a paused ``queue`` again; False if it was not paused."""
+        reply = await self._call({"op": Op.RESUME, "queue": queue})
+        return bool(reply["changed"])
 
     async def ping(self) -> None:
         await self._call({"op": Op.PING})

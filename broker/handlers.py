@@ -146,6 +146,14 @@ class ClientHandlers(PeerHandlers):
     def purge_failed(self, message: Message, now: float) -> None:
         self.session.reply(message["rid"], {"purged": self.manager.purge_failed()})
 
+    def pause(self, message: Message, now: float) -> None:
+        changed = self.manager.pause_queue(message["queue"])
+        self.session.reply(message["rid"], {"changed": changed})
+
+    def resume(self, message: Message, now: float) -> None:
+        changed = self.manager.resume_queue(message["queue"], now)
+        self.session.reply(message["rid"], {"changed": changed})
+
 
 class WorkerHandlers(PeerHandlers):
     """A worker's reports and credit, and the manager's sink for this worker."""
@@ -261,6 +269,8 @@ ROUTES: dict[str, Route] = {
     Op.FAILED: Route(ClientHandlers.failed, _CLIENT),
     Op.RETRY: Route(ClientHandlers.retry, _CLIENT, changes_jobs=True),
     Op.PURGE_FAILED: Route(ClientHandlers.purge_failed, _CLIENT, changes_jobs=True),
+    Op.PAUSE: Route(ClientHandlers.pause, _CLIENT, changes_jobs=True),
+    Op.RESUME: Route(ClientHandlers.resume, _CLIENT, changes_jobs=True),
     Op.READY: Route(WorkerHandlers.ready, _WORKER),
     Op.ACK: Route(WorkerHandlers.ack, _WORKER),
     Op.FAIL: Route(WorkerHandlers.fail, _WORKER),

@@ -57,6 +57,8 @@ class Op:
     FAILED: Final = "FAILED"
     RETRY: Final = "RETRY"
     PURGE_FAILED: Final = "PURGE_FAILED"
+    PAUSE: Final = "PAUSE"
+    RESUME: Final = "RESUME"
     # worker notifications
     READY: Final = "READY"
     ACK: Final = "ACK"
@@ -160,6 +162,8 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
     Op.FAILED: _fields(RID, Field("limit", Kind.UINT)),
     Op.RETRY: _fields(RID, Field("ids", Kind.IDS), Field("all", Kind.BOOL)),
     Op.PURGE_FAILED: _fields(RID),
+    Op.PAUSE: _fields(RID, Field("queue", Kind.NAME, required=True)),
+    Op.RESUME: _fields(RID, Field("queue", Kind.NAME, required=True)),
     Op.READY: _fields(Field("n", Kind.UINT, required=True)),
     Op.ACK: _fields(
         Field("id", Kind.ID, required=True),

@@ -45,6 +45,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.deliveries: list[tuple[str, int]] = []
+        self.queues: list[str] = []  # the queue of each delivery
         self.revoked: list[tuple[str, int]] = []
         # (run_at, started_at) of the job at the moment of each delivery.
         self.delivered_at: list[tuple[float, float | None]] = []
@@ -52,6 +53,7 @@ class RecordingSink:
     def deliver(self, job: Job) -> None:
         assert job.state is RUNNING
         self.deliveries.append((job.id, job.attempts))
+        self.queues.append(job.queue)
         self.delivered_at.append((job.run_at, job.started_at))
 
     def revoke(self, job: Job) -> None:
@@ -692,6 +694,9 @@ def test_a_job_that_pauses_dispatch_while_delivered_stops_the_feed() -> None:
             h.manager.pause_dispatch()
 
         def job_deleted(self, job_id: str) -> None:
+            pass
+
+        def setting_changed(self, key: str, value: Any) -> None:
             pass
 
     h.manager.journal = PausingJournal()
@@ -1489,6 +1494,7 @@ def test_stats_shape_and_counters() -> None:
         "failed_list": 0,
         "consumers": 0,
         "no_worker": {},
+        "paused": [],
         "submitted": 0,
         "succeeded": 0,
         "failed": 0,
@@ -1522,6 +1528,7 @@ def test_stats_shape_and_counters() -> None:
         "failed_list": 1,
         "consumers": 3,
         "no_worker": {"c": {"task": 1}},  # nobody serves queue c
+        "paused": [],
         "submitted": 6,
         "succeeded": 1,
         "failed": 1,
@@ -1681,6 +1688,84 @@ def test_a_job_handed_back_goes_to_a_consumer_of_its_task() -> None:
     assert other_sink.ids == [] and second_sink.ids == [job.id]
 
 
+# -- paused queues ------------------------------------------------------------------------
+
+
+def test_a_paused_queue_accepts_jobs_lets_running_ones_finish_and_starts_nothing() -> None:
+    h = Harness()
+    running, consumer, sink = running_one(h, 0.0)
+    assert h.manager.pause_queue("default")
+    assert not h.manager.pause_queue("default")  # already paused
+    waiting = h.submit(1.0)
+    other = h.submit(1.0, queue="other")
+    h.manager.grant(consumer, 3, 1.0)
+    assert sink.ids == [running.id]
+    assert waiting.state is QUEUED
+    assert h.manager.ack(consumer, running.id, 1, b"", 2.0)
+    retried = h.submit(2.0, delay=1.0)
+    h.advance(3.0)
+    assert retried.state is QUEUED and sink.ids == [running.id]
+    assert h.manager.stats()["paused"] == ["default"]
+    # Another queue is not held back.
+    both, both_sink = h.consumer("default", "other")
+    h.manager.grant(both, 5, 3.0)
+    assert both_sink.ids == [other.id]
+    assert h.manager.resume_queue("default", 4.0)
+    assert not h.manager.resume_queue("default", 4.0)
+    # Resuming feeds the consumers waiting on it at once, in the order they started waiting.
+    assert sink.ids == [running.id, waiting.id, retried.id]
+    assert h.manager.stats()["paused"] == []
+
+
+def test_a_job_handed_back_to_a_paused_queue_waits() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h, 0.0)
+    h.manager.pause_queue("default")
+    other, other_sink = h.consumer()
+    h.manager.grant(other, 1, 0.0)
+    h.manager.detach(consumer, 1.0, "gone")
+    assert job.state is QUEUED and other_sink.ids == []
+    h.manager.resume_queue("default", 2.0)
+    assert other_sink.ids == [job.id]
+
+
+def test_pausing_is_a_setting_journaled_and_restored() -> None:
+    h = Harness()
+    recorded: list[tuple[str, Any]] = []
+
+    class SettingsJournal:
+        def job_submitted(self, job: Job) -> None:
+            pass
+
+        def job_changed(self, job: Job) -> None:
+            pass
+
+        def job_reserved(self, job: Job) -> None:
+            pass
+
+        def job_deleted(self, job_id: str) -> None:
+            pass
+
+        def setting_changed(self, key: str, value: Any) -> None:
+            recorded.append((key, value))
+
+    h.manager.journal = SettingsJournal()
+    h.manager.pause_queue("mail")
+    h.manager.pause_queue("mail")
+    h.manager.pause_queue("sms")
+    h.manager.resume_queue("sms", 1.0)
+    assert recorded == [("paused:mail", True), ("paused:sms", True), ("paused:sms", None)]
+    assert h.manager.settings_view() == {"paused:mail": True}
+    restored = Harness()
+    restored.manager.restore_settings(h.manager.settings_view())
+    job = restored.submit(0.0, queue="mail")
+    consumer, sink = restored.consumer("mail")
+    restored.manager.grant(consumer, 1, 0.0)
+    assert sink.ids == [] and restored.manager.stats()["paused"] == ["mail"]
+    restored.manager.resume_queue("mail", 1.0)
+    assert sink.ids == [job.id]
+
+
 # -- random operations keep the invariants -------------------------------------------
 
 
@@ -1717,6 +1802,8 @@ OPERATIONS = [
     "extend",
     "pause",
     "resume",
+    "pause_queue",
+    "resume_queue",
     "heartbeat",
     "quiet",
     "detach",
@@ -1783,7 +1870,9 @@ def check_invariants(
         # (unless dispatch is paused; resuming feeds it).
         if consumer.credit > 0 and not paused:
             assert not any(
-                queue in consumer.queues and (slot.tasks is None or task in slot.tasks)
+                queue in consumer.queues
+                and queue not in manager.paused_queues
+                and (slot.tasks is None or task in slot.tasks)
                 for queue, task in queued
             )
         # Routing by task: a consumer only ever got jobs of the tasks it announced.
@@ -1905,6 +1994,10 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             manager.resume_dispatch(now)
             paused = False
             assert not manager.dispatch_paused
+        elif operation == "pause_queue":
+            manager.pause_queue(data.draw(st.sampled_from(["a", "b"]), label="queue"))
+        elif operation == "resume_queue":
+            manager.resume_queue(data.draw(st.sampled_from(["a", "b"]), label="queue"), now)
         elif operation == "quiet":
             manager.quiet(consumer)
             slot.granted_since_quiet = len(slot.sink.deliveries)
@@ -1929,6 +2022,10 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             # Nothing was handed out while paused (a fresh slot has had nothing).
             for s in slots:
                 assert len(s.sink.deliveries) == delivered_before.get(id(s.sink), 0)
+        # Nothing starts from a paused queue.
+        for s in slots:
+            for queue in s.sink.queues[delivered_before.get(id(s.sink), 0) :]:
+                assert queue not in manager.paused_queues
         check_invariants(h, slots, submitted, now, paused)
 
 

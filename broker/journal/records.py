@@ -24,6 +24,7 @@ DELETED = "D"  # a job forgotten (purged, or dropped from the failed or result l
 RESERVED = "R"  # a job handed to a worker: a short CHANGED for the commonest change
 SNAPSHOT_JOB = "J"  # one whole job, in a snapshot
 SNAPSHOT_END = "E"  # the last record of a complete snapshot: the job count
+SETTING = "K"  # a broker setting (a paused queue, a limit): key and value, nil for removed
 
 # The length of a version 1 snapshot job record, which lacks the error count.
 _SNAPSHOT_JOB_V1_LENGTH = 19
@@ -44,6 +45,10 @@ def submitted_record(job: Job) -> list[Any]:
         job.created_at,
         job.run_at,
     ]
+
+
+def setting_record(key: str, value: Any) -> list[Any]:
+    return [SETTING, key, value]
 
 
 def reserved_record(job: Job) -> list[Any]:
@@ -114,8 +119,10 @@ def _apply_change(job: Job, fields: list[Any]) -> None:
         job.add_error(error)
 
 
-def replay(records: list[list[Any]], jobs: dict[str, Job]) -> None:
-    """Apply journal or snapshot records to ``jobs`` (by id), in order."""
+def replay(
+    records: list[list[Any]], jobs: dict[str, Job], settings: dict[str, Any] | None = None
+) -> None:
+    """Apply journal or snapshot records to ``jobs`` (by id) and ``settings``, in order."""
     for record in records:
         kind = record[0]
         if kind == CHANGED:
@@ -140,6 +147,12 @@ def replay(records: list[list[Any]], jobs: dict[str, Job]) -> None:
             total = len(errors) if len(record) == _SNAPSHOT_JOB_V1_LENGTH else record[19]
             job.errors = ErrorLog(errors, total) if errors else None
             jobs[job.id] = job
+        elif kind == SETTING:
+            if settings is not None:
+                if record[2] is None:
+                    settings.pop(record[1], None)
+                else:
+                    settings[record[1]] = record[2]
         elif kind == SNAPSHOT_END:
             pass
         else:

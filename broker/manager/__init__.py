@@ -12,8 +12,9 @@ One file per concern, combined into the one :class:`JobManager` facade:
 
 - ``config``: ManagerConfig, Consumer, the Sink and JournalSink interfaces;
 - ``state``: the tables every concern shares (read this first);
-- ``dispatch``: ready queues, waiting consumers and their credit, delayed
-  jobs, pausing (the hot path);
+- ``dispatch``: ready queues (by queue and task), waiting consumers and
+  their credit, delayed jobs, pausing (the hot path);
+- ``flow``: paused queues, and the journaled broker settings;
 - ``leases``: holding a job, heartbeats, lease expiry, losing a job;
 - ``retention``: finished jobs (results TTL, ``max_results``), the failed
   list (retry, purge), forgetting idle queues;

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from broker.jobs import Job
 
@@ -58,6 +58,9 @@ class JournalSink(Protocol):
         """The most frequent change, worth a record of its own: queued to running."""
 
     def job_deleted(self, job_id: str) -> None: ...
+
+    def setting_changed(self, key: str, value: Any) -> None:
+        """A broker setting (a paused queue, a limit) changed; ``None``: removed."""
 
 
 class Consumer:

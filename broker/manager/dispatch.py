@@ -158,7 +158,8 @@ class Dispatch(ManagerState):
         queue's ``queued``.
         """
         job.state = JobState.QUEUED
-        if not self._dispatch_paused:
+        paused = self.paused_queues
+        if not self._dispatch_paused and (not paused or job.queue not in paused):
             waiting = self._waiting.get(job.queue)
             if not waiting:
                 by_task = self._waiting_tasks.get(job.queue)
@@ -191,6 +192,7 @@ class Dispatch(ManagerState):
         ready = self._ready
         queues = consumer.queues
         tasks = consumer.tasks
+        paused = self.paused_queues
         while consumer.credit > 0:
             best: Job | None = None
             best_queue: ReadyQueue | None = None
@@ -198,7 +200,7 @@ class Dispatch(ManagerState):
             if not self._dispatch_paused:
                 for queue in queues:
                     by_task = ready.get(queue)
-                    if not by_task:
+                    if not by_task or (paused and queue in paused):
                         continue
                     if tasks is None:
                         candidates: Iterable[ReadyQueue] = by_task.values()

@@ -15,6 +15,7 @@ from typing import Any
 from broker.jobs import Job, JobState, order_key
 from broker.manager.config import MAX_INTERNED_NAMES, Consumer, QueueCounts, QueueFullError
 from broker.manager.dispatch import Dispatch
+from broker.manager.flow import Flow
 from broker.manager.leases import Leases
 from broker.manager.recovery import Recovery
 from broker.manager.retention import Retention
@@ -24,7 +25,7 @@ from protocol.job_spec import JobSpec
 log = logging.getLogger("broker.manager")
 
 
-class JobManager(Dispatch, Leases, Retention, Recovery):
+class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
     """Every job of the broker, from submit to its result's expiry.
 
     A plain synchronous object: time is passed in as ``now`` (seconds since
@@ -261,5 +262,6 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             "failed_list": len(self._failed),
             "consumers": len(self.consumers),
             "no_worker": self.queued_without_worker(),
+            "paused": sorted(self.paused_queues),
             **self.counters,
         }

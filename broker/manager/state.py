@@ -81,6 +81,10 @@ class ManagerState:
         self._delayed: list[tuple[float, int, Job]] = []
         self._dispatch_paused = False
 
+        # flow.py: queues that hand out nothing, and the journaled settings.
+        self.paused_queues: set[str] = set()
+        self.settings: dict[str, Any] = {}
+
         # leases.py: (deadline, tiebreak, job, attempt); an entry of a job that is
         # no longer running that attempt is skipped when it comes due.
         self._leases: list[tuple[float, int, Job, int]] = []
@@ -113,6 +117,8 @@ class ManagerState:
         ) -> None: ...
 
         def _stop_waiting(self, consumer: Consumer) -> None: ...
+
+        def _feed(self, consumer: Consumer, now: float) -> None: ...
 
         def _unready(self, job: Job) -> None: ...
 
