@@ -4,6 +4,7 @@ python -m broker [--host 127.0.0.1] [--port 7878] [--log-level info] ...
 python -m broker stats | status JOB_ID | submit TASK --args JSON [--wait]
 python -m broker failed | retry JOB_ID|--all | purge-failed
 python -m broker pause QUEUE | resume QUEUE
+python -m broker limits [--queue Q | --task T] [--max-running N] [--rate 10/s] [--clear]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ ADMIN_COMMANDS = (
     "purge-failed",
     "pause",
     "resume",
+    "limits",
 )
 
 
@@ -153,6 +155,13 @@ def admin_parser() -> argparse.ArgumentParser:
     pause.add_argument("queue")
     resume = command("resume", "start jobs from a paused queue again")
     resume.add_argument("queue")
+    limits = command("limits", "show the global limits, or set those of a queue or a task")
+    target = limits.add_mutually_exclusive_group()
+    target.add_argument("--queue", help="set this queue's limits")
+    target.add_argument("--task", help="set this task's limits")
+    limits.add_argument("--max-running", type=int, default=None, help="at most N running at once")
+    limits.add_argument("--rate", default=None, help="at most N starts per period: 100/s, 10/min")
+    limits.add_argument("--clear", action="store_true", help="remove the queue's or task's limits")
     return parser
 
 
@@ -239,6 +248,38 @@ async def run_admin(args: argparse.Namespace) -> int:
         elif command == "resume":
             changed = await client.resume(args.queue)
             print(f"resumed {args.queue}" if changed else f"{args.queue} was not paused")
+        elif command == "limits":
+            return await limits_command(client, args)
+    return 0
+
+
+async def limits_command(client: Client, args: argparse.Namespace) -> int:
+    if args.queue is None and args.task is None:
+        if args.clear or args.max_running is not None or args.rate is not None:
+            print("error: name a --queue or a --task to set its limits", file=sys.stderr)
+            return 2
+        for kind, table in (await client.stats())["limits"].items():
+            for name, limit in table.items():
+                print(
+                    f"{kind[:-1]:<6} {name:<20} max_running={limit['max_running']}  "
+                    f"rate={limit['rate']}  running={limit['running']}  "
+                    f"started_in_window={limit['started_in_window']}"
+                )
+        return 0
+    if args.clear:
+        args.max_running = args.rate = None
+    elif args.max_running is None and args.rate is None:
+        print("error: give --max-running and/or --rate, or --clear", file=sys.stderr)
+        return 2
+    name = args.queue if args.queue is not None else args.task
+    try:
+        limits = await client.set_limits(
+            queue=args.queue, task=args.task, max_running=args.max_running, rate=args.rate
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{name}: no limits" if limits is None else f"{name}: {json.dumps(limits)}")
     return 0
 
 

@@ -19,6 +19,7 @@ from protocol.errors import ConnectionLost, JobwireError, NotFound, RemoteError
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.job_spec import DEFAULT_QUEUE, JobSpec
 from protocol.messages import Op, Role
+from protocol.rates import parse_rate
 from protocol.security import resolve_token
 from protocol.states import JobState
 from protocol.stream import (
@@ -468,6 +469,34 @@ class Client:
         """Start jobs from a paused ``queue`` again; False if it was not paused."""
         reply = await self._call({"op": Op.RESUME, "queue": queue})
         return bool(reply["changed"])
+
+    async def set_limits(
+        self,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        max_running: int | None = None,
+        rate: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Set the global limits of one queue or one task, replacing its earlier ones.
+
+        ``max_running``: at most that many of its jobs running at once across
+        every worker; ``rate``: at most that many starts per period, such as
+        ``"100/s"``, ``"10/min"`` or ``"500/5m"``. None for both removes the
+        limits. Returns ``{max_running, rate}`` as now set, or None.
+        """
+        if (queue is None) == (task is None):
+            raise ValueError("set_limits() needs exactly one of queue= and task=")
+        if rate is not None:
+            parse_rate(rate)  # a bad rate fails here, before it is sent
+        message: Message = {"op": Op.SET_LIMITS, "max_running": max_running, "rate": rate}
+        if queue is not None:
+            message["queue"] = queue
+        else:
+            message["task"] = task
+        reply = await self._call(message)
+        limits: dict[str, Any] | None = reply.get("limits")
+        return limits
 
     async def ping(self) -> None:
         await self._call({"op": Op.PING})

@@ -154,6 +154,31 @@ class ClientHandlers(PeerHandlers):
         changed = self.manager.resume_queue(message["queue"], now)
         self.session.reply(message["rid"], {"changed": changed})
 
+    def set_limits(self, message: Message, now: float) -> None:
+        rid = message["rid"]
+        queue = message.get("queue")
+        task = message.get("task")
+        if (queue is None) == (task is None):
+            self.session.reply_error(
+                rid, ErrorCode.BAD_REQUEST, "SET_LIMITS needs exactly one of 'queue' and 'task'"
+            )
+            return
+        max_running = message.get("max_running")
+        if max_running == 0:
+            self.session.reply_error(
+                rid,
+                ErrorCode.BAD_REQUEST,
+                "SET_LIMITS.max_running: at least 1 (to start nothing, PAUSE the queue)",
+            )
+            return
+        kind, name = ("queue", queue) if queue is not None else ("task", str(task))
+        try:
+            limit = self.manager.set_limits(kind, name, max_running, message.get("rate"), now)
+        except ValueError as exc:
+            self.session.reply_error(rid, ErrorCode.BAD_REQUEST, f"SET_LIMITS.{exc}")
+            return
+        self.session.reply(rid, {"limits": None if limit is None else limit.setting()})
+
 
 class WorkerHandlers(PeerHandlers):
     """A worker's reports and credit, and the manager's sink for this worker."""
@@ -271,6 +296,7 @@ ROUTES: dict[str, Route] = {
     Op.PURGE_FAILED: Route(ClientHandlers.purge_failed, _CLIENT, changes_jobs=True),
     Op.PAUSE: Route(ClientHandlers.pause, _CLIENT, changes_jobs=True),
     Op.RESUME: Route(ClientHandlers.resume, _CLIENT, changes_jobs=True),
+    Op.SET_LIMITS: Route(ClientHandlers.set_limits, _CLIENT, changes_jobs=True),
     Op.READY: Route(WorkerHandlers.ready, _WORKER),
     Op.ACK: Route(WorkerHandlers.ack, _WORKER),
     Op.FAIL: Route(WorkerHandlers.fail, _WORKER),

@@ -59,6 +59,7 @@ class Op:
     PURGE_FAILED: Final = "PURGE_FAILED"
     PAUSE: Final = "PAUSE"
     RESUME: Final = "RESUME"
+    SET_LIMITS: Final = "SET_LIMITS"
     # worker notifications
     READY: Final = "READY"
     ACK: Final = "ACK"
@@ -164,6 +165,14 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
     Op.PURGE_FAILED: _fields(RID),
     Op.PAUSE: _fields(RID, Field("queue", Kind.NAME, required=True)),
     Op.RESUME: _fields(RID, Field("queue", Kind.NAME, required=True)),
+    # Exactly one of queue and task (checked by the handler); rate as in protocol.rates.
+    Op.SET_LIMITS: _fields(
+        RID,
+        Field("queue", Kind.NAME),
+        Field("task", Kind.NAME),
+        Field("max_running", Kind.UINT),
+        Field("rate", Kind.NAME),
+    ),
     Op.READY: _fields(Field("n", Kind.UINT, required=True)),
     Op.ACK: _fields(
         Field("id", Kind.ID, required=True),

@@ -21,6 +21,7 @@ from broker import (
     JobFailed,
     JobState,
     NotFound,
+    RemoteError,
 )
 from broker.manager import Consumer, ManagerConfig
 from tests.waiting import eventually
@@ -327,3 +328,24 @@ async def test_retry_timeout_and_a_task_deployed_later(broker: Broker) -> None:
         async with serving(Worker(broker.address, registry=later)):
             assert await unknown.result(timeout=WAIT) == "ran"
         assert (await client.status(unknown.id))["attempts"] == 1
+
+
+async def test_set_limits_refuses_what_it_cannot_enforce(broker: Broker) -> None:
+    async with Client(broker.address) as client:
+        with pytest.raises(ValueError, match="exactly one of queue= and task="):
+            await client.set_limits(max_running=1)
+        with pytest.raises(ValueError, match="expected COUNT/PERIOD"):
+            await client.set_limits(task="t", rate="lots")
+        with pytest.raises(RemoteError) as zero:
+            await client.set_limits(queue="q", max_running=0)
+        assert zero.value.code == "BAD_REQUEST" and "PAUSE" in zero.value.message
+        # What a client written from the spec alone could send.
+        with pytest.raises(RemoteError, match="exactly one of 'queue' and 'task'"):
+            await client._call({"op": "SET_LIMITS", "queue": "a", "task": "b"})
+        with pytest.raises(RemoteError, match="expected COUNT/PERIOD"):
+            await client._call({"op": "SET_LIMITS", "task": "t", "rate": "lots"})
+        assert (await client.stats())["limits"] == {"queues": {}, "tasks": {}}
+        assert await client.set_limits(task="t", max_running=3) == {
+            "max_running": 3,
+            "rate": None,
+        }

@@ -239,7 +239,7 @@ operations = st.lists(
         st.sampled_from(
             ["submit", "delay", "grant", "ack", "fail", "retry_in", "release", "cancel", "tick",
              "detach", "retry_failed", "purge", "snapshot_point", "full_snapshot",
-             "pause", "resume"]
+             "pause", "resume", "limit"]
         ),
         st.integers(0, 50),
         # Time passed before the operation: often none, so errors can share a time.
@@ -315,6 +315,10 @@ def test_replaying_the_journal_gives_the_live_state(
             manager.pause_queue(("default", "other")[n % 2])
         elif op == "resume":
             manager.resume_queue(("default", "other")[n % 2], now)
+        elif op == "limit":
+            kind = ("queue", "task")[n % 2]
+            name = ("default", "t")[n % 2]
+            manager.set_limits(kind, name, (None, 1, 2)[n % 3], (None, "2/s")[n // 3 % 2], now)
         elif op == "snapshot_point" and snapshot_ids is None:
             snapshot_ids = list(manager.jobs)
             journal_mark = len(sink.data)
@@ -373,6 +377,9 @@ def test_replaying_the_journal_gives_the_live_state(
     restored = JobManager(ManagerConfig(max_failed=5, result_ttl=50.0), id_prefix="r")
     restored.restore_settings(replayed_settings)
     assert restored.paused_queues == manager.paused_queues
+    assert restored.settings_view() == manager.settings_view()
+    assert set(restored.queue_limits) == set(manager.queue_limits)
+    assert set(restored.task_limits) == set(manager.task_limits)
     restored.restore(list(replayed.values()), now)
     assert all(job.state is not JobState.RUNNING for job in restored.jobs.values())
     for job_id, job in manager.jobs.items():

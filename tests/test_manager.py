@@ -1495,6 +1495,7 @@ def test_stats_shape_and_counters() -> None:
         "consumers": 0,
         "no_worker": {},
         "paused": [],
+        "limits": {"queues": {}, "tasks": {}},
         "submitted": 0,
         "succeeded": 0,
         "failed": 0,
@@ -1529,6 +1530,7 @@ def test_stats_shape_and_counters() -> None:
         "consumers": 3,
         "no_worker": {"c": {"task": 1}},  # nobody serves queue c
         "paused": [],
+        "limits": {"queues": {}, "tasks": {}},
         "submitted": 6,
         "succeeded": 1,
         "failed": 1,
@@ -1766,6 +1768,99 @@ def test_pausing_is_a_setting_journaled_and_restored() -> None:
     assert sink.ids == [job.id]
 
 
+# -- global limits ------------------------------------------------------------------------
+
+
+def test_max_running_per_queue_holds_across_consumers_and_reopens_on_a_report() -> None:
+    h = Harness()
+    h.manager.set_limits("queue", "default", 2, None, 0.0)
+    jobs = [h.submit(0.0, priority=p) for p in (0, 0, 5, 0)]
+    consumers = [h.consumer(name=f"c{i}") for i in range(2)]
+    for consumer, _ in consumers:
+        h.manager.grant(consumer, 4, 0.0)
+    delivered = [job_id for _, sink in consumers for job_id in sink.ids]
+    assert delivered == [jobs[2].id, jobs[0].id]  # best first, only two
+    assert h.counts() == (2, 0, 2)
+    first, _ = consumers[0]
+    assert h.manager.ack(first, jobs[2].id, 1, b"", 1.0)
+    # The slot that opened goes to a waiting consumer, in order.
+    assert h.counts() == (1, 0, 2)
+    assert jobs[1].state is RUNNING
+    assert h.manager.stats(1.0)["limits"]["queues"]["default"] == {
+        "max_running": 2,
+        "rate": None,
+        "running": 2,
+        "started_in_window": 0,
+    }
+    # Other queues are not held back.
+    other = h.submit(1.0, queue="other")
+    both, both_sink = h.consumer("default", "other")
+    h.manager.grant(both, 3, 1.0)
+    assert both_sink.ids == [other.id]
+
+
+def test_max_running_per_task_skips_only_that_task() -> None:
+    h = Harness()
+    h.manager.set_limits("task", "slow", 1, None, 0.0)
+    slow = [h.submit(0.0, task="slow") for _ in range(2)]
+    fast = [h.submit(0.0, task="fast") for _ in range(2)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 10, 0.0)
+    assert sink.ids == [slow[0].id, fast[0].id, fast[1].id]
+    h.manager.cancel(slow[0].id, 1.0)  # a cancel stops it too
+    assert sink.ids[-1] == slow[1].id
+
+
+def test_a_rate_limited_job_starts_the_moment_the_window_allows() -> None:
+    h = Harness()
+    h.manager.set_limits("task", "api", None, "2/10s", 0.0)
+    jobs = [h.submit(0.0, task="api") for _ in range(5)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 10, 1.0)
+    assert sink.ids == [jobs[0].id, jobs[1].id]
+    assert h.manager.next_deadline() == 11.0  # the window moves on: no polling
+    h.advance(10.9)
+    assert len(sink.ids) == 2
+    h.advance(11.0)
+    assert sink.ids == [job.id for job in jobs[:4]]  # two starts at 1.0 left the window
+    assert h.manager.next_deadline() == 21.0
+    h.advance(21.0)
+    assert sink.ids == [job.id for job in jobs]
+    with pytest.raises(ValueError, match="expected COUNT/PERIOD"):
+        h.manager.set_limits("task", "api", None, "fast", 21.0)
+
+
+def test_loosening_or_removing_a_limit_feeds_waiting_consumers() -> None:
+    h = Harness()
+    h.manager.set_limits("queue", "default", 1, None, 0.0)
+    jobs = [h.submit(0.0) for _ in range(3)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 5, 0.0)
+    assert sink.ids == [jobs[0].id]
+    h.manager.set_limits("queue", "default", 2, None, 1.0)
+    assert sink.ids == [jobs[0].id, jobs[1].id]
+    assert h.manager.set_limits("queue", "default", None, None, 2.0) is None
+    assert sink.ids == [job.id for job in jobs]
+    assert h.manager.settings == {}
+
+
+def test_limits_are_settings_restored_with_empty_counts() -> None:
+    h = Harness()
+    h.manager.set_limits("queue", "mail", 3, "10/min", 0.0)
+    h.manager.set_limits("task", "api", None, "5/s", 0.0)
+    assert h.manager.settings_view() == {
+        "limit:queue:mail": {"max_running": 3, "rate": "10/min"},
+        "limit:task:api": {"max_running": None, "rate": "5/s"},
+    }
+    restored = Harness()
+    restored.manager.restore_settings(h.manager.settings_view())
+    empty = {"running": 0, "started_in_window": 0}
+    assert restored.manager.stats(0.0)["limits"] == {
+        "queues": {"mail": {"max_running": 3, "rate": "10/min", **empty}},
+        "tasks": {"api": {"max_running": None, "rate": "5/s", **empty}},
+    }
+
+
 # -- random operations keep the invariants -------------------------------------------
 
 
@@ -1871,8 +1966,8 @@ def check_invariants(
         if consumer.credit > 0 and not paused:
             assert not any(
                 queue in consumer.queues
-                and queue not in manager.paused_queues
                 and (slot.tasks is None or task in slot.tasks)
+                and manager._may_dispatch(queue, task, now)
                 for queue, task in queued
             )
         # Routing by task: a consumer only ever got jobs of the tasks it announced.
@@ -1911,6 +2006,16 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
     submitted: list[Job] = []
     now = 0.0
     paused = False
+    # Limits, set before any job: (kind, name) -> (max_running, rate as (count, period)).
+    limits: dict[tuple[str, str], tuple[int | None, tuple[int, float] | None]] = {}
+    for kind, name in (("queue", "a"), ("task", "x"), ("task", "y")):
+        max_running = data.draw(st.sampled_from([None, None, 1, 2]), label=f"max_running {name}")
+        rate = data.draw(st.sampled_from([None, None, (1, 5.0), (2, 10.0)]), label=f"rate {name}")
+        if max_running is not None or rate is not None:
+            text = None if rate is None else f"{rate[0]}/{rate[1]:g}s"
+            manager.set_limits(kind, name, max_running, text, now)
+            limits[(kind, name)] = (max_running, rate)
+    starts: dict[tuple[str, str], list[float]] = {key: [] for key in limits}
     steps = data.draw(st.integers(min_value=1, max_value=60), label="steps")
     for _ in range(steps):
         operation = data.draw(st.sampled_from(OPERATIONS), label="operation")
@@ -2026,6 +2131,28 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
         for s in slots:
             for queue in s.sink.queues[delivered_before.get(id(s.sink), 0) :]:
                 assert queue not in manager.paused_queues
+        # Limits: never more running than max_running, never more starts in a window
+        # than the rate allows.
+        for s in slots:
+            fresh = s.sink.deliveries[delivered_before.get(id(s.sink), 0) :]
+            for job_id, _ in fresh:
+                job = manager.jobs[job_id]
+                for key in (("queue", job.queue), ("task", job.task)):
+                    if key in starts:
+                        starts[key].append(now)
+        for (kind, name), (max_running, rate) in limits.items():
+            running_now = [
+                job
+                for job in manager.jobs.values()
+                if job.state is RUNNING and (job.queue if kind == "queue" else job.task) == name
+            ]
+            if max_running is not None:
+                assert len(running_now) <= max_running
+            if rate is not None:
+                count, period = rate
+                times = starts[(kind, name)]
+                for i, start in enumerate(times):
+                    assert sum(1 for t in times[: i + 1] if t > start - period) <= count
         check_invariants(h, slots, submitted, now, paused)
 
 

@@ -48,9 +48,10 @@ class ReadyQueue:
     reaches the front, where it is skipped.
     """
 
-    __slots__ = ("count", "levels", "priorities")
+    __slots__ = ("count", "levels", "priorities", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: str = "") -> None:
+        self.task = task
         self.levels: dict[int, deque[Job]] = {}
         # Negated priorities, so the heap's smallest is the highest priority.
         self.priorities: list[int] = []
@@ -102,6 +103,8 @@ class Dispatch(ManagerState):
         # Newest first: each goes to the front, so the oldest ends up first.
         for job in sorted(consumer.jobs.values(), key=lambda held: held.key, reverse=True):
             self._lose_lease(job, now, reason)
+        if self._opened:
+            self._feed_opened(now)
 
     def grant(self, consumer: Consumer, n: int, now: float) -> None:
         """The consumer can take ``n`` more jobs."""
@@ -158,8 +161,9 @@ class Dispatch(ManagerState):
         queue's ``queued``.
         """
         job.state = JobState.QUEUED
-        paused = self.paused_queues
-        if not self._dispatch_paused and (not paused or job.queue not in paused):
+        if not self._dispatch_paused and (
+            not self._gated or self._may_dispatch(job.queue, job.task, now)
+        ):
             waiting = self._waiting.get(job.queue)
             if not waiting:
                 by_task = self._waiting_tasks.get(job.queue)
@@ -179,7 +183,7 @@ class Dispatch(ManagerState):
             by_queue = self._ready[job.queue] = {}
         ready = by_queue.get(job.task)
         if ready is None:
-            ready = by_queue[job.task] = ReadyQueue()
+            ready = by_queue[job.task] = ReadyQueue(job.task)
         ready.push(job, front)
 
     def _feed(self, consumer: Consumer, now: float) -> None:
@@ -192,7 +196,8 @@ class Dispatch(ManagerState):
         ready = self._ready
         queues = consumer.queues
         tasks = consumer.tasks
-        paused = self.paused_queues
+        gated = self._gated  # a paused queue or a limit somewhere (flow.py, limits.py)
+        task_limits = self.task_limits if gated else None
         while consumer.credit > 0:
             best: Job | None = None
             best_queue: ReadyQueue | None = None
@@ -200,7 +205,7 @@ class Dispatch(ManagerState):
             if not self._dispatch_paused:
                 for queue in queues:
                     by_task = ready.get(queue)
-                    if not by_task or (paused and queue in paused):
+                    if not by_task or (gated and not self._queue_may_dispatch(queue, now)):
                         continue
                     if tasks is None:
                         candidates: Iterable[ReadyQueue] = by_task.values()
@@ -210,6 +215,10 @@ class Dispatch(ManagerState):
                         candidates = [by_task[t] for t in tasks if t in by_task]
                     drained = False
                     for candidate in candidates:
+                        if task_limits:
+                            limit = task_limits.get(candidate.task)
+                            if limit is not None and not limit.allows(now):
+                                continue
                         head = candidate.peek()
                         if head is None:
                             drained = True
@@ -226,20 +235,24 @@ class Dispatch(ManagerState):
                         for task in [t for t, q in by_task.items() if not q.count]:
                             del by_task[task]
             if best is None or best_queue is None:
-                self._start_waiting(consumer)
+                if tasks is None:
+                    waiting_on = self._waiting
+                    for queue in queues:
+                        waiting = waiting_on.get(queue)
+                        if waiting is None:
+                            waiting = waiting_on[queue] = {}
+                        waiting[consumer] = None
+                else:
+                    self._start_waiting(consumer)
                 return
             best_queue.pop()
             self._reserve(best, consumer, now)
 
     def _start_waiting(self, consumer: Consumer) -> None:
+        """A consumer that announced its tasks waits for each of them on each of its queues."""
         tasks = consumer.tasks
+        assert tasks is not None
         for queue in consumer.queues:
-            if tasks is None:
-                waiting = self._waiting.get(queue)
-                if waiting is None:
-                    waiting = self._waiting[queue] = {}
-                waiting[consumer] = None
-                continue
             by_task = self._waiting_tasks.get(queue)
             if by_task is None:
                 by_task = self._waiting_tasks[queue] = {}
@@ -314,6 +327,8 @@ class Dispatch(ManagerState):
         consumer.credit -= 1
         consumer.jobs[job.id] = job
         self.running += 1
+        if self._limited:
+            self._limits_started(job.queue, job.task, now)
         leases = self._leases
         heapq.heappush(leases, (deadline, next(self._tiebreak), job, job.attempts))
         if len(leases) > 2 * self.running + 1024:

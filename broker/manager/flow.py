@@ -5,8 +5,8 @@ nothing: dispatch (``dispatch.py``) skips it, so its ready jobs wait in their
 ready queues and the consumers with credit wait as usual. Resuming feeds the
 consumers waiting on that queue at once.
 
-Settings are the broker-wide state that is not a job (a paused queue, and
-later a limit): a small dict of key -> msgpack value (``settings``), written
+Settings are the broker-wide state that is not a job (a paused queue, a
+limit): a small dict of key -> msgpack value (``settings``), written
 through to the journal as ``K`` records (``JournalSink.setting_changed``),
 held whole in snapshots, and given back at start (:meth:`Flow.restore_settings`).
 """
@@ -17,6 +17,9 @@ from typing import Any
 
 from broker.manager.config import Consumer
 from broker.manager.state import ManagerState
+
+# Setting key of a limit (limits.py): LIMIT + "queue:" or "task:" + name.
+LIMIT = "limit:"
 
 # Setting key of a paused queue: PAUSED + queue name -> True.
 PAUSED = "paused:"
@@ -31,6 +34,7 @@ class Flow(ManagerState):
             return False
         queue = self._intern(queue)
         self.paused_queues.add(queue)
+        self._update_gate()
         self._counts(queue)  # listed in stats from now on
         self._set_setting(PAUSED + queue, True)
         return True
@@ -40,6 +44,7 @@ class Flow(ManagerState):
         if queue not in self.paused_queues:
             return False
         self.paused_queues.discard(queue)
+        self._update_gate()
         self._set_setting(PAUSED + queue, None)
         self._feed_waiting_on(queue, now)
         return True
@@ -75,5 +80,8 @@ class Flow(ManagerState):
             if key.startswith(PAUSED) and value:
                 queue = self._intern(key[len(PAUSED) :])
                 self.paused_queues.add(queue)
+                self._update_gate()
                 self._counts(queue)
                 self.settings[key] = value
+            elif key.startswith(LIMIT) and isinstance(value, dict):
+                self.restore_limit(key, value)

@@ -17,6 +17,7 @@ from broker.manager.config import MAX_INTERNED_NAMES, Consumer, QueueCounts, Que
 from broker.manager.dispatch import Dispatch
 from broker.manager.flow import Flow
 from broker.manager.leases import Leases
+from broker.manager.limits import Limits
 from broker.manager.recovery import Recovery
 from broker.manager.retention import Retention
 from protocol.backoff import backoff_delay
@@ -25,7 +26,7 @@ from protocol.job_spec import JobSpec
 log = logging.getLogger("broker.manager")
 
 
-class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
+class JobManager(Dispatch, Flow, Limits, Leases, Retention, Recovery):
     """Every job of the broker, from submit to its result's expiry.
 
     A plain synchronous object: time is passed in as ``now`` (seconds since
@@ -146,6 +147,8 @@ class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
         self._release_hold(job)
         job.result = result
         self._finish(job, JobState.SUCCEEDED, now)
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     def fail(
@@ -163,6 +166,8 @@ class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
             return False
         self._release_hold(job)
         self._failed_attempt(job, dict(error, attempt=attempt, at=now), now, retry_in)
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     def release(self, consumer: Consumer, job_id: str, attempt: int, now: float) -> bool:
@@ -177,6 +182,8 @@ class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
         if self.journal is not None:
             self.journal.job_changed(job)
         self._make_ready(job, now, front=True)  # it keeps its place at the front
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     def _failed_attempt(
@@ -216,17 +223,22 @@ class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
         else:
             return False
         self._finish(job, JobState.CANCELLED, now)
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     # -- time ---------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Run the timers that are due, except leases: delayed jobs, expired results.
+        """Run the timers that are due, except leases: delayed jobs, rate windows
+        that moved on (limits.py), expired results.
 
         Leases expire in :meth:`expire_leases`, which the server calls apart
         (see ``leases.py`` for why).
         """
         self._run_delayed(now)
+        if self._wakeups:
+            self._run_wakeups(now)
         self._expire_results(now)
 
     def next_deadline(self) -> float | None:
@@ -238,6 +250,8 @@ class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
             candidates.append(self._leases[0][0])
         if self._results:
             candidates.append(self._results[0][0])
+        if self._wakeups:
+            candidates.append(self._wakeups[0][0])
         return min(candidates) if candidates else None
 
     # -- questions ---------------------------------------------------------------
@@ -253,7 +267,9 @@ class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
                 return False
         return True
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Counts and settings; ``now`` (default: the newest rate window's start) for
+        the starts still within each rate's window."""
         return {
             "queues": {name: counts.as_dict() for name, counts in sorted(self.queues.items())},
             "jobs": len(self.jobs),
@@ -263,5 +279,6 @@ class JobManager(Dispatch, Flow, Leases, Retention, Recovery):
             "consumers": len(self.consumers),
             "no_worker": self.queued_without_worker(),
             "paused": sorted(self.paused_queues),
+            "limits": self.limits_stats(now),
             **self.counters,
         }

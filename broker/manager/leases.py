@@ -58,6 +58,8 @@ class Leases(ManagerState):
             owner.sink.revoke(job)
             self._lose_lease(job, now, f"lease of {job.lease:g}s expired")
             expired += 1
+        if self._opened:
+            self._feed_opened(now)
         return expired
 
     def next_lease_deadline(self) -> float | None:
@@ -111,6 +113,8 @@ class Leases(ManagerState):
         job.owner = None
         self.queues[job.queue].running -= 1
         self.running -= 1
+        if self._limited:
+            self._limits_stopped(job.queue, job.task)
 
     def _lose_lease(self, job: Job, now: float, reason: str) -> None:
         """The holder lost the job: back to its queue, or failed on its last attempt."""

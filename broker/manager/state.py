@@ -33,6 +33,7 @@ from broker.manager.config import (
 
 if TYPE_CHECKING:
     from broker.manager.dispatch import ReadyQueue
+    from broker.manager.limits import Limit
 
 
 class ManagerState:
@@ -85,6 +86,16 @@ class ManagerState:
         self.paused_queues: set[str] = set()
         self.settings: dict[str, Any] = {}
 
+        # limits.py: per queue and per task; whether any is set (the hot path's
+        # one check); rate windows' reopening times; limits a stop just opened.
+        self.queue_limits: dict[str, Limit] = {}
+        self.task_limits: dict[str, Limit] = {}
+        self._limited = False
+        # A paused queue or a limit exists: dispatch checks each queue and task.
+        self._gated = False
+        self._wakeups: list[tuple[float, int, Limit]] = []
+        self._opened: list[Limit] = []
+
         # leases.py: (deadline, tiebreak, job, attempt); an entry of a job that is
         # no longer running that attempt is skipped when it comes due.
         self._leases: list[tuple[float, int, Job, int]] = []
@@ -119,6 +130,26 @@ class ManagerState:
         def _stop_waiting(self, consumer: Consumer) -> None: ...
 
         def _feed(self, consumer: Consumer, now: float) -> None: ...
+
+        # flow.py
+        def _set_setting(self, key: str, value: Any) -> None: ...
+
+        def _feed_waiting_on(self, queue: str, now: float) -> None: ...
+
+        # limits.py
+        def _may_dispatch(self, queue: str, task: str, now: float) -> bool: ...
+
+        def _queue_may_dispatch(self, queue: str, now: float) -> bool: ...
+
+        def _update_gate(self) -> None: ...
+
+        def _limits_started(self, queue: str, task: str, now: float) -> None: ...
+
+        def _limits_stopped(self, queue: str, task: str) -> None: ...
+
+        def _feed_opened(self, now: float) -> None: ...
+
+        def restore_limit(self, key: str, value: dict[str, Any]) -> None: ...
 
         def _unready(self, job: Job) -> None: ...
 
