@@ -11,7 +11,8 @@ synchronous: a message and the time in, manager calls and frames out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,54 @@ if TYPE_CHECKING:
 Message = dict[str, Any]
 
 DEFAULT_FAILED_LIMIT = 100
+
+
+def dependency_order(
+    entries: list[Message], known: Mapping[str, Job]
+) -> list[int] | tuple[ErrorCode, str]:
+    """The order to submit a batch in so that every parent comes before its children.
+
+    A parent is a job the broker knows or an entry of this batch with that
+    ``id``; an unknown one is ``NOT_FOUND``, a cycle within the batch
+    ``BAD_REQUEST``. Entries keep their order where no dependency forces another.
+    """
+    in_batch: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        job_id = entry.get("id")
+        if job_id is not None and job_id not in known:
+            in_batch.setdefault(job_id, index)
+    parents_left = [0] * len(entries)
+    children: dict[int, list[int]] = {}
+    for index, entry in enumerate(entries):
+        for parent_id in entry.get("depends_on") or ():
+            parent = in_batch.get(parent_id)
+            if parent is not None:
+                if parent == index:
+                    return ErrorCode.BAD_REQUEST, (
+                        f"SUBMIT.jobs[{index}].depends_on: the job depends on itself"
+                    )
+                parents_left[index] += 1
+                children.setdefault(parent, []).append(index)
+            elif parent_id not in known:
+                return ErrorCode.NOT_FOUND, (
+                    f"SUBMIT.jobs[{index}].depends_on: no job {parent_id!r}"
+                )
+    ready = [index for index in range(len(entries)) if not parents_left[index]]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for child in children.get(index, ()):
+            parents_left[child] -= 1
+            if not parents_left[child]:
+                heapq.heappush(ready, child)
+    if len(order) < len(entries):
+        cycle = sorted(index for index in range(len(entries)) if parents_left[index])
+        return ErrorCode.BAD_REQUEST, (
+            f"SUBMIT.jobs: a dependency cycle among jobs {cycle[:10]} of the batch"
+        )
+    return order
 
 
 class PeerHandlers:
@@ -60,6 +109,7 @@ class ClientHandlers(PeerHandlers):
         known = manager.jobs
         limit = session.payload_limit
         new = 0
+        has_parents = False
         for index, entry in enumerate(entries):
             size = len(entry["payload"])
             if size > limit:
@@ -73,14 +123,29 @@ class ClientHandlers(PeerHandlers):
             job_id = entry.get("id")
             if job_id is None or job_id not in known:
                 new += 1
+            if "depends_on" in entry:
+                has_parents = True
         manager.check_capacity(new)  # all or nothing: QUEUE_FULL before any is accepted
+        order: Iterable[int] = range(len(entries))
+        if has_parents:
+            # All or nothing too: every parent known or in this batch, and no cycle.
+            order_or_error = dependency_order(entries, known)
+            if isinstance(order_or_error, tuple):
+                session.reply_error(rid, *order_or_error)
+                return
+            order = order_or_error
         submit = manager.submit
         from_wire = JobSpec.from_wire
-        ids: list[str] = []
+        submitted: list[Job | None] = [None] * len(entries)
         already_done: list[Job] = []
         watch = message.get("watch", False)
-        for entry in entries:
-            job, _ = submit(from_wire(entry), now)
+        for index in order:
+            job, _ = submit(from_wire(entries[index]), now)
+            submitted[index] = job
+        ids: list[str] = []
+        for maybe_job in submitted:
+            assert maybe_job is not None
+            job = maybe_job
             ids.append(job.id)
             if watch:
                 if job.state.finished:

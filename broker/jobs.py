@@ -58,6 +58,7 @@ class Job:
     __slots__ = (
         "attempts",
         "created_at",
+        "depends_on",
         "errors",
         "finished_at",
         "id",
@@ -111,6 +112,8 @@ class Job:
         self.owner: Any = None
         self.result: bytes | None = None
         self.errors: ErrorLog | None = None
+        # The parents' ids (``depends_on``), or None.
+        self.depends_on: tuple[str, ...] | None = None
         # Who wants a DONE push when the job finishes: None, one watcher, or a
         # list. Kept on the job, so watching costs no table entry and a
         # watcher that went away is skipped when the job finishes.

@@ -63,7 +63,7 @@ def done_message(job: Job) -> Message:
 def describe_job(job: Job, last_error_only: bool = False) -> Message:
     """The job as ``STATUS`` and ``FAILED`` report it (no payload, no result)."""
     errors: list[dict[str, Any]] = job.errors or []
-    return {
+    described: Message = {
         "id": job.id,
         "task": job.task,
         "queue": job.queue,
@@ -79,6 +79,9 @@ def describe_job(job: Job, last_error_only: bool = False) -> Message:
         "finished_at": job.finished_at,
         "errors": errors[-1:] if last_error_only else list(errors),
     }
+    if job.depends_on:
+        described["depends_on"] = list(job.depends_on)
+    return described
 
 
 def status_reply(job: Job, budget: int) -> Message:

@@ -25,6 +25,7 @@ WIRE_NAMES: Final = {
     "timeout": "timeout",
     "lease": "lease",
     "job_id": "id",
+    "depends_on": "depends_on",
 }
 
 
@@ -45,6 +46,8 @@ class JobSpec:
     timeout: float | None = None
     lease: float | None = None
     job_id: str | None = None
+    # Ids of the jobs that must succeed before this one may run.
+    depends_on: tuple[str, ...] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The ``SUBMIT`` entry: only the fields that differ from their defaults."""
@@ -63,6 +66,8 @@ class JobSpec:
             wire["lease"] = self.lease
         if self.job_id is not None:
             wire["id"] = self.job_id
+        if self.depends_on:
+            wire["depends_on"] = list(self.depends_on)
         return wire
 
     @classmethod
@@ -81,4 +86,5 @@ class JobSpec:
             get("timeout"),
             get("lease"),
             get("id"),
+            tuple(get("depends_on") or ()) or None,
         )

@@ -119,6 +119,7 @@ JOB_SPEC: Final = _fields(
     Field("timeout", Kind.SECONDS),
     Field("lease", Kind.SECONDS),
     Field("id", Kind.ID),
+    Field("depends_on", Kind.IDS),
 )
 
 ERROR_INFO: Final = _fields(

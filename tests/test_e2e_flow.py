@@ -42,7 +42,7 @@ async def test_a_paused_queue_starts_nothing_until_resumed_across_a_kill(
         assert await client.pause("default") is False  # already paused
         stats = await client.stats()
         assert stats["paused"] == ["default"]
-        assert stats["queues"]["default"] == {"queued": 5, "delayed": 0, "running": 0}
+        assert stats["queues"]["default"] == {"waiting": 0, "queued": 5, "delayed": 0, "running": 0}
     # A worker of another queue is not held back by the pause.
     start_worker(broker.address, extra=["--queues", "other"], concurrency=1)
     async with Client(broker.address) as client:

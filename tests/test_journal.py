@@ -97,6 +97,7 @@ FIELDS = (
     "result",
     "errors",
     "error_count",
+    "depends_on",
 )
 
 
@@ -239,7 +240,7 @@ operations = st.lists(
         st.sampled_from(
             ["submit", "delay", "grant", "ack", "fail", "retry_in", "release", "cancel", "tick",
              "detach", "retry_failed", "purge", "snapshot_point", "full_snapshot",
-             "pause", "resume", "limit"]
+             "pause", "resume", "limit", "child", "child"]
         ),
         st.integers(0, 50),
         # Time passed before the operation: often none, so errors can share a time.
@@ -315,6 +316,10 @@ def test_replaying_the_journal_gives_the_live_state(
             manager.pause_queue(("default", "other")[n % 2])
         elif op == "resume":
             manager.resume_queue(("default", "other")[n % 2], now)
+        elif op == "child" and manager.jobs:
+            parents = sorted(manager.jobs)
+            submit_job(manager, "t", b"", now, depends_on=(parents[n % len(parents)],),
+                       delay=float(n % 2))  # fmt: skip
         elif op == "limit":
             kind = ("queue", "task")[n % 2]
             name = ("default", "t")[n % 2]

@@ -23,6 +23,7 @@ from broker.manager import (
     JobManager,
     ManagerConfig,
     QueueFullError,
+    UnknownParentError,
 )
 from broker.wire import describe_job
 from tests.builders import submit_job
@@ -261,9 +262,16 @@ def test_generated_ids_never_collide_with_client_chosen_ids() -> None:
 @pytest.mark.parametrize("state", list(JobState))
 def test_submit_with_a_known_id_returns_the_existing_job(state: JobState) -> None:
     h = Harness(max_attempts=1)
+    parent = h.submit(0.0, task="parent", queue="parents")  # nobody takes it: it stays queued
     consumer, _ = h.consumer()
     job, created = submit_job(
-        h.manager, "task", b"first", 0.0, job_id="fixed", delay=5.0 if state is DELAYED else 0.0
+        h.manager,
+        "task",
+        b"first",
+        0.0,
+        job_id="fixed",
+        delay=5.0 if state is DELAYED else 0.0,
+        depends_on=(parent.id,) if state is JobState.WAITING else None,
     )
     assert created
     if state in (RUNNING, SUCCEEDED, FAILED):
@@ -1518,10 +1526,10 @@ def test_stats_shape_and_counters() -> None:
     stats = h.manager.stats()
     assert stats == {
         "queues": {
-            "a": {"queued": 0, "delayed": 0, "running": 1},
-            "b": {"queued": 0, "delayed": 1, "running": 0},
-            "c": {"queued": 1, "delayed": 0, "running": 0},
-            "default": {"queued": 0, "delayed": 0, "running": 0},
+            "a": {"waiting": 0, "queued": 0, "delayed": 0, "running": 1},
+            "b": {"waiting": 0, "queued": 0, "delayed": 1, "running": 0},
+            "c": {"waiting": 0, "queued": 1, "delayed": 0, "running": 0},
+            "default": {"waiting": 0, "queued": 0, "delayed": 0, "running": 0},
         },
         "jobs": 6,
         "unfinished": 3,
@@ -1861,6 +1869,115 @@ def test_limits_are_settings_restored_with_empty_counts() -> None:
     }
 
 
+# -- dependencies -------------------------------------------------------------------------
+
+WAITING = JobState.WAITING
+
+
+def test_a_child_waits_for_every_parent_then_runs() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    first, second = h.submit(0.0), h.submit(0.0)
+    child = h.submit(0.0, depends_on=(first.id, second.id))
+    grandchild = h.submit(0.0, depends_on=(child.id,))
+    assert child.state is WAITING and grandchild.state is WAITING
+    assert h.manager.stats()["queues"]["default"]["waiting"] == 2
+    assert describe_job(child)["depends_on"] == [first.id, second.id]
+    h.manager.grant(consumer, 10, 1.0)
+    assert sink.ids == [first.id, second.id]  # never a job whose parent is unfinished
+    assert h.manager.ack(consumer, first.id, 1, b"", 2.0)
+    assert child.state is WAITING
+    assert h.manager.ack(consumer, second.id, 1, b"", 3.0)
+    assert sink.ids[-1] == child.id  # straight to the waiting consumer
+    assert h.manager.ack(consumer, child.id, 1, b"", 4.0)
+    assert sink.ids[-1] == grandchild.id
+    assert h.manager.stats()["queues"]["default"]["waiting"] == 0
+
+
+def test_a_parent_already_succeeded_counts_as_done_and_an_unknown_one_is_refused() -> None:
+    h = Harness()
+    done, consumer, sink = running_one(h, 0.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    child = h.submit(2.0, depends_on=(done.id,), delay=1.0)
+    assert child.state is DELAYED and child.run_at == 3.0
+    now_child = h.submit(2.0, depends_on=(done.id,))
+    h.manager.grant(consumer, 1, 2.0)
+    assert sink.ids[-1] == now_child.id
+    before = h.snapshot()
+    with pytest.raises(UnknownParentError):
+        h.submit(2.0, depends_on=(done.id, "nobody"))
+    assert h.snapshot() == before
+
+
+def test_a_parent_failing_cancels_its_descendants_naming_it() -> None:
+    h = Harness(max_attempts=1)
+    parent, consumer, _ = running_one(h, 0.0)
+    other = h.submit(0.0)
+    child = h.submit(0.0, depends_on=(parent.id, other.id))
+    grandchild = h.submit(0.0, depends_on=(child.id,))
+    assert h.manager.fail(consumer, parent.id, 1, ERROR, 1.0)
+    assert child.state is CANCELLED and grandchild.state is CANCELLED
+    assert child.last_error is not None and grandchild.last_error is not None
+    assert child.last_error["type"] == "ParentFailed"
+    assert child.last_error["message"] == f"parent job {parent.id} failed"
+    assert grandchild.last_error["message"] == (
+        f"parent job {child.id} cancelled (parent job {parent.id} failed)"
+    )
+    assert other.state is QUEUED  # the other parent goes on
+    late = h.submit(2.0, depends_on=(parent.id,))  # a parent already failed
+    assert late.state is CANCELLED
+    assert h.manager.stats()["queues"]["default"]["waiting"] == 0
+
+
+def test_cancelling_a_parent_or_a_waiting_child() -> None:
+    h = Harness()
+    parent = h.submit(0.0)
+    child = h.submit(0.0, depends_on=(parent.id,))
+    sibling = h.submit(0.0, depends_on=(parent.id,))
+    assert h.manager.cancel(sibling.id, 1.0)
+    assert sibling.state is CANCELLED and sibling.last_error is None
+    assert h.manager.cancel(parent.id, 1.0)
+    assert child.state is CANCELLED
+    assert child.last_error is not None
+    assert child.last_error["message"] == f"parent job {parent.id} cancelled"
+
+
+def test_a_long_chain_settles_without_recursion() -> None:
+    h = Harness()
+    root = h.submit(0.0)
+    previous = root
+    chain = []
+    for _ in range(5000):
+        previous = h.submit(0.0, depends_on=(previous.id,))
+        chain.append(previous)
+    h.manager.cancel(root.id, 1.0)
+    assert all(job.state is CANCELLED for job in chain)
+
+
+def test_waiting_jobs_are_restored_waiting_for_their_unfinished_parents() -> None:
+    h = Harness(max_attempts=1)
+    done, consumer, _ = running_one(h, 0.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    failing, failing_consumer, _ = running_one(h, 1.0)
+    pending = h.submit(1.0)
+    waits = h.submit(1.0, depends_on=(done.id, pending.id))
+    doomed = h.submit(1.0, depends_on=(failing.id,))
+    # As a replay would give them: the failing parent failed, its child still waiting.
+    jobs = list(h.manager.jobs.values())
+    failing.state = FAILED
+    failing.owner = None
+    restored = Harness(max_attempts=1)
+    restored.manager.restore(jobs, 2.0)
+    assert waits.state is WAITING and doomed.state is CANCELLED
+    assert restored.manager.stats()["queues"]["default"]["waiting"] == 1
+    consumer, sink = restored.consumer()
+    restored.manager.grant(consumer, 5, 3.0)
+    assert sink.ids == [pending.id]
+    assert restored.manager.ack(consumer, pending.id, 1, b"", 4.0)
+    assert sink.ids[-1] == waits.id
+    del failing_consumer
+
+
 # -- random operations keep the invariants -------------------------------------------
 
 
@@ -1914,6 +2031,7 @@ def check_invariants(
     for name, counts in manager.queues.items():
         states = Counter(job.state for job in jobs.values() if job.queue == name)
         assert counts.as_dict() == {
+            "waiting": states[JobState.WAITING],
             "queued": states[QUEUED],
             "delayed": states[DELAYED],
             "running": states[RUNNING],
@@ -2025,6 +2143,12 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
         delivered_before = {id(s.sink): len(s.sink.deliveries) for s in slots}
         if operation == "submit":
             delay = data.draw(st.sampled_from([0.0, 0.0, 0.5, 4.0, 12.0]), label="delay")
+            known = [job.id for job in submitted if job.id in manager.jobs]
+            parents = (
+                data.draw(st.lists(st.sampled_from(known), max_size=2), label="parents")
+                if known
+                else []
+            )
             job, created = submit_job(
                 manager,
                 data.draw(st.sampled_from(["x", "y", "w"]), label="task"),
@@ -2033,10 +2157,13 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
                 queue=data.draw(st.sampled_from(["a", "b"]), label="queue"),
                 priority=data.draw(st.integers(-2, 2), label="priority"),
                 delay=delay,
+                depends_on=tuple(parents) or None,
             )
             assert created
             submitted.append(job)
-            if delay:
+            if parents:
+                assert job.state in (WAITING, CANCELLED, DELAYED, QUEUED, RUNNING)
+            elif delay:
                 assert job.state is DELAYED
             else:
                 assert job.state in (QUEUED, RUNNING)
@@ -2127,6 +2254,20 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             # Nothing was handed out while paused (a fresh slot has had nothing).
             for s in slots:
                 assert len(s.sink.deliveries) == delivered_before.get(id(s.sink), 0)
+        # Dependencies: nothing starts before every parent has succeeded; a job waits
+        # exactly while a parent is unfinished and none failed or was cancelled.
+        by_id = {job.id: job for job in submitted}
+        for s in slots:
+            for job_id, _ in s.sink.deliveries[delivered_before.get(id(s.sink), 0) :]:
+                started = by_id[job_id]
+                assert all(by_id[p].state is SUCCEEDED for p in started.depends_on or ())
+        for job in submitted:
+            if job.state is WAITING:
+                parent_states = [by_id[p].state for p in job.depends_on or ()]
+                assert not any(st_ in (FAILED, CANCELLED) for st_ in parent_states)
+                assert not all(st_ is SUCCEEDED for st_ in parent_states)
+            if job.depends_on and job.state in (QUEUED, DELAYED, RUNNING):
+                assert all(by_id[p].state is SUCCEEDED for p in job.depends_on)
         # Nothing starts from a paused queue.
         for s in slots:
             for queue in s.sink.queues[delivered_before.get(id(s.sink), 0) :]:

@@ -31,7 +31,7 @@ _SNAPSHOT_JOB_V1_LENGTH = 19
 
 
 def submitted_record(job: Job) -> list[Any]:
-    return [
+    record = [
         SUBMITTED,
         job.id,
         job.task,
@@ -45,6 +45,9 @@ def submitted_record(job: Job) -> list[Any]:
         job.created_at,
         job.run_at,
     ]
+    if job.depends_on:  # a trailing field, only for the jobs that have parents
+        record.append(list(job.depends_on))
+    return record
 
 
 def setting_record(key: str, value: Any) -> list[Any]:
@@ -75,13 +78,16 @@ def changed_record(job: Job) -> list[Any]:
 
 
 def snapshot_record(job: Job) -> list[Any]:
-    return [
+    record = [
         SNAPSHOT_JOB,
-        *submitted_record(job)[1:],
+        *submitted_record(job)[1:12],
         *changed_record(job)[2:-2],
         list(job.errors or ()),
         job.error_count,
     ]
+    if job.depends_on:
+        record.append(list(job.depends_on))
+    return record
 
 
 def _job_from_submitted(fields: list[Any]) -> Job:
@@ -91,7 +97,11 @@ def _job_from_submitted(fields: list[Any]) -> Job:
     key = order_key(priority, seq)
     job = Job(job_id, task, payload, queue, priority, key, attempts_max, timeout, lease, created)
     job.run_at = run_at
-    job.state = JobState.DELAYED if run_at > created else JobState.QUEUED
+    if len(fields) > 12:
+        job.depends_on = tuple(fields[12])
+        job.state = JobState.WAITING
+    else:
+        job.state = JobState.DELAYED if run_at > created else JobState.QUEUED
     return job
 
 
@@ -145,6 +155,8 @@ def replay(
             _apply_change(job, [*record[12:18], None])
             errors = record[18]
             total = len(errors) if len(record) == _SNAPSHOT_JOB_V1_LENGTH else record[19]
+            if len(record) > 20:
+                job.depends_on = tuple(record[20])
             job.errors = ErrorLog(errors, total) if errors else None
             jobs[job.id] = job
         elif kind == SETTING:

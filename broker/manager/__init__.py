@@ -15,6 +15,8 @@ One file per concern, combined into the one :class:`JobManager` facade:
 - ``dispatch``: ready queues (by queue and task), waiting consumers and
   their credit, delayed jobs, pausing (the hot path);
 - ``flow``: paused queues, and the journaled broker settings;
+- ``limits``: global max_running and rates per queue and per task;
+- ``dependencies``: jobs waiting for their parents (``depends_on``);
 - ``leases``: holding a job, heartbeats, lease expiry, losing a job;
 - ``retention``: finished jobs (results TTL, ``max_results``), the failed
   list (retry, purge), forgetting idle queues;
@@ -33,6 +35,7 @@ from broker.manager.config import (
     QueueFullError,
     Sink,
 )
+from broker.manager.dependencies import UnknownParentError
 from broker.manager.dispatch import ReadyQueue
 from broker.manager.jobmanager import JobManager
 
@@ -47,4 +50,5 @@ __all__ = [
     "QueueFullError",
     "ReadyQueue",
     "Sink",
+    "UnknownParentError",
 ]

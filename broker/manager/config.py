@@ -97,14 +97,20 @@ class QueueFullError(Exception):
 
 
 class QueueCounts:
-    """How many jobs of one queue are queued, delayed and running."""
+    """How many jobs of one queue are waiting (for parents), queued, delayed and running."""
 
-    __slots__ = ("delayed", "queued", "running")
+    __slots__ = ("delayed", "queued", "running", "waiting")
 
     def __init__(self) -> None:
+        self.waiting = 0
         self.queued = 0
         self.delayed = 0
         self.running = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"queued": self.queued, "delayed": self.delayed, "running": self.running}
+        return {
+            "waiting": self.waiting,
+            "queued": self.queued,
+            "delayed": self.delayed,
+            "running": self.running,
+        }

@@ -14,6 +14,7 @@ from typing import Any
 
 from broker.jobs import Job, JobState, order_key
 from broker.manager.config import MAX_INTERNED_NAMES, Consumer, QueueCounts, QueueFullError
+from broker.manager.dependencies import Dependencies
 from broker.manager.dispatch import Dispatch
 from broker.manager.flow import Flow
 from broker.manager.leases import Leases
@@ -26,7 +27,7 @@ from protocol.job_spec import JobSpec
 log = logging.getLogger("broker.manager")
 
 
-class JobManager(Dispatch, Flow, Limits, Leases, Retention, Recovery):
+class JobManager(Dispatch, Flow, Limits, Dependencies, Leases, Retention, Recovery):
     """Every job of the broker, from submit to its result's expiry.
 
     A plain synchronous object: time is passed in as ``now`` (seconds since
@@ -65,7 +66,9 @@ class JobManager(Dispatch, Flow, Limits, Leases, Retention, Recovery):
         """Accept a job; return it and whether it is new.
 
         A ``spec.job_id`` the manager still knows returns the existing job
-        unchanged (idempotent submit). Raises :class:`QueueFullError`.
+        unchanged (idempotent submit). A job with ``depends_on`` waits for its
+        parents (``dependencies.py``). Raises :class:`QueueFullError`, and
+        :class:`UnknownParentError` for a parent it does not know.
         """
         job_id = spec.job_id
         max_attempts = spec.max_attempts
@@ -81,6 +84,9 @@ class JobManager(Dispatch, Flow, Limits, Leases, Retention, Recovery):
             while job_id in self.jobs:  # a client chose this id for its own job
                 job_id = f"{self._id_prefix}-{next(self._ids):x}"
         self.check_capacity(1)
+        depends_on = spec.depends_on
+        if depends_on:
+            self.check_parents(depends_on)
         # Every job's task and queue name arrives as a new string; share one.
         names = self._names
         task = names.get(spec.task) or self._intern(spec.task)
@@ -110,10 +116,21 @@ class JobManager(Dispatch, Flow, Limits, Leases, Retention, Recovery):
             counts = self.queues[queue] = QueueCounts()
         if delay > 0:
             job.run_at = now + delay
+        if depends_on:
+            job.depends_on = tuple(dict.fromkeys(depends_on))
+            job.state = JobState.WAITING  # as its S record says
         if self.journal is not None:
             self.journal.job_submitted(job)
+        if depends_on:
+            if self._wait_for_parents(job, now):
+                return job, True
+            job.state = JobState.QUEUED  # every parent had succeeded: a U record says so
+            if self.journal is not None and delay <= 0:
+                self.journal.job_changed(job)
         if delay > 0:
             self._delay(job, now + delay, counts)
+            if depends_on and self.journal is not None:
+                self.journal.job_changed(job)
         else:
             counts.queued += 1
             self._make_ready(job, now)
@@ -205,7 +222,10 @@ class JobManager(Dispatch, Flow, Limits, Leases, Retention, Recovery):
     # -- cancelling ---------------------------------------------------------------
 
     def cancel(self, job_id: str, now: float) -> bool | None:
-        """Cancel a queued, delayed or running job. None: unknown id; False: already finished."""
+        """Cancel a waiting, queued, delayed or running job (and the jobs waiting for it).
+
+        None: unknown id; False: already finished.
+        """
         job = self.jobs.get(job_id)
         if job is None:
             return None
@@ -214,6 +234,8 @@ class JobManager(Dispatch, Flow, Limits, Leases, Retention, Recovery):
         if state is JobState.QUEUED:
             counts.queued -= 1  # its ready-queue entry is skipped when reached
             self._unready(job)
+        elif state is JobState.WAITING:
+            self._unwait(job)
         elif state is JobState.DELAYED:
             counts.delayed -= 1
         elif state is JobState.RUNNING:

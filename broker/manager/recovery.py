@@ -33,6 +33,7 @@ class Recovery(ManagerState):
         failed: list[Job] = []
         interrupted: list[Job] = []
         ready: list[Job] = []
+        waiting: list[Job] = []
         for job in jobs:
             max_seq = max(max_seq, sequence_of(job.key))
             state = job.state
@@ -53,6 +54,8 @@ class Recovery(ManagerState):
                 heapq.heappush(self._delayed, (job.run_at, next(self._tiebreak), job))
             elif state is JobState.RUNNING:
                 interrupted.append(job)
+            elif state is JobState.WAITING:
+                waiting.append(job)
             else:
                 ready.append(job)
         self._seq = itertools.count(max_seq + 1)
@@ -84,3 +87,5 @@ class Recovery(ManagerState):
             else:
                 self.counters["requeued"] += 1
                 self._requeue(job, now)
+        waiting.sort(key=lambda job: job.key)
+        self._restore_waiting(waiting, now)

@@ -50,6 +50,8 @@ class Retention(ManagerState):
             self._forget_queue_if_idle(job.queue)
         if self.on_finished is not None:
             self.on_finished(job)
+        if self._children and job.id in self._children:
+            self._settle_children(job, now)
 
     def _drop_oldest_result(self) -> None:
         _, job = self._results.popleft()
@@ -73,7 +75,7 @@ class Retention(ManagerState):
         counts = self.queues.get(queue)
         if (
             counts is not None
-            and not (counts.queued or counts.delayed or counts.running)
+            and not (counts.waiting or counts.queued or counts.delayed or counts.running)
             and not self._waiting.get(queue)
             and not self._waiting_tasks.get(queue)
         ):

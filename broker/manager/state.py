@@ -96,6 +96,12 @@ class ManagerState:
         self._wakeups: list[tuple[float, int, Limit]] = []
         self._opened: list[Limit] = []
 
+        # dependencies.py: unfinished parent id -> jobs waiting for it; a waiting
+        # job's id -> its unfinished parents; parents being settled.
+        self._children: dict[str, list[Job]] = {}
+        self._parents_left: dict[str, int] = {}
+        self._settling: list[Job] = []
+
         # leases.py: (deadline, tiebreak, job, attempt); an entry of a job that is
         # no longer running that attempt is skipped when it comes due.
         self._leases: list[tuple[float, int, Job, int]] = []
@@ -162,6 +168,15 @@ class ManagerState:
 
         # retention.py
         def _finish(self, job: Job, state: JobState, now: float) -> None: ...
+
+        # dependencies.py
+        def _settle_children(self, parent: Job, now: float) -> None: ...
+
+        def _wait_for_parents(self, job: Job, now: float) -> bool: ...
+
+        def _unwait(self, job: Job) -> None: ...
+
+        def _restore_waiting(self, waiting: list[Job], now: float) -> None: ...
 
         # jobmanager.py
         def check_capacity(self, count: int) -> None: ...
