@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -75,6 +76,22 @@ def job_spec(
     if not isinstance(task, str) or not task:
         raise ValueError("task must be a non-empty string")
     return JobSpec(task, encode_payload(args, kwargs), **options)
+
+
+def parent_ids(parents: Iterable[str | Job] | None) -> tuple[str, ...] | None:
+    """``depends_on`` as ids (a :class:`Job` handle stands for its id)."""
+    if parents is None:
+        return None
+    ids = tuple(parent.id if isinstance(parent, Job) else parent for parent in parents)
+    return ids or None
+
+
+def with_job_id(step: Mapping[str, Any]) -> dict[str, Any]:
+    """A step of a chain or chord, with a job id of its own for the others to name."""
+    spec = dict(step)
+    if spec.get("job_id") is None:
+        spec["job_id"] = f"wf-{secrets.token_hex(10)}"
+    return spec
 
 
 # A generous bound on what a job spec adds around its payload on the wire.
@@ -291,8 +308,14 @@ class Client:
         timeout: float | None = None,
         lease: float | None = None,
         job_id: str | None = None,
+        depends_on: Iterable[str | Job] | None = None,
     ) -> Job:
-        """Submit one job; returns its :class:`Job` handle once the broker has accepted it."""
+        """Submit one job; returns its :class:`Job` handle once the broker has accepted it.
+
+        ``depends_on``: jobs (handles or ids) that must all succeed first; the
+        job waits in state ``waiting``, and is cancelled if one of them fails
+        for good or is cancelled. An unknown one raises :class:`NotFound`.
+        """
         spec = job_spec(
             task,
             args,
@@ -304,6 +327,7 @@ class Client:
             timeout=timeout,
             lease=lease,
             job_id=job_id,
+            depends_on=parent_ids(depends_on),
         ).to_wire()
         connection = self._connection
         if connection is None or not connection.is_open:
@@ -321,7 +345,9 @@ class Client:
         """Submit many jobs in one round trip; each dict has ``submit``'s parameter names.
 
         Jobs go in as few SUBMIT frames as the frame limit allows, pipelined;
-        the broker accepts or refuses each frame whole (``QueueFull``).
+        the broker accepts or refuses each frame whole (``QueueFull``). A job's
+        ``depends_on`` may name jobs of the same call by their ``job_id``, in
+        any order within a frame (a cycle is refused), and earlier frames' jobs.
         """
         specs = []
         for i, job in enumerate(jobs):
@@ -329,6 +355,8 @@ class Client:
                 raise ValueError(f"job {i}: unknown keys {sorted(set(job) - SUBMIT_FIELDS)}")
             if "task" not in job:
                 raise ValueError(f"job {i}: 'task' is required")
+            if job.get("depends_on") is not None:
+                job = {**job, "depends_on": parent_ids(job["depends_on"])}
             specs.append(job_spec(**job).to_wire())
         if not specs:
             return []
@@ -458,6 +486,40 @@ class Client:
     async def purge_failed(self) -> int:
         reply = await self._call({"op": Op.PURGE_FAILED})
         return int(reply["purged"])
+
+    # -- workflows: chains and chords of jobs, on top of depends_on -----------------------
+
+    async def chain(self, *steps: Mapping[str, Any]) -> list[Job]:
+        """Celery's ``chain``: each step runs once the one before it has succeeded.
+
+        Each step is a dict of ``submit``'s parameters (``task``, ``args``, ...).
+        If a step fails for good or is cancelled, the steps after it are
+        cancelled. Results are not passed along: a step that needs its
+        parent's result reads it (``client.job(id).result()``). One round trip.
+        """
+        specs: list[dict[str, Any]] = []
+        previous: str | None = None
+        for step in steps:
+            spec = with_job_id(step)
+            if previous is not None:
+                spec["depends_on"] = [*(parent_ids(spec.get("depends_on")) or ()), previous]
+            previous = spec["job_id"]
+            specs.append(spec)
+        return await self.submit_many(specs)
+
+    async def chord(
+        self, header: Iterable[Mapping[str, Any]], body: Mapping[str, Any]
+    ) -> tuple[list[Job], Job]:
+        """Celery's ``chord``: the ``header`` jobs run in parallel (a ``group``), and
+        ``body`` once every one of them has succeeded (fan-in). One round trip."""
+        specs = [with_job_id(step) for step in header]
+        final = with_job_id(body)
+        final["depends_on"] = [
+            *(parent_ids(final.get("depends_on")) or ()),
+            *(spec["job_id"] for spec in specs),
+        ]
+        jobs = await self.submit_many([*specs, final])
+        return jobs[:-1], jobs[-1]
 
     async def pause(self, queue: str = DEFAULT_QUEUE) -> bool:
         """Start no more jobs from ``queue`` (it still accepts them, and running ones

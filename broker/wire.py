@@ -48,7 +48,11 @@ def done_message(job: Job) -> Message:
     if job.state is JobState.SUCCEEDED:
         message["result"] = job.result
     elif job.state is JobState.CANCELLED:
-        message["error"] = {"type": "Cancelled", "message": "the job was cancelled"}
+        reason = job.last_error  # set when a parent failed or was cancelled
+        if reason is not None and reason.get("type") == "ParentFailed":
+            message["error"] = {"type": "ParentFailed", "message": reason["message"]}
+        else:
+            message["error"] = {"type": "Cancelled", "message": "the job was cancelled"}
     else:
         error = job.last_error
         if error is not None:

@@ -87,6 +87,7 @@ def test_a_full_spec_survives_the_wire_and_the_validator() -> None:
         timeout=2.0,
         lease=9.0,
         job_id="order-1",
+        depends_on=("order-0",),
     )
     wire = spec.to_wire()
     assert set(wire) == set(JOB_SPEC)
