@@ -355,9 +355,10 @@ class Client:
                 raise ValueError(f"job {i}: unknown keys {sorted(set(job) - SUBMIT_FIELDS)}")
             if "task" not in job:
                 raise ValueError(f"job {i}: 'task' is required")
-            if job.get("depends_on") is not None:
-                job = {**job, "depends_on": parent_ids(job["depends_on"])}
-            specs.append(job_spec(**job).to_wire())
+            options = dict(job)
+            if options.get("depends_on") is not None:
+                options["depends_on"] = parent_ids(options["depends_on"])
+            specs.append(job_spec(**options).to_wire())
         if not specs:
             return []
         return await self._submit_specs(specs)
