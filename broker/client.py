@@ -131,13 +131,16 @@ def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
 class Job:
     """A handle on a job the broker holds. ``await job.result()`` waits for it."""
 
-    __slots__ = ("_client", "_outcome", "id")
+    __slots__ = ("_client", "_outcome", "existing_state", "id")
 
     def __init__(
         self, client: Client, job_id: str, outcome: asyncio.Future[Message] | None = None
     ) -> None:
         self._client = client
         self.id = job_id
+        # Set when the submit returned a job the broker already had (a known
+        # job_id, or a unique_key a job holds): its state then. None: a new job.
+        self.existing_state: str | None = None
         # Resolved with the broker's DONE message (or a LOST marker).
         self._outcome = outcome
 
@@ -309,12 +312,18 @@ class Client:
         lease: float | None = None,
         job_id: str | None = None,
         depends_on: Iterable[str | Job] | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> Job:
         """Submit one job; returns its :class:`Job` handle once the broker has accepted it.
 
         ``depends_on``: jobs (handles or ids) that must all succeed first; the
         job waits in state ``waiting``, and is cancelled if one of them fails
         for good or is cancelled. An unknown one raises :class:`NotFound`.
+
+        ``unique_key``: while a job with this key is unfinished, or within
+        ``unique_for`` seconds of its submission, this returns that job
+        instead of a new one; ``job.existing_state`` then says its state.
         """
         spec = job_spec(
             task,
@@ -328,6 +337,8 @@ class Client:
             lease=lease,
             job_id=job_id,
             depends_on=parent_ids(depends_on),
+            unique_key=unique_key,
+            unique_for=unique_for,
         ).to_wire()
         connection = self._connection
         if connection is None or not connection.is_open:
@@ -396,6 +407,8 @@ class Client:
                 if future is None:
                     future = outcomes[job_id] = loop.create_future()
                 jobs.append(Job(self, job_id, future))
+            for entry in reply.get("existing") or ():
+                jobs[entry["index"]].existing_state = entry["state"]
 
         return expect_outcomes
 

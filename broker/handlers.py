@@ -139,9 +139,14 @@ class ClientHandlers(PeerHandlers):
         submitted: list[Job | None] = [None] * len(entries)
         already_done: list[Job] = []
         watch = message.get("watch", False)
+        existing: list[Message] | None = None
         for index in order:
-            job, _ = submit(from_wire(entries[index]), now)
+            job, created = submit(from_wire(entries[index]), now)
             submitted[index] = job
+            if not created:  # a known id, or a unique key a job holds
+                if existing is None:
+                    existing = []
+                existing.append({"index": index, "id": job.id, "state": job.state.value})
         ids: list[str] = []
         for maybe_job in submitted:
             assert maybe_job is not None
@@ -152,7 +157,10 @@ class ClientHandlers(PeerHandlers):
                     already_done.append(job)
                 else:
                     job.add_watcher(session)
-        session.reply(rid, {"ids": ids})
+        reply: Message = {"ids": ids}
+        if existing is not None:
+            reply["existing"] = sorted(existing, key=lambda entry: entry["index"])
+        session.reply(rid, reply)
         for job in already_done:
             session.send(done_message(job))
 

@@ -76,6 +76,7 @@ class Job:
         "state",
         "task",
         "timeout",
+        "unique",
         "watchers",
     )
 
@@ -114,6 +115,8 @@ class Job:
         self.errors: ErrorLog | None = None
         # The parents' ids (``depends_on``), or None.
         self.depends_on: tuple[str, ...] | None = None
+        # (unique key, held until at least): see broker/manager/unique.py.
+        self.unique: tuple[str, float] | None = None
         # Who wants a DONE push when the job finishes: None, one watcher, or a
         # list. Kept on the job, so watching costs no table entry and a
         # watcher that went away is skipped when the job finishes.

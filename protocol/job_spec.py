@@ -26,6 +26,8 @@ WIRE_NAMES: Final = {
     "lease": "lease",
     "job_id": "id",
     "depends_on": "depends_on",
+    "unique_key": "unique_key",
+    "unique_for": "unique_for",
 }
 
 
@@ -48,6 +50,10 @@ class JobSpec:
     job_id: str | None = None
     # Ids of the jobs that must succeed before this one may run.
     depends_on: tuple[str, ...] | None = None
+    # While a job with this key is unfinished (or for ``unique_for`` seconds
+    # from its submission), a submit with the same key returns that job.
+    unique_key: str | None = None
+    unique_for: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The ``SUBMIT`` entry: only the fields that differ from their defaults."""
@@ -68,6 +74,10 @@ class JobSpec:
             wire["id"] = self.job_id
         if self.depends_on:
             wire["depends_on"] = list(self.depends_on)
+        if self.unique_key is not None:
+            wire["unique_key"] = self.unique_key
+        if self.unique_for:
+            wire["unique_for"] = self.unique_for
         return wire
 
     @classmethod
@@ -87,4 +97,6 @@ class JobSpec:
             get("lease"),
             get("id"),
             tuple(get("depends_on") or ()) or None,
+            get("unique_key"),
+            get("unique_for") or None,
         )

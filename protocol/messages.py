@@ -120,6 +120,8 @@ JOB_SPEC: Final = _fields(
     Field("lease", Kind.SECONDS),
     Field("id", Kind.ID),
     Field("depends_on", Kind.IDS),
+    Field("unique_key", Kind.ID),
+    Field("unique_for", Kind.SECONDS),
 )
 
 ERROR_INFO: Final = _fields(

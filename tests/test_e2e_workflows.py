@@ -95,3 +95,19 @@ async def test_waiting_jobs_survive_a_kill_and_run_after_their_parent(
         assert await client.job(parent.id).result(timeout=WAIT) == "parent"
         assert await client.job(grandchild.id).result(timeout=WAIT) == "grandchild"
         assert (await client.status(child.id))["state"] == "succeeded"
+
+
+async def test_a_unique_key_survives_a_kill(
+    tmp_path: Path, start_broker: Callable[..., BrokerProc]
+) -> None:
+    data = str(tmp_path / "data")
+    broker = start_broker("--data-dir", data)
+    async with Client(broker.address) as client:
+        first = await client.submit("echo", [1], unique_key="nightly", unique_for=3600)
+    broker.signal(signal.SIGKILL)
+    broker.wait()
+    restarted = start_broker("--data-dir", data, port=broker.port)
+    async with Client(restarted.address) as client:
+        again = await client.submit("echo", [2], unique_key="nightly")
+        assert again.id == first.id and again.existing_state == "queued"
+        assert (await client.stats())["unique_keys"] == 1

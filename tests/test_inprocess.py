@@ -349,3 +349,25 @@ async def test_set_limits_refuses_what_it_cannot_enforce(broker: Broker) -> None
             "max_running": 3,
             "rate": None,
         }
+
+
+async def test_a_unique_key_returns_the_existing_job_and_says_so(broker: Broker) -> None:
+    async with Client(broker.address) as client:
+        first = await client.submit("nobody-runs-this", [1], queue=NOBODY, unique_key="sync:7")
+        assert first.existing_state is None
+        again = await client.submit("nobody-runs-this", [2], queue=NOBODY, unique_key="sync:7")
+        assert again.id == first.id and again.existing_state == "queued"
+        batch = await client.submit_many(
+            [
+                {"task": "t", "queue": NOBODY, "unique_key": "sync:8", "unique_for": 60},
+                {"task": "t", "queue": NOBODY, "unique_key": "sync:8"},
+                {"task": "t", "queue": NOBODY, "unique_key": "sync:7"},
+            ]
+        )
+        assert [job.existing_state for job in batch] == [None, "queued", "queued"]
+        assert batch[1].id == batch[0].id and batch[2].id == first.id
+        assert await client.cancel(batch[0].id)
+        # Within unique_for of its submission, the cancelled job still holds its key.
+        held = await client.submit("t", queue=NOBODY, unique_key="sync:8")
+        assert held.id == batch[0].id and held.existing_state == "cancelled"
+        assert (await client.stats())["unique_keys"] == 2

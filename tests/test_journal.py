@@ -98,6 +98,7 @@ FIELDS = (
     "errors",
     "error_count",
     "depends_on",
+    "unique",
 )
 
 
@@ -240,7 +241,7 @@ operations = st.lists(
         st.sampled_from(
             ["submit", "delay", "grant", "ack", "fail", "retry_in", "release", "cancel", "tick",
              "detach", "retry_failed", "purge", "snapshot_point", "full_snapshot",
-             "pause", "resume", "limit", "child", "child"]
+             "pause", "resume", "limit", "child", "child", "unique"]
         ),
         st.integers(0, 50),
         # Time passed before the operation: often none, so errors can share a time.
@@ -316,6 +317,10 @@ def test_replaying_the_journal_gives_the_live_state(
             manager.pause_queue(("default", "other")[n % 2])
         elif op == "resume":
             manager.resume_queue(("default", "other")[n % 2], now)
+        elif op == "unique":
+            parent = (sorted(manager.jobs)[0],) if manager.jobs and n % 2 else None
+            submit_job(manager, "t", b"", now, unique_key=f"u{n % 3}", unique_for=float(n % 4),
+                       depends_on=parent)  # fmt: skip
         elif op == "child" and manager.jobs:
             parents = sorted(manager.jobs)
             submit_job(manager, "t", b"", now, depends_on=(parents[n % len(parents)],),

@@ -1504,6 +1504,7 @@ def test_stats_shape_and_counters() -> None:
         "no_worker": {},
         "paused": [],
         "limits": {"queues": {}, "tasks": {}},
+        "unique_keys": 0,
         "submitted": 0,
         "succeeded": 0,
         "failed": 0,
@@ -1539,6 +1540,7 @@ def test_stats_shape_and_counters() -> None:
         "no_worker": {"c": {"task": 1}},  # nobody serves queue c
         "paused": [],
         "limits": {"queues": {}, "tasks": {}},
+        "unique_keys": 0,
         "submitted": 6,
         "succeeded": 1,
         "failed": 1,
@@ -1978,6 +1980,49 @@ def test_waiting_jobs_are_restored_waiting_for_their_unfinished_parents() -> Non
     del failing_consumer
 
 
+# -- unique jobs --------------------------------------------------------------------------
+
+
+def test_a_unique_key_returns_the_job_holding_it_while_unfinished() -> None:
+    h = Harness()
+    first = h.submit(0.0, unique_key="report:42")
+    again, created = submit_job(h.manager, "other", b"", 1.0, unique_key="report:42")
+    assert again is first and not created
+    assert h.manager.stats()["unique_keys"] == 1
+    consumer, _ = h.consumer()
+    h.manager.grant(consumer, 1, 1.0)
+    assert submit_job(h.manager, "task", b"", 2.0, unique_key="report:42")[0] is first
+    assert h.manager.ack(consumer, first.id, 1, b"", 3.0)
+    # Finished, and no unique_for: the key is free again.
+    fresh = h.submit(3.0, unique_key="report:42")
+    assert fresh is not first and fresh.state is QUEUED
+
+
+def test_unique_for_holds_the_key_after_the_job_finished() -> None:
+    h = Harness(result_ttl=100.0)
+    first = h.submit(0.0, unique_key="k", unique_for=10.0)
+    h.manager.cancel(first.id, 1.0)
+    assert submit_job(h.manager, "task", b"", 9.9, unique_key="k")[0] is first
+    second = h.submit(10.0, unique_key="k")
+    assert second is not first
+    # A job forgotten (its result expired) lets its key go with it.
+    h.manager.cancel(second.id, 11.0)
+    h.advance(111.0)
+    assert h.manager.stats()["unique_keys"] == 0
+
+
+def test_unique_keys_are_restored_with_their_jobs() -> None:
+    h = Harness()
+    held = h.submit(0.0, unique_key="k", unique_for=60.0)
+    done = h.submit(0.0, unique_key="done", unique_for=5.0)
+    h.manager.cancel(done.id, 1.0)
+    restored = Harness()
+    restored.manager.restore(list(h.manager.jobs.values()), 2.0)
+    assert submit_job(restored.manager, "task", b"", 3.0, unique_key="k")[0] is held
+    assert submit_job(restored.manager, "task", b"", 3.0, unique_key="done")[0] is done
+    assert submit_job(restored.manager, "task", b"", 6.0, unique_key="done")[0] is not done
+
+
 # -- random operations keep the invariants -------------------------------------------
 
 
@@ -2158,8 +2203,11 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
                 priority=data.draw(st.integers(-2, 2), label="priority"),
                 delay=delay,
                 depends_on=tuple(parents) or None,
+                unique_key=data.draw(st.sampled_from([None, None, "u1", "u2"]), label="unique"),
             )
-            assert created
+            if not created:  # a unique key held by an unfinished job
+                assert job.unique is not None and not job.state.finished
+                continue
             submitted.append(job)
             if parents:
                 assert job.state in (WAITING, CANCELLED, DELAYED, QUEUED, RUNNING)
@@ -2268,6 +2316,11 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
                 assert not all(st_ is SUCCEEDED for st_ in parent_states)
             if job.depends_on and job.state in (QUEUED, DELAYED, RUNNING):
                 assert all(by_id[p].state is SUCCEEDED for p in job.depends_on)
+        # A unique key is held by at most one unfinished job.
+        holders = Counter(
+            job.unique[0] for job in submitted if job.unique is not None and not job.state.finished
+        )
+        assert all(count == 1 for count in holders.values())
         # Nothing starts from a paused queue.
         for s in slots:
             for queue in s.sink.queues[delivered_before.get(id(s.sink), 0) :]:

@@ -45,7 +45,10 @@ def submitted_record(job: Job) -> list[Any]:
         job.created_at,
         job.run_at,
     ]
-    if job.depends_on:  # a trailing field, only for the jobs that have parents
+    # Trailing fields, only for the jobs that have them: depends_on, unique.
+    if job.unique is not None:
+        record += [list(job.depends_on or ()) or None, list(job.unique)]
+    elif job.depends_on:
         record.append(list(job.depends_on))
     return record
 
@@ -85,7 +88,9 @@ def snapshot_record(job: Job) -> list[Any]:
         list(job.errors or ()),
         job.error_count,
     ]
-    if job.depends_on:
+    if job.unique is not None:
+        record += [list(job.depends_on or ()) or None, list(job.unique)]
+    elif job.depends_on:
         record.append(list(job.depends_on))
     return record
 
@@ -97,11 +102,13 @@ def _job_from_submitted(fields: list[Any]) -> Job:
     key = order_key(priority, seq)
     job = Job(job_id, task, payload, queue, priority, key, attempts_max, timeout, lease, created)
     job.run_at = run_at
-    if len(fields) > 12:
+    job.state = JobState.DELAYED if run_at > created else JobState.QUEUED
+    if len(fields) > 12 and fields[12]:
         job.depends_on = tuple(fields[12])
         job.state = JobState.WAITING
-    else:
-        job.state = JobState.DELAYED if run_at > created else JobState.QUEUED
+    if len(fields) > 13:
+        key, until = fields[13]
+        job.unique = (key, until)
     return job
 
 
@@ -155,8 +162,11 @@ def replay(
             _apply_change(job, [*record[12:18], None])
             errors = record[18]
             total = len(errors) if len(record) == _SNAPSHOT_JOB_V1_LENGTH else record[19]
-            if len(record) > 20:
+            if len(record) > 20 and record[20]:
                 job.depends_on = tuple(record[20])
+            if len(record) > 21:
+                key, until = record[21]
+                job.unique = (key, until)
             job.errors = ErrorLog(errors, total) if errors else None
             jobs[job.id] = job
         elif kind == SETTING:

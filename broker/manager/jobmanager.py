@@ -21,13 +21,14 @@ from broker.manager.leases import Leases
 from broker.manager.limits import Limits
 from broker.manager.recovery import Recovery
 from broker.manager.retention import Retention
+from broker.manager.unique import Unique
 from protocol.backoff import backoff_delay
 from protocol.job_spec import JobSpec
 
 log = logging.getLogger("broker.manager")
 
 
-class JobManager(Dispatch, Flow, Limits, Dependencies, Leases, Retention, Recovery):
+class JobManager(Dispatch, Flow, Limits, Dependencies, Unique, Leases, Retention, Recovery):
     """Every job of the broker, from submit to its result's expiry.
 
     A plain synchronous object: time is passed in as ``now`` (seconds since
@@ -66,7 +67,8 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Leases, Retention, Recove
         """Accept a job; return it and whether it is new.
 
         A ``spec.job_id`` the manager still knows returns the existing job
-        unchanged (idempotent submit). A job with ``depends_on`` waits for its
+        unchanged (idempotent submit), and so does a ``spec.unique_key`` that
+        a job holds (``unique.py``). A job with ``depends_on`` waits for its
         parents (``dependencies.py``). Raises :class:`QueueFullError`, and
         :class:`UnknownParentError` for a parent it does not know.
         """
@@ -79,7 +81,12 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Leases, Retention, Recove
             existing = self.jobs.get(job_id)
             if existing is not None:
                 return existing, False
-        else:
+        unique_key = spec.unique_key
+        if unique_key is not None:
+            holder = self.unique_holder(unique_key, now)
+            if holder is not None:
+                return holder, False
+        if job_id is None:
             job_id = f"{self._id_prefix}-{next(self._ids):x}"
             while job_id in self.jobs:  # a client chose this id for its own job
                 job_id = f"{self._id_prefix}-{next(self._ids):x}"
@@ -111,6 +118,8 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Leases, Retention, Recove
         self.jobs[job_id] = job
         self.unfinished += 1
         self.counters["submitted"] += 1
+        if unique_key is not None:
+            self._hold_unique(job, unique_key, spec.unique_for, now)
         counts = self.queues.get(queue)
         if counts is None:
             counts = self.queues[queue] = QueueCounts()
@@ -302,5 +311,6 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Leases, Retention, Recove
             "no_worker": self.queued_without_worker(),
             "paused": sorted(self.paused_queues),
             "limits": self.limits_stats(now),
+            "unique_keys": self.unique_stats(),
             **self.counters,
         }

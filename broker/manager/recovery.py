@@ -67,6 +67,7 @@ class Recovery(ManagerState):
         for job in failed:
             self.jobs[job.id] = job
             self._failed[job.id] = job
+        self._restore_unique()
         ready.sort(key=lambda job: job.key)
         for job in ready:
             self.queues[job.queue].queued += 1

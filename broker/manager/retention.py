@@ -30,8 +30,10 @@ class Retention(ManagerState):
             self.counters["failed"] += 1
             self._failed[job.id] = job
             while len(self._failed) > self.config.max_failed:
-                dropped_id, _ = self._failed.popitem(last=False)
+                dropped_id, dropped = self._failed.popitem(last=False)
                 del self.jobs[dropped_id]
+                if self._unique:
+                    self._release_unique(dropped)
                 if self.journal is not None:
                     self.journal.job_deleted(dropped_id)
                 log.warning(
@@ -58,6 +60,8 @@ class Retention(ManagerState):
         if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
             del self.jobs[job.id]
             self.counters["expired"] += 1
+            if self._unique:
+                self._release_unique(job)
             if self.journal is not None:
                 self.journal.job_deleted(job.id)
 
@@ -69,6 +73,8 @@ class Retention(ManagerState):
             if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
                 del self.jobs[job.id]
                 self.counters["expired"] += 1
+                if self._unique:
+                    self._release_unique(job)
 
     def _forget_queue_if_idle(self, queue: str) -> None:
         """Past MAX_QUEUES_KEPT queues, an idle one is forgotten (it comes back on use)."""
@@ -106,8 +112,10 @@ class Retention(ManagerState):
 
     def purge_failed(self) -> int:
         count = len(self._failed)
-        for job_id in self._failed:
+        for job_id, job in self._failed.items():
             del self.jobs[job_id]
+            if self._unique:
+                self._release_unique(job)
             if self.journal is not None:
                 self.journal.job_deleted(job_id)
         self._failed.clear()

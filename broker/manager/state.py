@@ -102,6 +102,9 @@ class ManagerState:
         self._parents_left: dict[str, int] = {}
         self._settling: list[Job] = []
 
+        # unique.py: unique key -> the job holding it.
+        self._unique: dict[str, Job] = {}
+
         # leases.py: (deadline, tiebreak, job, attempt); an entry of a job that is
         # no longer running that attempt is skipped when it comes due.
         self._leases: list[tuple[float, int, Job, int]] = []
@@ -168,6 +171,11 @@ class ManagerState:
 
         # retention.py
         def _finish(self, job: Job, state: JobState, now: float) -> None: ...
+
+        # unique.py
+        def _release_unique(self, job: Job) -> None: ...
+
+        def _restore_unique(self) -> None: ...
 
         # dependencies.py
         def _settle_children(self, parent: Job, now: float) -> None: ...
