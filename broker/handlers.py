@@ -330,7 +330,7 @@ class WorkerHandlers(PeerHandlers):
             self.burst
             and not self._empty_sent
             and not consumer.jobs
-            and self.manager.queues_idle(consumer.queues)
+            and self.manager.queues_idle(consumer.queues, consumer.tasks)
         ):
             self._empty_sent = True
             self.session.send({"op": Op.EMPTY}, durable=False)

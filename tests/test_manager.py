@@ -1473,6 +1473,20 @@ def test_purge_failed_forgets_the_failed_jobs() -> None:
 # -- questions: idle queues, stats ----------------------------------------------------
 
 
+def test_queues_idle_for_a_consumer_of_some_tasks() -> None:
+    h = Harness()
+    h.submit(0.0, task="theirs")
+    assert not h.manager.queues_idle(["default"])
+    assert h.manager.queues_idle(["default"], frozenset({"mine"}))
+    mine = h.submit(0.0, task="mine")
+    assert not h.manager.queues_idle(["default"], frozenset({"mine"}))
+    h.manager.cancel(mine.id, 1.0)
+    assert h.manager.queues_idle(["default"], frozenset({"mine"}))
+    h.submit(1.0, task="theirs", depends_on=(mine.id,))  # cancelled at once: not waiting
+    h.submit(1.0, task="theirs", delay=5.0)
+    assert not h.manager.queues_idle(["default"], frozenset({"mine"}))
+
+
 def test_queues_idle() -> None:
     h = Harness()
     assert h.manager.queues_idle([])

@@ -290,11 +290,25 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Unique, Leases, Retention
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    def queues_idle(self, queues: Iterable[str]) -> bool:
-        """No job queued, delayed or running on any of these queues."""
+    def queues_idle(self, queues: Iterable[str], tasks: frozenset[str] | None = None) -> bool:
+        """Nothing left for a consumer of these queues (and these tasks, if given):
+        no job waiting, delayed or running on them, and none queued that it can take.
+
+        A queued job of a task outside ``tasks`` does not count: routing never
+        hands it to this consumer (a burst worker would otherwise wait for it forever).
+        """
         for queue in queues:
             counts = self.queues.get(queue)
-            if counts is not None and (counts.queued or counts.delayed or counts.running):
+            if counts is None:
+                continue
+            if counts.waiting or counts.delayed or counts.running:
+                return False
+            if not counts.queued:
+                continue
+            if tasks is None:
+                return False
+            by_task = self._ready.get(queue) or {}
+            if any(ready.count for task, ready in by_task.items() if task in tasks):
                 return False
         return True
 
