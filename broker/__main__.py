@@ -5,6 +5,7 @@ python -m broker stats | status JOB_ID | submit TASK --args JSON [--wait]
 python -m broker failed | retry JOB_ID|--all | purge-failed
 python -m broker pause QUEUE | resume QUEUE
 python -m broker limits [--queue Q | --task T] [--max-running N] [--rate 10/s] [--clear]
+python -m broker schedules [--remove NAME]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ ADMIN_COMMANDS = (
     "pause",
     "resume",
     "limits",
+    "schedules",
 )
 
 
@@ -162,6 +165,8 @@ def admin_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-running", type=int, default=None, help="at most N running at once")
     limits.add_argument("--rate", default=None, help="at most N starts per period: 100/s, 10/min")
     limits.add_argument("--clear", action="store_true", help="remove the queue's or task's limits")
+    schedules = command("schedules", "list the periodic jobs with their next run")
+    schedules.add_argument("--remove", metavar="NAME", help="remove this schedule")
     return parser
 
 
@@ -250,6 +255,19 @@ async def run_admin(args: argparse.Namespace) -> int:
             print(f"resumed {args.queue}" if changed else f"{args.queue} was not paused")
         elif command == "limits":
             return await limits_command(client, args)
+        elif command == "schedules":
+            if args.remove is not None:
+                removed = await client.unschedule(args.remove)
+                print(f"removed {args.remove}" if removed else f"no schedule {args.remove}")
+                return 0
+            for entry in await client.schedules():
+                when = f"cron {entry['cron']!r}" if entry["cron"] else f"every {entry['every']:g}s"
+                zone = f" ({entry['timezone']})" if entry["timezone"] else ""
+                next_run = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["next_run"]))
+                print(
+                    f"{entry['name']:<24} {entry['task']:<24} {when}{zone}  "
+                    f"queue={entry['queue']}  next={next_run}"
+                )
     return 0
 
 

@@ -21,6 +21,7 @@ from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.job_spec import DEFAULT_QUEUE, JobSpec
 from protocol.messages import Op, Role
 from protocol.rates import parse_rate
+from protocol.schedules import check_schedule
 from protocol.security import resolve_token
 from protocol.states import JobState
 from protocol.stream import (
@@ -534,6 +535,57 @@ class Client:
         ]
         jobs = await self.submit_many([*specs, final])
         return jobs[:-1], jobs[-1]
+
+    # -- periodic jobs ---------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        name: str,
+        task: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timezone: str | None = None,
+    ) -> dict[str, Any]:
+        """Have the broker submit ``task`` at each tick of ``cron`` (in ``timezone``) or
+        ``every`` seconds, each tick once, as job ``cron:{name}:{unix seconds}``.
+
+        Replaces a schedule of that name. Returns ``{changed, next_run}``;
+        a bad expression raises ``ValueError`` before anything is sent.
+        """
+        check_schedule(name, cron, every, timezone)
+        message: Message = {
+            "op": Op.SCHEDULE,
+            "name": name,
+            "task": task,
+            "cron": cron,
+            "every": every,
+            "timezone": timezone,
+            "payload": encode_payload(args, kwargs),
+            "queue": queue,
+        }
+        reply = await self._call(message)
+        return {"changed": reply["changed"], "next_run": reply["next_run"]}
+
+    async def unschedule(self, name: str) -> bool:
+        """Remove a schedule; False if there was none of that name."""
+        reply = await self._call({"op": Op.UNSCHEDULE, "name": name})
+        return bool(reply["removed"])
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule: name, task, cron or every, timezone, queue, args, kwargs,
+        last_run and next_run (unix seconds)."""
+        reply = await self._call({"op": Op.SCHEDULES})
+        described: list[dict[str, Any]] = []
+        for schedule in reply["schedules"]:
+            entry = dict(schedule)
+            args, kwargs = msgpack.unpackb(entry.pop("payload"), raw=False)
+            entry["args"], entry["kwargs"] = args, kwargs
+            described.append(entry)
+        return described
 
     async def pause(self, queue: str = DEFAULT_QUEUE) -> bool:
         """Start no more jobs from ``queue`` (it still accepts them, and running ones

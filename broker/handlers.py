@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.jobs import Job
-from broker.manager import Consumer
+from broker.manager import Consumer, Schedule
+from broker.manager.schedules import NO_ARGUMENTS
 from broker.state import BrokerState
 from broker.wire import done_message, failed_reply, status_reply
 from protocol.errors import ErrorCode
-from protocol.job_spec import JobSpec
+from protocol.job_spec import DEFAULT_QUEUE, JobSpec
 from protocol.messages import Op, Role
 
 if TYPE_CHECKING:
@@ -78,6 +79,19 @@ def dependency_order(
             f"SUBMIT.jobs: a dependency cycle among jobs {cycle[:10]} of the batch"
         )
     return order
+
+
+def schedule_from_wire(wire: Message) -> Schedule:
+    """A schedule map (HELLO.schedules, SCHEDULE) the schema accepted; ValueError if bad."""
+    return Schedule(
+        wire["name"],
+        wire["task"],
+        cron=wire.get("cron"),
+        every=wire.get("every"),
+        timezone=wire.get("timezone"),
+        payload=wire.get("payload") or NO_ARGUMENTS,
+        queue=wire.get("queue") or DEFAULT_QUEUE,
+    )
 
 
 class PeerHandlers:
@@ -227,6 +241,24 @@ class ClientHandlers(PeerHandlers):
         changed = self.manager.resume_queue(message["queue"], now)
         self.session.reply(message["rid"], {"changed": changed})
 
+    def schedule(self, message: Message, now: float) -> None:
+        try:
+            schedule = schedule_from_wire(message)
+        except ValueError as exc:
+            self.session.reply_error(message["rid"], ErrorCode.BAD_REQUEST, f"SCHEDULE: {exc}")
+            return
+        changed = self.manager.set_schedule(schedule, now)
+        self.session.reply(message["rid"], {"changed": changed, "next_run": schedule.next})
+
+    def unschedule(self, message: Message, now: float) -> None:
+        removed = self.manager.remove_schedule(message["name"])
+        self.session.reply(message["rid"], {"removed": removed})
+
+    def schedules(self, message: Message, now: float) -> None:
+        self.session.reply(
+            message["rid"], {"schedules": self.manager.schedules_list()}, durable=False
+        )
+
     def set_limits(self, message: Message, now: float) -> None:
         rid = message["rid"]
         queue = message.get("queue")
@@ -370,6 +402,9 @@ ROUTES: dict[str, Route] = {
     Op.PAUSE: Route(ClientHandlers.pause, _CLIENT, changes_jobs=True),
     Op.RESUME: Route(ClientHandlers.resume, _CLIENT, changes_jobs=True),
     Op.SET_LIMITS: Route(ClientHandlers.set_limits, _CLIENT, changes_jobs=True),
+    Op.SCHEDULE: Route(ClientHandlers.schedule, _CLIENT, changes_jobs=True),
+    Op.UNSCHEDULE: Route(ClientHandlers.unschedule, _CLIENT, changes_jobs=True),
+    Op.SCHEDULES: Route(ClientHandlers.schedules, _CLIENT),
     Op.READY: Route(WorkerHandlers.ready, _WORKER),
     Op.ACK: Route(WorkerHandlers.ack, _WORKER),
     Op.FAIL: Route(WorkerHandlers.fail, _WORKER),

@@ -119,7 +119,7 @@ class Broker:
         recovered = await self.loop.run_in_executor(None, journal.open)
         try:
             journal.start(lambda: self.manager.jobs, self.manager.settings_view)
-            self.manager.restore_settings(journal.recovered_settings())
+            self.manager.restore_settings(journal.recovered_settings(), time.time())
             self.manager.journal = journal
             self.manager.restore(recovered.values(), time.time())
         except BaseException:

@@ -23,6 +23,7 @@ from broker.manager import (
     JobManager,
     ManagerConfig,
     QueueFullError,
+    Schedule,
     UnknownParentError,
 )
 from broker.wire import describe_job
@@ -1519,6 +1520,7 @@ def test_stats_shape_and_counters() -> None:
         "paused": [],
         "limits": {"queues": {}, "tasks": {}},
         "unique_keys": 0,
+        "schedules": 0,
         "submitted": 0,
         "succeeded": 0,
         "failed": 0,
@@ -1555,6 +1557,7 @@ def test_stats_shape_and_counters() -> None:
         "paused": [],
         "limits": {"queues": {}, "tasks": {}},
         "unique_keys": 0,
+        "schedules": 0,
         "submitted": 6,
         "succeeded": 1,
         "failed": 1,
@@ -2391,3 +2394,123 @@ def test_lease_timers_of_finished_jobs_do_not_pile_up() -> None:
     h.advance(20_000.0 + 61)
     assert still_running.attempts == 1
     assert still_running.state is QUEUED  # its lease timer survived the pruning
+
+
+# -- periodic jobs ------------------------------------------------------------------------
+
+
+def test_every_fires_each_tick_once_with_an_idempotent_id() -> None:
+    h = Harness()
+    assert h.manager.set_schedule(Schedule("beat", "task", every=10.0), 101.0)
+    assert not h.manager.set_schedule(Schedule("beat", "task", every=10.0), 102.0)  # same
+    assert h.manager.next_deadline() == 110.0
+    h.advance(109.0)
+    assert "cron:beat:110" not in h.manager.jobs
+    h.advance(125.0)  # 110 fires; 120 was due too: the next one is computed from now
+    assert "cron:beat:110" in h.manager.jobs
+    assert h.manager.schedules_list()[0]["next_run"] == 130.0
+    h.advance(130.0)
+    assert sorted(job_id for job_id in h.manager.jobs if job_id.startswith("cron:")) == [
+        "cron:beat:110",
+        "cron:beat:130",
+    ]
+
+
+def test_cron_in_a_time_zone_and_bad_definitions() -> None:
+    h = Harness()
+    # 2026-01-01 00:00 UTC is 01:00 in Paris: the next "0 2 * * *" there is 01:00 UTC.
+    start = 1767225600.0
+    h.manager.set_schedule(
+        Schedule("night", "task", cron="0 2 * * *", timezone="Europe/Paris"), start
+    )
+    assert h.manager.next_deadline() == start + 3600
+    with pytest.raises(ValueError, match="bad cron expression"):
+        Schedule("x", "task", cron="every day")
+    with pytest.raises(ValueError, match="unknown time zone"):
+        Schedule("x", "task", every=5.0, timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="exactly one of cron and every"):
+        Schedule("x", "task")
+    with pytest.raises(ValueError, match="at least 1 second"):
+        Schedule("x", "task", every=0.5)
+
+
+def test_missed_ticks_fire_once_at_start_and_never_twice() -> None:
+    h = Harness()
+    h.manager.set_schedule(Schedule("beat", "task", every=10.0, queue="q"), 0.0)
+    h.advance(10.0)
+    settings = h.manager.settings_view()
+    assert settings["schedule:beat"]["last"] == 10.0
+    # Down from 10 to 95: ticks 20..90 were missed; only 90 fires, once.
+    restored = Harness()
+    restored.manager.restore_settings(settings, 95.0)
+    restored.manager.restore(list(h.manager.jobs.values()), 95.0)
+    assert restored.manager.next_deadline() == 90.0
+    restored.advance(95.0)
+    fired = sorted(job_id for job_id in restored.manager.jobs if job_id.startswith("cron:"))
+    assert fired == ["cron:beat:10", "cron:beat:90"]
+    assert restored.manager.jobs["cron:beat:90"].queue == "q"
+    assert restored.manager.next_deadline() == 100.0
+    assert restored.manager.remove_schedule("beat")
+    restored.advance(200.0)
+    assert "cron:beat:100" not in restored.manager.jobs
+    assert restored.manager.settings_view() == {}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["advance", "advance", "restart", "redeclare"]), st.floats(0, 25)
+        ),
+        max_size=30,
+    )
+)
+def test_each_schedule_tick_fires_at_most_once_over_any_history_of_restarts(
+    history: list[tuple[str, float]],
+) -> None:
+    submitted: list[str] = []
+
+    class Recorder:
+        def job_submitted(self, job: Job) -> None:
+            submitted.append(job.id)
+
+        def job_changed(self, job: Job) -> None:
+            pass
+
+        def job_reserved(self, job: Job) -> None:
+            pass
+
+        def job_deleted(self, job_id: str) -> None:
+            pass
+
+        def setting_changed(self, key: str, value: Any) -> None:
+            pass
+
+    def fresh() -> JobManager:
+        manager = JobManager(ManagerConfig(result_ttl=1000.0), id_prefix="p")
+        manager.journal = Recorder()
+        return manager
+
+    now = 0.0
+    manager = fresh()
+    manager.set_schedule(Schedule("five", "task", every=5.0), now)
+    manager.set_schedule(Schedule("minute", "task", cron="* * * * *"), now)
+    for operation, dt in history:
+        now += dt
+        if operation == "advance":
+            manager.tick(now)
+        elif operation == "redeclare":  # another worker announcing the same schedule
+            manager.set_schedule(Schedule("five", "task", every=5.0), now)
+        else:
+            settings_now = manager.settings_view()
+            jobs = list(manager.jobs.values())
+            manager = fresh()
+            manager.restore_settings(settings_now, now)
+            manager.restore(jobs, now)
+        # Nothing due is left unfired after a tick; no tick is in the future.
+        fired = [job_id for job_id in submitted if job_id.startswith("cron:")]
+        assert all(float(job_id.rsplit(":", 1)[1]) <= now for job_id in fired)
+    assert len(submitted) == len(set(submitted))  # each tick at most once
+    manager.tick(now)
+    for schedule in manager.schedules.values():
+        assert schedule.next > now

@@ -34,6 +34,7 @@ from protocol.messages import (
     MAX_UINT,
     PUSHES,
     REQUESTS,
+    SCHEDULE_SPEC,
     Field,
     Kind,
     Op,
@@ -96,6 +97,8 @@ def good_value(kind: Kind) -> Any:
         return [minimal(JOB_SPEC), minimal(JOB_SPEC, everything=True)]
     if kind is Kind.DELIVERIES:
         return [minimal(DELIVERY), minimal(DELIVERY, everything=True)]
+    if kind is Kind.SCHEDULES:
+        return [minimal(SCHEDULE_SPEC), minimal(SCHEDULE_SPEC, everything=True)]
     if kind is Kind.ERROR:
         return minimal(ERROR_INFO, everything=True)
     return GOOD[kind]
@@ -370,6 +373,16 @@ BAD: dict[Kind, list[Any]] = {
         [{**minimal(DELIVERY), "attempt": -1}],
         [{**minimal(DELIVERY), "lease": math.nan}],
         [{**minimal(DELIVERY), "bogus": 1}],
+    ],
+    Kind.SCHEDULES: [
+        {},
+        "beat",
+        [1],
+        [{}],
+        [{"name": "beat"}],
+        [{**minimal(SCHEDULE_SPEC), "every": -1}],
+        [{**minimal(SCHEDULE_SPEC), "payload": "args"}],
+        [{**minimal(SCHEDULE_SPEC), "bogus": 1}],
     ],
 }
 WRONG_CASES = [(*case, bad) for case in ALL_FIELDS for bad in BAD.get(case[3].kind, [])]
@@ -962,6 +975,8 @@ def _valid(kind: Kind) -> st.SearchStrategy[Any]:
         return st.lists(_valid_map(JOB_SPEC), max_size=3)
     if kind is Kind.DELIVERIES:
         return st.lists(_valid_map(DELIVERY), max_size=3)
+    if kind is Kind.SCHEDULES:
+        return st.lists(_valid_map(SCHEDULE_SPEC), max_size=3)
     if kind is Kind.ERROR:
         return _valid_map(ERROR_INFO)
     return _SIMPLE_VALID[kind]

@@ -210,6 +210,9 @@ class Worker:
             # Routing by task: the broker sends this worker only jobs it can run.
             "task_names": self.registry.names(),
         }
+        schedules = self.registry.schedules()
+        if schedules:
+            hello["schedules"] = schedules
         connection, reply = await open_connection(
             self.address,
             hello,

@@ -17,6 +17,8 @@ One file per concern, combined into the one :class:`JobManager` facade:
 - ``flow``: paused queues, and the journaled broker settings;
 - ``limits``: global max_running and rates per queue and per task;
 - ``dependencies``: jobs waiting for their parents (``depends_on``);
+- ``unique``: one job per ``unique_key``;
+- ``schedules``: periodic jobs, each tick fired once;
 - ``leases``: holding a job, heartbeats, lease expiry, losing a job;
 - ``retention``: finished jobs (results TTL, ``max_results``), the failed
   list (retry, purge), forgetting idle queues;
@@ -38,6 +40,7 @@ from broker.manager.config import (
 from broker.manager.dependencies import UnknownParentError
 from broker.manager.dispatch import ReadyQueue
 from broker.manager.jobmanager import JobManager
+from broker.manager.schedules import Schedule
 
 __all__ = [
     "MAX_INTERNED_NAMES",
@@ -49,6 +52,7 @@ __all__ = [
     "QueueCounts",
     "QueueFullError",
     "ReadyQueue",
+    "Schedule",
     "Sink",
     "UnknownParentError",
 ]

@@ -20,6 +20,8 @@ from broker.manager.state import ManagerState
 
 # Setting key of a limit (limits.py): LIMIT + "queue:" or "task:" + name.
 LIMIT = "limit:"
+# Setting key of a schedule (schedules.py): SCHEDULE + name.
+SCHEDULE = "schedule:"
 
 # Setting key of a paused queue: PAUSED + queue name -> True.
 PAUSED = "paused:"
@@ -74,8 +76,11 @@ class Flow(ManagerState):
         """The settings, for a snapshot."""
         return dict(self.settings)
 
-    def restore_settings(self, settings: dict[str, Any]) -> None:
-        """Take over settings recovered from a journal (before :meth:`restore`)."""
+    def restore_settings(self, settings: dict[str, Any], now: float = 0.0) -> None:
+        """Take over settings recovered from a journal (before :meth:`restore`).
+
+        ``now``: for schedules, whose missed ticks fire at the first ``tick``.
+        """
         for key, value in settings.items():
             if key.startswith(PAUSED) and value:
                 queue = self._intern(key[len(PAUSED) :])
@@ -85,3 +90,5 @@ class Flow(ManagerState):
                 self.settings[key] = value
             elif key.startswith(LIMIT) and isinstance(value, dict):
                 self.restore_limit(key, value)
+            elif key.startswith(SCHEDULE) and isinstance(value, dict):
+                self.restore_schedule(key, value, now)

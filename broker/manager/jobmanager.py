@@ -21,6 +21,7 @@ from broker.manager.leases import Leases
 from broker.manager.limits import Limits
 from broker.manager.recovery import Recovery
 from broker.manager.retention import Retention
+from broker.manager.schedules import Schedules
 from broker.manager.unique import Unique
 from protocol.backoff import backoff_delay
 from protocol.job_spec import JobSpec
@@ -28,7 +29,9 @@ from protocol.job_spec import JobSpec
 log = logging.getLogger("broker.manager")
 
 
-class JobManager(Dispatch, Flow, Limits, Dependencies, Unique, Leases, Retention, Recovery):
+class JobManager(
+    Dispatch, Flow, Limits, Dependencies, Unique, Schedules, Leases, Retention, Recovery
+):
     """Every job of the broker, from submit to its result's expiry.
 
     A plain synchronous object: time is passed in as ``now`` (seconds since
@@ -270,6 +273,8 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Unique, Leases, Retention
         self._run_delayed(now)
         if self._wakeups:
             self._run_wakeups(now)
+        if self._schedule_timers:
+            self._run_schedules(now)
         self._expire_results(now)
 
     def next_deadline(self) -> float | None:
@@ -283,6 +288,8 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Unique, Leases, Retention
             candidates.append(self._results[0][0])
         if self._wakeups:
             candidates.append(self._wakeups[0][0])
+        if self._schedule_timers:
+            candidates.append(self._schedule_timers[0][0])
         return min(candidates) if candidates else None
 
     # -- questions ---------------------------------------------------------------
@@ -326,5 +333,6 @@ class JobManager(Dispatch, Flow, Limits, Dependencies, Unique, Leases, Retention
             "paused": sorted(self.paused_queues),
             "limits": self.limits_stats(now),
             "unique_keys": self.unique_stats(),
+            "schedules": len(self.schedules),
             **self.counters,
         }

@@ -34,6 +34,8 @@ from broker.manager.config import (
 if TYPE_CHECKING:
     from broker.manager.dispatch import ReadyQueue
     from broker.manager.limits import Limit
+    from broker.manager.schedules import Schedule
+    from protocol.job_spec import JobSpec
 
 
 class ManagerState:
@@ -104,6 +106,10 @@ class ManagerState:
 
         # unique.py: unique key -> the job holding it.
         self._unique: dict[str, Job] = {}
+
+        # schedules.py: by name, and the next tick of each (stale entries skipped).
+        self.schedules: dict[str, Schedule] = {}
+        self._schedule_timers: list[tuple[float, int, Schedule]] = []
 
         # leases.py: (deadline, tiebreak, job, attempt); an entry of a job that is
         # no longer running that attempt is skipped when it comes due.
@@ -188,3 +194,8 @@ class ManagerState:
 
         # jobmanager.py
         def check_capacity(self, count: int) -> None: ...
+
+        def submit(self, spec: JobSpec, now: float) -> tuple[Job, bool]: ...
+
+        # schedules.py
+        def restore_schedule(self, key: str, value: dict[str, Any], now: float) -> None: ...
