@@ -7,9 +7,11 @@ landing in time; every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgpack
 import pytest
 
 from broker import (
@@ -371,3 +373,43 @@ async def test_a_unique_key_returns_the_existing_job_and_says_so(broker: Broker)
         held = await client.submit("t", queue=NOBODY, unique_key="sync:8")
         assert held.id == batch[0].id and held.existing_state == "cancelled"
         assert (await client.stats())["unique_keys"] == 2
+
+
+async def test_schedule_unschedule_and_schedules(broker: Broker) -> None:
+    async with Client(broker.address) as client:
+        with pytest.raises(ValueError, match="bad cron expression"):
+            await client.schedule("nightly", "report", cron="at night")
+        with pytest.raises(RemoteError, match="unknown time zone"):
+            await client._call(
+                {"op": "SCHEDULE", "name": "n", "task": "t", "every": 5, "timezone": "Nowhere/X"}
+            )
+        first = await client.schedule(
+            "nightly", "report", cron="0 2 * * *", timezone="Europe/Paris", args=[1], queue=NOBODY
+        )
+        assert first["changed"] and first["next_run"] > time.time()
+        again = await client.schedule(
+            "nightly", "report", cron="0 2 * * *", timezone="Europe/Paris", args=[1], queue=NOBODY
+        )
+        assert not again["changed"]
+        (listed,) = await client.schedules()
+        assert listed["name"] == "nightly" and listed["args"] == [1] and listed["kwargs"] == {}
+        assert listed["cron"] == "0 2 * * *" and listed["last_run"] is None
+        assert (await client.stats())["schedules"] == 1
+        assert await client.unschedule("nightly")
+        assert not await client.unschedule("nightly")
+        assert await client.schedules() == []
+
+
+def test_a_task_schedule_is_checked_at_declaration_and_announced() -> None:
+    registry = TaskRegistry()
+
+    async def beat(word: str) -> str:
+        return word
+
+    with pytest.raises(ValueError, match="bad cron expression"):
+        registry.register(beat, cron="61 * * * *")
+    registry.register(beat, every=30, args=["hi"], queue="periodic")
+    (announced,) = registry.schedules()
+    assert announced["name"] == announced["task"] == "beat"
+    assert announced["every"] == 30 and announced["queue"] == "periodic"
+    assert msgpack.unpackb(announced["payload"]) == [["hi"], {}]
