@@ -27,6 +27,8 @@ class UnknownParentError(KeyError):
 
 
 class Dependencies(ManagerState):
+    __slots__ = ()
+
     def check_parents(self, depends_on: Iterable[str]) -> None:
         """Raise :class:`UnknownParentError` for the first id the manager does not know."""
         for parent_id in depends_on:

@@ -90,6 +90,8 @@ class ReadyQueue:
 
 
 class Dispatch(ManagerState):
+    __slots__ = ()
+
     # -- consumers ------------------------------------------------------------
 
     def attach(self, consumer: Consumer) -> None:
@@ -198,6 +200,19 @@ class Dispatch(ManagerState):
         tasks = consumer.tasks
         gated = self._gated  # a paused queue or a limit somewhere (flow.py, limits.py)
         task_limits = self.task_limits if gated else None
+        if len(queues) == 1 and not gated:
+            # The common shape (one queue, one task ready, no pause or limit):
+            # take from its one ready queue without comparing heads.
+            by_task = ready.get(queues[0])
+            if by_task and len(by_task) == 1:
+                only = next(iter(by_task.values()))
+                if tasks is None or only.task in tasks:
+                    while consumer.credit > 0 and not self._dispatch_paused:
+                        head = only.peek()
+                        if head is None:
+                            break
+                        only.pop()
+                        self._reserve(head, consumer, now)
         while consumer.credit > 0:
             best: Job | None = None
             best_queue: ReadyQueue | None = None

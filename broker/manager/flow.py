@@ -28,6 +28,8 @@ PAUSED = "paused:"
 
 
 class Flow(ManagerState):
+    __slots__ = ()
+
     # -- paused queues ------------------------------------------------------------
 
     def pause_queue(self, queue: str) -> bool:

@@ -28,6 +28,8 @@ log = logging.getLogger("broker.manager")
 
 
 class Leases(ManagerState):
+    __slots__ = ()
+
     def heartbeat(self, consumer: Consumer, job_ids: Iterable[str], now: float) -> int:
         """Renew the leases of the listed jobs this consumer holds; return how many."""
         renewed = 0

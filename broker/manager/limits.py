@@ -85,6 +85,8 @@ class Limit:
 
 
 class Limits(ManagerState):
+    __slots__ = ()
+
     def set_limits(
         self,
         kind: str,

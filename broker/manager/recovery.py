@@ -19,6 +19,8 @@ from broker.manager.state import ManagerState
 
 
 class Recovery(ManagerState):
+    __slots__ = ()
+
     def restore(self, jobs: Iterable[Job], now: float) -> None:
         """Take over jobs recovered from a journal, as an empty manager.
 

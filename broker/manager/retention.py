@@ -21,6 +21,8 @@ log = logging.getLogger("broker.manager")
 
 
 class Retention(ManagerState):
+    __slots__ = ()
+
     def _finish(self, job: Job, state: JobState, now: float) -> None:
         """The job is done for good (its holder, if any, already released it)."""
         job.state = state

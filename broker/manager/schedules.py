@@ -109,6 +109,8 @@ class Schedule:
 
 
 class Schedules(ManagerState):
+    __slots__ = ()
+
     def set_schedule(self, schedule: Schedule, now: float) -> bool:
         """Add or replace a schedule; False if an identical one was there (nothing changes).
 

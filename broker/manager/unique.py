@@ -17,6 +17,8 @@ from broker.manager.state import ManagerState
 
 
 class Unique(ManagerState):
+    __slots__ = ()
+
     def unique_holder(self, key: str, now: float) -> Job | None:
         """The job that holds ``key`` now, if any."""
         job = self._unique.get(key)
