@@ -3,6 +3,9 @@
 python -m broker [--host 127.0.0.1] [--port 7878] [--log-level info] ...
 python -m broker stats | status JOB_ID | submit TASK --args JSON [--wait]
 python -m broker failed | retry JOB_ID|--all | purge-failed | jobs QUEUE [--state S]
+python -m broker pause QUEUE | resume QUEUE | ping
+python -m broker limits [--queue Q | --task T] [--max-running N] [--rate 10/s] [--clear]
+python -m broker schedules [--remove NAME]
 Admin commands take --json (one JSON document on stdout), --connect or
 JOBWIRE_URL, and exit 0, 1 (the job failed, for submit --wait) or 2 (usage,
 or the broker refused or could not be reached).
@@ -17,6 +20,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,10 @@ ADMIN_COMMANDS = (
     "purge-failed",
     "jobs",
     "ping",
+    "pause",
+    "resume",
+    "limits",
+    "schedules",
 )
 DEFAULT_HTTP = f"{DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT}"
 
@@ -190,6 +198,19 @@ def admin_parser() -> argparse.ArgumentParser:
     jobs.add_argument("queue")
     jobs.add_argument("--state", choices=[state.value for state in JobState], default=None)
     jobs.add_argument("--limit", type=int, default=None, help="at most this many (default 100)")
+    pause = command("pause", "start no more jobs from a queue (it still accepts them)")
+    pause.add_argument("queue")
+    resume = command("resume", "start jobs from a paused queue again")
+    resume.add_argument("queue")
+    limits = command("limits", "show the global limits, or set those of a queue or a task")
+    target = limits.add_mutually_exclusive_group()
+    target.add_argument("--queue", help="set this queue's limits")
+    target.add_argument("--task", help="set this task's limits")
+    limits.add_argument("--max-running", type=int, default=None, help="at most N running at once")
+    limits.add_argument("--rate", default=None, help="at most N starts per period: 100/s, 10/min")
+    limits.add_argument("--clear", action="store_true", help="remove the queue's or task's limits")
+    schedules = command("schedules", "list the periodic jobs with their next run")
+    schedules.add_argument("--remove", metavar="NAME", help="remove this schedule")
     return parser
 
 
@@ -240,6 +261,11 @@ def print_stats(stats: dict[str, Any]) -> None:
         f"succeeded {stats[JobState.SUCCEEDED]}  failed {stats[JobState.FAILED]}  "
         f"failed list {stats['failed_list']}  submitted {stats['submitted']}"
     )
+    if stats.get("paused"):
+        print("paused: " + ", ".join(stats["paused"]))
+    for queue, tasks in (stats.get("no_worker") or {}).items():
+        waiting = ", ".join(f"{task} ({count})" for task, count in tasks.items())
+        print(f"waiting for a worker with their task on {queue}: {waiting}")
 
 
 def print_jobs(jobs: list[dict[str, Any]], what: str) -> None:
@@ -317,6 +343,57 @@ async def run_admin(args: argparse.Namespace) -> int:
                 print(f"not ready: {storage['failure']}", file=sys.stderr)
                 return 1
             print("ok")
+        elif command == "pause":
+            changed = await client.pause(args.queue)
+            print(f"paused {args.queue}" if changed else f"{args.queue} was already paused")
+        elif command == "resume":
+            changed = await client.resume(args.queue)
+            print(f"resumed {args.queue}" if changed else f"{args.queue} was not paused")
+        elif command == "limits":
+            return await limits_command(client, args)
+        elif command == "schedules":
+            if args.remove is not None:
+                removed = await client.unschedule(args.remove)
+                print(f"removed {args.remove}" if removed else f"no schedule {args.remove}")
+                return 0
+            for entry in await client.schedules():
+                when = f"cron {entry['cron']!r}" if entry["cron"] else f"every {entry['every']:g}s"
+                zone = f" ({entry['timezone']})" if entry["timezone"] else ""
+                next_run = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["next_run"]))
+                print(
+                    f"{entry['name']:<24} {entry['task']:<24} {when}{zone}  "
+                    f"queue={entry['queue']}  next={next_run}"
+                )
+    return 0
+
+
+async def limits_command(client: Client, args: argparse.Namespace) -> int:
+    if args.queue is None and args.task is None:
+        if args.clear or args.max_running is not None or args.rate is not None:
+            print("error: name a --queue or a --task to set its limits", file=sys.stderr)
+            return 2
+        for kind, table in (await client.stats())["limits"].items():
+            for name, limit in table.items():
+                print(
+                    f"{kind[:-1]:<6} {name:<20} max_running={limit['max_running']}  "
+                    f"rate={limit['rate']}  running={limit['running']}  "
+                    f"started_in_window={limit['started_in_window']}"
+                )
+        return 0
+    if args.clear:
+        args.max_running = args.rate = None
+    elif args.max_running is None and args.rate is None:
+        print("error: give --max-running and/or --rate, or --clear", file=sys.stderr)
+        return 2
+    name = args.queue if args.queue is not None else args.task
+    try:
+        limits = await client.set_limits(
+            queue=args.queue, task=args.task, max_running=args.max_running, rate=args.rate
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{name}: no limits" if limits is None else f"{name}: {json.dumps(limits)}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import secrets
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -27,8 +28,10 @@ from protocol.errors import (
     RemoteError,
 )
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
-from protocol.job_spec import JobSpec
+from protocol.job_spec import DEFAULT_QUEUE, JobSpec
 from protocol.messages import Op, Role
+from protocol.rates import parse_rate
+from protocol.schedules import check_schedule
 from protocol.security import client_ssl_context, resolve_token
 from protocol.states import JobState
 from protocol.stream import (
@@ -101,6 +104,22 @@ def job_spec(
     return JobSpec(task, encode_payload(args, kwargs), **options)
 
 
+def parent_ids(parents: Iterable[str | Job] | None) -> tuple[str, ...] | None:
+    """``depends_on`` as ids (a :class:`Job` handle stands for its id)."""
+    if parents is None:
+        return None
+    ids = tuple(parent.id if isinstance(parent, Job) else parent for parent in parents)
+    return ids or None
+
+
+def with_job_id(step: Mapping[str, Any]) -> dict[str, Any]:
+    """A step of a chain or chord, with a job id of its own for the others to name."""
+    spec = dict(step)
+    if spec.get("job_id") is None:
+        spec["job_id"] = f"wf-{secrets.token_hex(10)}"
+    return spec
+
+
 # A generous bound on what a job spec adds around its payload on the wire.
 SPEC_OVERHEAD = 128
 MAX_SPECS_PER_FRAME = 10_000
@@ -157,13 +176,16 @@ class Job(Generic[ResultT]):
     come back as lists, and only msgpack's types exist.
     """
 
-    __slots__ = ("_client", "_outcome", "id")
+    __slots__ = ("_client", "_outcome", "existing_state", "id")
 
     def __init__(
         self, client: Client, job_id: str, outcome: asyncio.Future[Message] | None = None
     ) -> None:
         self._client = client
         self.id = job_id
+        # Set when the submit returned a job the broker already had (a known
+        # job_id, or a unique_key a job holds): its state then. None: a new job.
+        self.existing_state: str | None = None
         # Resolved with the broker's DONE message (or a LOST marker).
         self._outcome = outcome
 
@@ -440,6 +462,9 @@ class Client:
         lease: float | None = None,
         job_id: str | None = None,
         result_ttl: float | None = None,
+        depends_on: Iterable[str | Job] | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> Job:
         """Submit one job; returns its :class:`Job` handle once the broker has accepted it.
 
@@ -447,6 +472,14 @@ class Client:
         ends (default: its ``--result-ttl``); 0 keeps it only until it is
         pushed to the clients waiting for it (``result()`` after that, or
         ``status()``, raises :class:`NotFound`).
+
+        ``depends_on``: jobs (handles or ids) that must all succeed first; the
+        job waits in state ``waiting``, and is cancelled if one of them fails
+        for good or is cancelled. An unknown one raises :class:`NotFound`.
+
+        ``unique_key``: while a job with this key is unfinished, or within
+        ``unique_for`` seconds of its submission, this returns that job
+        instead of a new one; ``job.existing_state`` then says its state.
         """
         spec = job_spec(
             task,
@@ -460,6 +493,9 @@ class Client:
             lease=lease,
             job_id=job_id,
             result_ttl=result_ttl,
+            depends_on=parent_ids(depends_on),
+            unique_key=unique_key,
+            unique_for=unique_for,
         ).to_wire()
         connection = self._connection
         if connection is None or not connection.is_open:
@@ -477,7 +513,9 @@ class Client:
         """Submit many jobs in one round trip; each dict has ``submit``'s parameter names.
 
         Jobs go in as few SUBMIT frames as the frame limit allows, pipelined;
-        the broker accepts or refuses each frame whole (``QueueFull``).
+        the broker accepts or refuses each frame whole (``QueueFull``). A job's
+        ``depends_on`` may name jobs of the same call by their ``job_id``, in
+        any order within a frame (a cycle is refused), and earlier frames' jobs.
         """
         specs = []
         for i, job in enumerate(jobs):
@@ -485,7 +523,10 @@ class Client:
                 raise ValueError(f"job {i}: unknown keys {sorted(set(job) - SUBMIT_FIELDS)}")
             if "task" not in job:
                 raise ValueError(f"job {i}: 'task' is required")
-            specs.append(job_spec(**job).to_wire())
+            options = dict(job)
+            if options.get("depends_on") is not None:
+                options["depends_on"] = parent_ids(options["depends_on"])
+            specs.append(job_spec(**options).to_wire())
         if not specs:
             return []
         return await self._submit_specs(specs)
@@ -523,6 +564,8 @@ class Client:
                 if future is None:
                     future = outcomes[job_id] = loop.create_future()
                 jobs.append(Job(self, job_id, future))
+            for entry in reply.get("existing") or ():
+                jobs[entry["index"]].existing_state = entry["state"]
 
         return expect_outcomes
 
@@ -631,6 +674,130 @@ class Client:
     async def purge_failed(self) -> int:
         reply = await self._call({"op": Op.PURGE_FAILED})
         return int(reply["purged"])
+
+    # -- workflows: chains and chords of jobs, on top of depends_on -----------------------
+
+    async def chain(self, *steps: Mapping[str, Any]) -> list[Job]:
+        """Celery's ``chain``: each step runs once the one before it has succeeded.
+
+        Each step is a dict of ``submit``'s parameters (``task``, ``args``, ...).
+        If a step fails for good or is cancelled, the steps after it are
+        cancelled. Results are not passed along: a step that needs its
+        parent's result reads it (``client.job(id).result()``). One round trip.
+        """
+        specs: list[dict[str, Any]] = []
+        previous: str | None = None
+        for step in steps:
+            spec = with_job_id(step)
+            if previous is not None:
+                spec["depends_on"] = [*(parent_ids(spec.get("depends_on")) or ()), previous]
+            previous = spec["job_id"]
+            specs.append(spec)
+        return await self.submit_many(specs)
+
+    async def chord(
+        self, header: Iterable[Mapping[str, Any]], body: Mapping[str, Any]
+    ) -> tuple[list[Job], Job]:
+        """Celery's ``chord``: the ``header`` jobs run in parallel (a ``group``), and
+        ``body`` once every one of them has succeeded (fan-in). One round trip."""
+        specs = [with_job_id(step) for step in header]
+        final = with_job_id(body)
+        final["depends_on"] = [
+            *(parent_ids(final.get("depends_on")) or ()),
+            *(spec["job_id"] for spec in specs),
+        ]
+        jobs = await self.submit_many([*specs, final])
+        return jobs[:-1], jobs[-1]
+
+    # -- periodic jobs ---------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        name: str,
+        task: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timezone: str | None = None,
+    ) -> dict[str, Any]:
+        """Have the broker submit ``task`` at each tick of ``cron`` (in ``timezone``) or
+        ``every`` seconds, each tick once, as job ``cron:{name}:{unix seconds}``.
+
+        Replaces a schedule of that name. Returns ``{changed, next_run}``;
+        a bad expression raises ``ValueError`` before anything is sent.
+        """
+        check_schedule(name, cron, every, timezone)
+        message: Message = {
+            "op": Op.SCHEDULE,
+            "name": name,
+            "task": task,
+            "cron": cron,
+            "every": every,
+            "timezone": timezone,
+            "payload": encode_payload(args, kwargs),
+            "queue": queue,
+        }
+        reply = await self._call(message)
+        return {"changed": reply["changed"], "next_run": reply["next_run"]}
+
+    async def unschedule(self, name: str) -> bool:
+        """Remove a schedule; False if there was none of that name."""
+        reply = await self._call({"op": Op.UNSCHEDULE, "name": name})
+        return bool(reply["removed"])
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule: name, task, cron or every, timezone, queue, args, kwargs,
+        last_run and next_run (unix seconds)."""
+        reply = await self._call({"op": Op.SCHEDULES})
+        described: list[dict[str, Any]] = []
+        for schedule in reply["schedules"]:
+            entry = dict(schedule)
+            args, kwargs = msgpack.unpackb(entry.pop("payload"), raw=False)
+            entry["args"], entry["kwargs"] = args, kwargs
+            described.append(entry)
+        return described
+
+    async def pause(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Start no more jobs from ``queue`` (it still accepts them, and running ones
+        finish), until :meth:`resume`; survives a broker restart. False if already paused."""
+        reply = await self._call({"op": Op.PAUSE, "queue": queue})
+        return bool(reply["changed"])
+
+    async def resume(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Start jobs from a paused ``queue`` again; False if it was not paused."""
+        reply = await self._call({"op": Op.RESUME, "queue": queue})
+        return bool(reply["changed"])
+
+    async def set_limits(
+        self,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        max_running: int | None = None,
+        rate: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Set the global limits of one queue or one task, replacing its earlier ones.
+
+        ``max_running``: at most that many of its jobs running at once across
+        every worker; ``rate``: at most that many starts per period, such as
+        ``"100/s"``, ``"10/min"`` or ``"500/5m"``. None for both removes the
+        limits. Returns ``{max_running, rate}`` as now set, or None.
+        """
+        if (queue is None) == (task is None):
+            raise ValueError("set_limits() needs exactly one of queue= and task=")
+        if rate is not None:
+            parse_rate(rate)  # a bad rate fails here, before it is sent
+        message: Message = {"op": Op.SET_LIMITS, "max_running": max_running, "rate": rate}
+        if queue is not None:
+            message["queue"] = queue
+        else:
+            message["task"] = task
+        reply = await self._call(message)
+        limits: dict[str, Any] | None = reply.get("limits")
+        return limits
 
     async def ping(self) -> None:
         await self._call({"op": Op.PING})

@@ -11,16 +11,18 @@ synchronous: a message and the time in, manager calls and frames out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.jobs import Job
-from broker.manager import Consumer
+from broker.manager import Consumer, Schedule
+from broker.manager.schedules import NO_ARGUMENTS
 from broker.state import BrokerState
 from broker.wire import done_message, failed_reply, status_reply
 from protocol.errors import ErrorCode
-from protocol.job_spec import JobSpec
+from protocol.job_spec import DEFAULT_QUEUE, JobSpec
 from protocol.messages import Op, Role
 from protocol.states import JobState
 
@@ -31,6 +33,67 @@ Message = dict[str, Any]
 
 DEFAULT_FAILED_LIMIT = 100
 DEFAULT_LIST_LIMIT = 100
+
+
+def dependency_order(
+    entries: list[Message], known: Mapping[str, Job]
+) -> list[int] | tuple[ErrorCode, str]:
+    """The order to submit a batch in so that every parent comes before its children.
+
+    A parent is a job the broker knows or an entry of this batch with that
+    ``id``; an unknown one is ``NOT_FOUND``, a cycle within the batch
+    ``BAD_REQUEST``. Entries keep their order where no dependency forces another.
+    """
+    in_batch: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        job_id = entry.get("id")
+        if job_id is not None and job_id not in known:
+            in_batch.setdefault(job_id, index)
+    parents_left = [0] * len(entries)
+    children: dict[int, list[int]] = {}
+    for index, entry in enumerate(entries):
+        for parent_id in entry.get("depends_on") or ():
+            parent = in_batch.get(parent_id)
+            if parent is not None:
+                if parent == index:
+                    return ErrorCode.BAD_REQUEST, (
+                        f"SUBMIT.jobs[{index}].depends_on: the job depends on itself"
+                    )
+                parents_left[index] += 1
+                children.setdefault(parent, []).append(index)
+            elif parent_id not in known:
+                return ErrorCode.NOT_FOUND, (
+                    f"SUBMIT.jobs[{index}].depends_on: no job {parent_id!r}"
+                )
+    ready = [index for index in range(len(entries)) if not parents_left[index]]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for child in children.get(index, ()):
+            parents_left[child] -= 1
+            if not parents_left[child]:
+                heapq.heappush(ready, child)
+    if len(order) < len(entries):
+        cycle = sorted(index for index in range(len(entries)) if parents_left[index])
+        return ErrorCode.BAD_REQUEST, (
+            f"SUBMIT.jobs: a dependency cycle among jobs {cycle[:10]} of the batch"
+        )
+    return order
+
+
+def schedule_from_wire(wire: Message) -> Schedule:
+    """A schedule map (HELLO.schedules, SCHEDULE) the schema accepted; ValueError if bad."""
+    return Schedule(
+        wire["name"],
+        wire["task"],
+        cron=wire.get("cron"),
+        every=wire.get("every"),
+        timezone=wire.get("timezone"),
+        payload=wire.get("payload") or NO_ARGUMENTS,
+        queue=wire.get("queue") or DEFAULT_QUEUE,
+    )
 
 
 class PeerHandlers:
@@ -62,6 +125,7 @@ class ClientHandlers(PeerHandlers):
         known = manager.jobs
         limit = session.payload_limit
         new = 0
+        has_parents = False
         for index, entry in enumerate(entries):
             size = len(entry["payload"])
             if size > limit:
@@ -75,21 +139,44 @@ class ClientHandlers(PeerHandlers):
             job_id = entry.get("id")
             if job_id is None or job_id not in known:
                 new += 1
+            if "depends_on" in entry:
+                has_parents = True
         manager.check_capacity(new)  # all or nothing: QUEUE_FULL before any is accepted
+        order: Iterable[int] = range(len(entries))
+        if has_parents:
+            # All or nothing too: every parent known or in this batch, and no cycle.
+            order_or_error = dependency_order(entries, known)
+            if isinstance(order_or_error, tuple):
+                session.reply_error(rid, *order_or_error)
+                return
+            order = order_or_error
         submit = manager.submit
         from_wire = JobSpec.from_wire
-        ids: list[str] = []
+        submitted: list[Job | None] = [None] * len(entries)
         already_done: list[Job] = []
         watch = message.get("watch", False)
-        for entry in entries:
-            job, _ = submit(from_wire(entry), now)
+        existing: list[Message] | None = None
+        for index in order:
+            job, created = submit(from_wire(entries[index]), now)
+            submitted[index] = job
+            if not created:  # a known id, or a unique key a job holds
+                if existing is None:
+                    existing = []
+                existing.append({"index": index, "id": job.id, "state": job.state.value})
+        ids: list[str] = []
+        for maybe_job in submitted:
+            assert maybe_job is not None
+            job = maybe_job
             ids.append(job.id)
             if watch:
                 if job.state.finished:
                     already_done.append(job)
                 else:
                     job.add_watcher(session)
-        session.reply(rid, {"ids": ids})
+        reply: Message = {"ids": ids}
+        if existing is not None:
+            reply["existing"] = sorted(existing, key=lambda entry: entry["index"])
+        session.reply(rid, reply)
         for job in already_done:
             session.send(done_message(job))
 
@@ -186,15 +273,71 @@ class ClientHandlers(PeerHandlers):
             durable=False,
         )
 
+    def pause(self, message: Message, now: float) -> None:
+        changed = self.manager.pause_queue(message["queue"])
+        self.session.reply(message["rid"], {"changed": changed})
+
+    def resume(self, message: Message, now: float) -> None:
+        changed = self.manager.resume_queue(message["queue"], now)
+        self.session.reply(message["rid"], {"changed": changed})
+
+    def schedule(self, message: Message, now: float) -> None:
+        try:
+            schedule = schedule_from_wire(message)
+        except ValueError as exc:
+            self.session.reply_error(message["rid"], ErrorCode.BAD_REQUEST, f"SCHEDULE: {exc}")
+            return
+        changed = self.manager.set_schedule(schedule, now)
+        self.session.reply(message["rid"], {"changed": changed, "next_run": schedule.next})
+
+    def unschedule(self, message: Message, now: float) -> None:
+        removed = self.manager.remove_schedule(message["name"])
+        self.session.reply(message["rid"], {"removed": removed})
+
+    def schedules(self, message: Message, now: float) -> None:
+        self.session.reply(
+            message["rid"], {"schedules": self.manager.schedules_list()}, durable=False
+        )
+
+    def set_limits(self, message: Message, now: float) -> None:
+        rid = message["rid"]
+        queue = message.get("queue")
+        task = message.get("task")
+        if (queue is None) == (task is None):
+            self.session.reply_error(
+                rid, ErrorCode.BAD_REQUEST, "SET_LIMITS needs exactly one of 'queue' and 'task'"
+            )
+            return
+        max_running = message.get("max_running")
+        if max_running == 0:
+            self.session.reply_error(
+                rid,
+                ErrorCode.BAD_REQUEST,
+                "SET_LIMITS.max_running: at least 1 (to start nothing, PAUSE the queue)",
+            )
+            return
+        kind, name = ("queue", queue) if queue is not None else ("task", str(task))
+        try:
+            limit = self.manager.set_limits(kind, name, max_running, message.get("rate"), now)
+        except ValueError as exc:
+            self.session.reply_error(rid, ErrorCode.BAD_REQUEST, f"SET_LIMITS.{exc}")
+            return
+        self.session.reply(rid, {"limits": None if limit is None else limit.setting()})
+
 
 class WorkerHandlers(PeerHandlers):
     """A worker's reports and credit, and the manager's sink for this worker."""
 
     def __init__(
-        self, session: Session, state: BrokerState, queues: list[str], burst: bool
+        self,
+        session: Session,
+        state: BrokerState,
+        queues: list[str],
+        burst: bool,
+        task_names: list[str] | None = None,
     ) -> None:
         super().__init__(session, state)
-        self.consumer = Consumer(self, queues, session.name)
+        self.consumer = Consumer(self, queues, session.name, task_names)
         self.burst = burst
         self._empty_sent = False
         state.manager.attach(self.consumer)
@@ -282,7 +425,7 @@ class WorkerHandlers(PeerHandlers):
             self.burst
             and not self._empty_sent
             and not consumer.jobs
-            and self.manager.queues_idle(consumer.queues)
+            and self.manager.queues_idle(consumer.queues, consumer.tasks)
         ):
             self._empty_sent = True
             self.session.send({"op": Op.EMPTY}, durable=False)
@@ -319,6 +462,12 @@ ROUTES: dict[str, Route] = {
     Op.FAILED: Route(ClientHandlers.failed, _CLIENT),
     Op.RETRY: Route(ClientHandlers.retry, _CLIENT, changes_jobs=True),
     Op.PURGE_FAILED: Route(ClientHandlers.purge_failed, _CLIENT, changes_jobs=True),
+    Op.PAUSE: Route(ClientHandlers.pause, _CLIENT, changes_jobs=True),
+    Op.RESUME: Route(ClientHandlers.resume, _CLIENT, changes_jobs=True),
+    Op.SET_LIMITS: Route(ClientHandlers.set_limits, _CLIENT, changes_jobs=True),
+    Op.SCHEDULE: Route(ClientHandlers.schedule, _CLIENT, changes_jobs=True),
+    Op.UNSCHEDULE: Route(ClientHandlers.unschedule, _CLIENT, changes_jobs=True),
+    Op.SCHEDULES: Route(ClientHandlers.schedules, _CLIENT),
     Op.READY: Route(WorkerHandlers.ready, _WORKER),
     Op.ACK: Route(WorkerHandlers.ack, _WORKER),
     Op.FAIL: Route(WorkerHandlers.fail, _WORKER),

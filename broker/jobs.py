@@ -58,6 +58,7 @@ class Job:
     __slots__ = (
         "attempts",
         "created_at",
+        "depends_on",
         "errors",
         "finished_at",
         "id",
@@ -77,6 +78,7 @@ class Job:
         "state",
         "task",
         "timeout",
+        "unique",
         "watchers",
     )
 
@@ -119,6 +121,10 @@ class Job:
         # at, attempt]. Not journaled: it is news, not state.
         self.progress: list[Any] | None = None
         self.errors: ErrorLog | None = None
+        # The parents' ids (``depends_on``), or None.
+        self.depends_on: tuple[str, ...] | None = None
+        # (unique key, held until at least): see broker/manager/unique.py.
+        self.unique: tuple[str, float] | None = None
         # Who wants a DONE push when the job finishes: None, one watcher, or a
         # list. Kept on the job, so watching costs no table entry and a
         # watcher that went away is skipped when the job finishes.

@@ -138,7 +138,8 @@ class Broker:
         # Reading the files is blocking work: a thread, so an embedding app's loop runs on.
         recovered = await self.loop.run_in_executor(None, journal.open)
         try:
-            journal.start(lambda: self.manager.jobs)
+            journal.start(lambda: self.manager.jobs, self.manager.settings_view)
+            self.manager.restore_settings(journal.recovered_settings(), time.time())
             self.manager.journal = journal
             self.manager.restore(recovered.values(), time.time())
         except BaseException:

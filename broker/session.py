@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any, cast
 
-from broker.handlers import ROUTES, ClientHandlers, PeerHandlers, WorkerHandlers
+from broker.handlers import ROUTES, ClientHandlers, PeerHandlers, WorkerHandlers, schedule_from_wire
 from broker.manager import QueueFullError
 from broker.output import Output
 from broker.state import BrokerState
@@ -277,14 +277,25 @@ class Session(asyncio.Protocol):
             tasks = message.get("tasks")
             if tasks:
                 self.manager.announce_tasks(tasks)  # checked by the schema
+            try:
+                schedules = [schedule_from_wire(s) for s in message.get("schedules") or ()]
+            except ValueError as exc:
+                self.fail_connection(ErrorCode.BAD_REQUEST, f"HELLO.schedules: {exc}", rid)
+                return
+            for schedule in schedules:
+                self.manager.set_schedule(schedule, time.time())
             queues = message.get("queues") or ["default"]
-            self.worker = WorkerHandlers(self, self.state, queues, bool(message.get("burst")))
+            self.worker = WorkerHandlers(
+                self, self.state, queues, bool(message.get("burst")), message.get("task_names")
+            )
             self.handlers = self.worker
+            task_names = self.worker.consumer.tasks
             log.info(
-                "worker %s connected from %s, queues %s",
+                "worker %s connected from %s, queues %s, tasks %s",
                 self.name or "?",
                 self.peer,
                 ",".join(self.worker.consumer.queues),
+                "(every task)" if task_names is None else ",".join(sorted(task_names)),
             )
         else:
             self.handlers = ClientHandlers(self, self.state)

@@ -81,7 +81,7 @@ class BrokerState:
     # -- questions --
 
     def stats(self) -> dict[str, Any]:
-        stats = self.manager.stats()
+        stats = self.manager.stats(time.time())
         workers = sum(1 for session in self.sessions if session.is_worker)
         stats["workers"] = workers
         stats["clients"] = sum(1 for session in self.sessions if session.is_client)

@@ -48,7 +48,11 @@ def done_message(job: Job) -> Message:
     if job.state is JobState.SUCCEEDED:
         message["result"] = job.result
     elif job.state is JobState.CANCELLED:
-        message["error"] = {"type": "Cancelled", "message": "the job was cancelled"}
+        reason = job.last_error  # set when a parent failed or was cancelled
+        if reason is not None and reason.get("type") == "ParentFailed":
+            message["error"] = {"type": "ParentFailed", "message": reason["message"]}
+        else:
+            message["error"] = {"type": "Cancelled", "message": "the job was cancelled"}
     else:
         error = job.last_error
         if error is not None:
@@ -63,7 +67,7 @@ def done_message(job: Job) -> Message:
 def describe_job(job: Job, last_error_only: bool = False) -> Message:
     """The job as ``STATUS`` and ``FAILED`` report it (no payload, no result)."""
     errors: list[dict[str, Any]] = job.errors or []
-    return {
+    described: Message = {
         "id": job.id,
         "task": job.task,
         "queue": job.queue,
@@ -79,6 +83,9 @@ def describe_job(job: Job, last_error_only: bool = False) -> Message:
         "finished_at": job.finished_at,
         "errors": errors[-1:] if last_error_only else list(errors),
     }
+    if job.depends_on:
+        described["depends_on"] = list(job.depends_on)
+    return described
 
 
 def status_reply(job: Job, budget: int) -> Message:

@@ -26,6 +26,9 @@ WIRE_NAMES: Final = {
     "lease": "lease",
     "job_id": "id",
     "result_ttl": "result_ttl",
+    "depends_on": "depends_on",
+    "unique_key": "unique_key",
+    "unique_for": "unique_for",
 }
 
 
@@ -49,6 +52,12 @@ class JobSpec:
     lease: float | None = None
     job_id: str | None = None
     result_ttl: float | None = None
+    # Ids of the jobs that must succeed before this one may run.
+    depends_on: tuple[str, ...] | None = None
+    # While a job with this key is unfinished (or for ``unique_for`` seconds
+    # from its submission), a submit with the same key returns that job.
+    unique_key: str | None = None
+    unique_for: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The ``SUBMIT`` entry: only the fields that differ from their defaults."""
@@ -69,6 +78,12 @@ class JobSpec:
             wire["id"] = self.job_id
         if self.result_ttl is not None:
             wire["result_ttl"] = self.result_ttl
+        if self.depends_on:
+            wire["depends_on"] = list(self.depends_on)
+        if self.unique_key is not None:
+            wire["unique_key"] = self.unique_key
+        if self.unique_for:
+            wire["unique_for"] = self.unique_for
         return wire
 
     @classmethod
@@ -88,4 +103,7 @@ class JobSpec:
             get("lease"),
             get("id"),
             get("result_ttl"),
+            tuple(get("depends_on") or ()) or None,
+            get("unique_key"),
+            get("unique_for") or None,
         )

@@ -62,6 +62,12 @@ class Op:
     PURGE_FAILED: Final = "PURGE_FAILED"
     FOLLOW: Final = "FOLLOW"
     LIST: Final = "LIST"
+    PAUSE: Final = "PAUSE"
+    RESUME: Final = "RESUME"
+    SET_LIMITS: Final = "SET_LIMITS"
+    SCHEDULE: Final = "SCHEDULE"
+    UNSCHEDULE: Final = "UNSCHEDULE"
+    SCHEDULES: Final = "SCHEDULES"
     # worker notifications
     PROGRESS: Final = "PROGRESS"
     READY: Final = "READY"
@@ -96,6 +102,7 @@ class Kind(Enum):
     JOB_SPECS = "array of job specs"
     ERROR = "error map"
     DELIVERIES = "array of deliveries"
+    SCHEDULES = "array of schedules"
     # {task name: {max_attempts?: 1..MAX_TASK_ATTEMPTS, lease?: 0 < seconds <= MAX_SECONDS}};
     # other keys of the inner maps are ignored, so later peers can announce more.
     TASK_DEFAULTS = "map of task defaults"
@@ -125,6 +132,21 @@ JOB_SPEC: Final = _fields(
     Field("lease", Kind.SECONDS),
     Field("id", Kind.ID),
     Field("result_ttl", Kind.SECONDS),
+    Field("depends_on", Kind.IDS),
+    Field("unique_key", Kind.ID),
+    Field("unique_for", Kind.SECONDS),
+)
+
+# A periodic job (HELLO.schedules, SCHEDULE): exactly one of cron and every,
+# checked with the time zone by protocol.schedules.check_schedule.
+SCHEDULE_SPEC: Final = _fields(
+    Field("name", Kind.NAME, required=True),
+    Field("task", Kind.NAME, required=True),
+    Field("cron", Kind.TEXT),
+    Field("every", Kind.SECONDS),
+    Field("timezone", Kind.NAME),
+    Field("payload", Kind.BIN),
+    Field("queue", Kind.NAME),
 )
 
 ERROR_INFO: Final = _fields(
@@ -155,6 +177,10 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
         Field("queues", Kind.NAMES),
         Field("burst", Kind.BOOL),
         Field("tasks", Kind.TASK_DEFAULTS),
+        # Worker only: the tasks it runs; it is sent only jobs of these (routing by task).
+        Field("task_names", Kind.NAMES),
+        # Worker only: periodic jobs its tasks declare (the broker owns and fires them).
+        Field("schedules", Kind.SCHEDULES),
     ),
     Op.PING: _fields(RID),
     Op.SUBMIT: _fields(
@@ -167,6 +193,19 @@ REQUESTS: Final[dict[str, dict[str, Field]]] = {
     Op.FAILED: _fields(RID, Field("limit", Kind.UINT)),
     Op.RETRY: _fields(RID, Field("ids", Kind.IDS), Field("all", Kind.BOOL)),
     Op.PURGE_FAILED: _fields(RID),
+    Op.PAUSE: _fields(RID, Field("queue", Kind.NAME, required=True)),
+    Op.RESUME: _fields(RID, Field("queue", Kind.NAME, required=True)),
+    # Exactly one of queue and task (checked by the handler); rate as in protocol.rates.
+    Op.SCHEDULE: _fields(RID, *SCHEDULE_SPEC.values()),
+    Op.UNSCHEDULE: _fields(RID, Field("name", Kind.NAME, required=True)),
+    Op.SCHEDULES: _fields(RID),
+    Op.SET_LIMITS: _fields(
+        RID,
+        Field("queue", Kind.NAME),
+        Field("task", Kind.NAME),
+        Field("max_running", Kind.UINT),
+        Field("rate", Kind.NAME),
+    ),
     Op.READY: _fields(Field("n", Kind.UINT, required=True)),
     Op.ACK: _fields(
         Field("id", Kind.ID, required=True),
@@ -312,9 +351,9 @@ def _check_value(where: str, kind: Kind, value: Any) -> None:
     if kind is Kind.TASK_DEFAULTS:
         _check_task_defaults(where, value)
         return
-    if kind in (Kind.JOB_SPECS, Kind.DELIVERIES):
+    if kind in (Kind.JOB_SPECS, Kind.DELIVERIES, Kind.SCHEDULES):
         _check_list(where, value)
-        schema = JOB_SPEC if kind is Kind.JOB_SPECS else DELIVERY
+        schema = {Kind.JOB_SPECS: JOB_SPEC, Kind.DELIVERIES: DELIVERY}.get(kind, SCHEDULE_SPEC)
         for i, element in enumerate(value):
             _check_map(f"{where}[{i}]", schema, element)
         return
@@ -486,6 +525,8 @@ def _compile(schema: dict[str, Field]) -> _Compiled:
             predicate = _list_of(_map_of(_COMPILED_JOB_SPEC))
         elif field.kind is Kind.DELIVERIES:
             predicate = _list_of(_map_of(_COMPILED_DELIVERY))
+        elif field.kind is Kind.SCHEDULES:
+            predicate = _list_of(_map_of(_COMPILED_SCHEDULE))
         else:
             predicate = predicates[field.kind]
         checks[field.name] = (predicate, field.required)
@@ -518,6 +559,7 @@ def _map_ok(compiled: _Compiled, value: Any, open_ended: bool) -> bool:
 _COMPILED_ERROR: Final = _compile(ERROR_INFO)
 _COMPILED_JOB_SPEC: Final = _compile(JOB_SPEC)
 _COMPILED_DELIVERY: Final = _compile(DELIVERY)
+_COMPILED_SCHEDULE: Final = _compile(SCHEDULE_SPEC)
 _COMPILED_REQUESTS: Final = {op: _compile(s) for op, s in _REQUESTS_WITH_OP.items()}
 _COMPILED_PUSHES: Final = {op: _compile(s) for op, s in _PUSHES_WITH_OP.items()}
 

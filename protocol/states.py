@@ -10,6 +10,8 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
+    # Submitted with ``depends_on``: waits until every parent has succeeded.
+    WAITING = "waiting"
     QUEUED = "queued"
     DELAYED = "delayed"
     RUNNING = "running"
@@ -24,4 +26,4 @@ class JobState(StrEnum):
 
 
 # The states a job can still leave: counted per queue in STATS.
-UNFINISHED_STATES = (JobState.QUEUED, JobState.DELAYED, JobState.RUNNING)
+UNFINISHED_STATES = (JobState.WAITING, JobState.QUEUED, JobState.DELAYED, JobState.RUNNING)

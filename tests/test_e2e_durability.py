@@ -145,7 +145,7 @@ async def test_compaction_under_load_keeps_the_state(
         assert sum(s["state"] == "succeeded" for s in statuses) == 5000
         assert sum(s["state"] == "delayed" for s in statuses) == 500
         queue = (await client.stats())["queues"]["default"]
-        assert queue == {"queued": 0, "delayed": 500, "running": 0}
+        assert queue == {"waiting": 0, "queued": 0, "delayed": 500, "running": 0}
         done = [job for job, s in zip(jobs, statuses, strict=True) if s["state"] == "succeeded"]
         results = await asyncio.gather(*(client.job(job.id).result() for job in done))
         assert sorted(results) == list(range(5000))

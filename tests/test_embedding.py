@@ -40,12 +40,16 @@ async def test_everything_in_one_program_with_a_burst_worker() -> None:
             assert worker.jobs_done == 50
             assert sorted(job_id for job_id, _ in seen) == sorted(job.id for job in jobs)
 
+            # A queued job of a task this worker does not have never reaches it,
+            # so it does not keep a burst worker from finishing.
+            other = await client.submit("not_here", [1])
             flaky_job = await client.submit("flaky", [3])
             await asyncio.wait_for(
                 Worker(broker.address, registry=registry, burst=True).run(), WAIT
             )
             assert await flaky_job.result() == -3
             assert (await client.status(flaky_job.id))["attempts"] == 2
+            assert (await client.status(other.id))["state"] == "queued"
     finally:
         await broker.stop()
     assert not broker.sessions

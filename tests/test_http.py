@@ -231,6 +231,7 @@ async def test_events_are_pushed_as_jobs_change(broker: Broker) -> None:
             assert snapshot["queues"] == [
                 {
                     "name": "q1",
+                    "waiting": 0,
                     "queued": 4,
                     "delayed": 0,
                     "running": 0,

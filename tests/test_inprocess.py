@@ -7,9 +7,11 @@ landing in time; every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgpack
 import pytest
 
 from broker import (
@@ -21,6 +23,7 @@ from broker import (
     JobFailed,
     JobState,
     NotFound,
+    RemoteError,
 )
 from broker.manager import Consumer, ManagerConfig
 from tests.waiting import eventually
@@ -291,7 +294,7 @@ async def test_stop_hands_prefetched_jobs_back_and_lets_the_running_one_finish(
         assert set(gates.started) == {"running"}  # the others never started here
 
 
-async def test_retry_timeout_and_unknown_task(broker: Broker) -> None:
+async def test_retry_timeout_and_a_task_deployed_later(broker: Broker) -> None:
     registry = TaskRegistry()
     never = asyncio.Event()
 
@@ -308,14 +311,105 @@ async def test_retry_timeout_and_unknown_task(broker: Broker) -> None:
     async with Client(broker.address) as client, serving(Worker(broker.address, registry=registry)):
         retried = await client.submit("retries_once")
         hung = await client.submit("hangs", max_attempts=1)
-        unknown = await client.submit("no_such_task", max_attempts=1)
+        unknown = await client.submit("deployed_later", max_attempts=1)
         assert await retried.result(timeout=WAIT) == 2
         status = await client.status(retried.id)
         assert [e["type"] for e in status["errors"]] == ["Retry"]
         with pytest.raises(JobFailed) as timed_out:
             await hung.result(timeout=WAIT)
         assert timed_out.value.error_type == "JobTimeout"
-        with pytest.raises(JobFailed) as missing:
-            await unknown.result(timeout=WAIT)
-        assert missing.value.error_type == "UnknownTask"
-        assert "no_such_task" in missing.value.error_message
+        # No worker announced it: the job waits for one instead of failing.
+        assert (await client.status(unknown.id))["state"] == JobState.QUEUED
+        assert (await client.stats())["no_worker"] == {"default": {"deployed_later": 1}}
+        later = TaskRegistry()
+
+        async def deployed_later() -> str:
+            return "ran"
+
+        later.register(deployed_later)
+        async with serving(Worker(broker.address, registry=later)):
+            assert await unknown.result(timeout=WAIT) == "ran"
+        assert (await client.status(unknown.id))["attempts"] == 1
+
+
+async def test_set_limits_refuses_what_it_cannot_enforce(broker: Broker) -> None:
+    async with Client(broker.address) as client:
+        with pytest.raises(ValueError, match="exactly one of queue= and task="):
+            await client.set_limits(max_running=1)
+        with pytest.raises(ValueError, match="expected COUNT/PERIOD"):
+            await client.set_limits(task="t", rate="lots")
+        with pytest.raises(RemoteError) as zero:
+            await client.set_limits(queue="q", max_running=0)
+        assert zero.value.code == "BAD_REQUEST" and "PAUSE" in zero.value.message
+        # What a client written from the spec alone could send.
+        with pytest.raises(RemoteError, match="exactly one of 'queue' and 'task'"):
+            await client._call({"op": "SET_LIMITS", "queue": "a", "task": "b"})
+        with pytest.raises(RemoteError, match="expected COUNT/PERIOD"):
+            await client._call({"op": "SET_LIMITS", "task": "t", "rate": "lots"})
+        assert (await client.stats())["limits"] == {"queues": {}, "tasks": {}}
+        assert await client.set_limits(task="t", max_running=3) == {
+            "max_running": 3,
+            "rate": None,
+        }
+
+
+async def test_a_unique_key_returns_the_existing_job_and_says_so(broker: Broker) -> None:
+    async with Client(broker.address) as client:
+        first = await client.submit("nobody-runs-this", [1], queue=NOBODY, unique_key="sync:7")
+        assert first.existing_state is None
+        again = await client.submit("nobody-runs-this", [2], queue=NOBODY, unique_key="sync:7")
+        assert again.id == first.id and again.existing_state == "queued"
+        batch = await client.submit_many(
+            [
+                {"task": "t", "queue": NOBODY, "unique_key": "sync:8", "unique_for": 60},
+                {"task": "t", "queue": NOBODY, "unique_key": "sync:8"},
+                {"task": "t", "queue": NOBODY, "unique_key": "sync:7"},
+            ]
+        )
+        assert [job.existing_state for job in batch] == [None, "queued", "queued"]
+        assert batch[1].id == batch[0].id and batch[2].id == first.id
+        assert await client.cancel(batch[0].id)
+        # Within unique_for of its submission, the cancelled job still holds its key.
+        held = await client.submit("t", queue=NOBODY, unique_key="sync:8")
+        assert held.id == batch[0].id and held.existing_state == "cancelled"
+        assert (await client.stats())["unique_keys"] == 2
+
+
+async def test_schedule_unschedule_and_schedules(broker: Broker) -> None:
+    async with Client(broker.address) as client:
+        with pytest.raises(ValueError, match="bad cron expression"):
+            await client.schedule("nightly", "report", cron="at night")
+        with pytest.raises(RemoteError, match="unknown time zone"):
+            await client._call(
+                {"op": "SCHEDULE", "name": "n", "task": "t", "every": 5, "timezone": "Nowhere/X"}
+            )
+        first = await client.schedule(
+            "nightly", "report", cron="0 2 * * *", timezone="Europe/Paris", args=[1], queue=NOBODY
+        )
+        assert first["changed"] and first["next_run"] > time.time()
+        again = await client.schedule(
+            "nightly", "report", cron="0 2 * * *", timezone="Europe/Paris", args=[1], queue=NOBODY
+        )
+        assert not again["changed"]
+        (listed,) = await client.schedules()
+        assert listed["name"] == "nightly" and listed["args"] == [1] and listed["kwargs"] == {}
+        assert listed["cron"] == "0 2 * * *" and listed["last_run"] is None
+        assert (await client.stats())["schedules"] == 1
+        assert await client.unschedule("nightly")
+        assert not await client.unschedule("nightly")
+        assert await client.schedules() == []
+
+
+def test_a_task_schedule_is_checked_at_declaration_and_announced() -> None:
+    registry = TaskRegistry()
+
+    async def beat(word: str) -> str:
+        return word
+
+    with pytest.raises(ValueError, match="bad cron expression"):
+        registry.register(beat, cron="61 * * * *")
+    registry.register(beat, every=30, args=["hi"], queue="periodic")
+    (announced,) = registry.schedules()
+    assert announced["name"] == announced["task"] == "beat"
+    assert announced["every"] == 30 and announced["queue"] == "periodic"
+    assert msgpack.unpackb(announced["payload"]) == [["hi"], {}]

@@ -27,6 +27,7 @@ from broker.journal import (
     recover,
     replay,
     reserved_record,
+    setting_record,
     snapshot_record,
     submitted_record,
 )
@@ -59,6 +60,9 @@ class RecordingJournal:
 
     def job_reserved(self, job: Job) -> None:
         self._add(reserved_record(job))
+
+    def setting_changed(self, key: str, value: Any) -> None:
+        self._add(setting_record(key, value))
 
     def suffix(self, start: int) -> list[list[Any]]:
         """The records from byte offset ``start`` on (a record boundary)."""
@@ -93,6 +97,8 @@ FIELDS = (
     "result",
     "errors",
     "error_count",
+    "depends_on",
+    "unique",
 )
 
 
@@ -125,7 +131,7 @@ def sample_records() -> list[list[Any]]:
 def test_records_round_trip_with_header_and_checksums() -> None:
     records = sample_records()
     data = journal_bytes(records)
-    assert data[: HEADER.size] == b"JOBWIRE\x00JRNL\x00\x00\x00\x02"
+    assert data[: HEADER.size] == b"JOBWIRE\x00JRNL\x00\x00\x00\x03"
     result = read_records(data, KIND_JOURNAL, PATH)
     assert result.records == records
     assert result.torn_at is None
@@ -234,7 +240,8 @@ operations = st.lists(
     st.tuples(
         st.sampled_from(
             ["submit", "delay", "grant", "ack", "fail", "retry_in", "release", "cancel", "tick",
-             "detach", "retry_failed", "purge", "snapshot_point", "full_snapshot"]
+             "detach", "retry_failed", "purge", "snapshot_point", "full_snapshot",
+             "pause", "resume", "limit", "child", "child", "unique"]
         ),
         st.integers(0, 50),
         # Time passed before the operation: often none, so errors can share a time.
@@ -306,11 +313,28 @@ def test_replaying_the_journal_gives_the_live_state(
             manager.retry_failed(None, now)
         elif op == "purge":
             manager.purge_failed()
+        elif op == "pause":
+            manager.pause_queue(("default", "other")[n % 2])
+        elif op == "resume":
+            manager.resume_queue(("default", "other")[n % 2], now)
+        elif op == "unique":
+            parent = (sorted(manager.jobs)[0],) if manager.jobs and n % 2 else None
+            submit_job(manager, "t", b"", now, unique_key=f"u{n % 3}", unique_for=float(n % 4),
+                       depends_on=parent)  # fmt: skip
+        elif op == "child" and manager.jobs:
+            parents = sorted(manager.jobs)
+            submit_job(manager, "t", b"", now, depends_on=(parents[n % len(parents)],),
+                       delay=float(n % 2))  # fmt: skip
+        elif op == "limit":
+            kind = ("queue", "task")[n % 2]
+            name = ("default", "t")[n % 2]
+            manager.set_limits(kind, name, (None, 1, 2)[n % 3], (None, "2/s")[n // 3 % 2], now)
         elif op == "snapshot_point" and snapshot_ids is None:
             snapshot_ids = list(manager.jobs)
             journal_mark = len(sink.data)
         elif op == "full_snapshot":
-            records = [snapshot_record(job) for job in manager.jobs.values()]
+            records = [setting_record(k, v) for k, v in manager.settings_view().items()]
+            records += [snapshot_record(job) for job in manager.jobs.values()]
             full_snapshots.append((records, len(sink.data)))
         # A compaction writes one slice of the snapshot between other work.
         if snapshot_ids:
@@ -322,7 +346,9 @@ def test_replaying_the_journal_gives_the_live_state(
 
     live = summary(manager.jobs)
     replayed: dict[str, Job] = {}
-    replay(read_records(bytes(sink.data), KIND_JOURNAL, PATH).records, replayed)
+    replayed_settings: dict[str, Any] = {}
+    replay(read_records(bytes(sink.data), KIND_JOURNAL, PATH).records, replayed, replayed_settings)
+    assert replayed_settings == manager.settings
     # Expired results are dropped by time, not by a record: compare what both still hold.
     for job_id in set(replayed) - set(live):
         assert replayed[job_id].state in (JobState.SUCCEEDED, JobState.CANCELLED)
@@ -350,13 +376,20 @@ def test_replaying_the_journal_gives_the_live_state(
         earlier = [start for start in sink.starts if start <= mark] + [mark]
         for start in {mark, rng.choice(earlier)}:
             from_full: dict[str, Job] = {}
-            replay(decoded, from_full)
-            replay(sink.suffix(start), from_full)
+            full_settings: dict[str, Any] = {}
+            replay(decoded, from_full, full_settings)
+            replay(sink.suffix(start), from_full, full_settings)
             assert expired_dropped(from_full, live) == live
+            assert full_settings == manager.settings
 
     # A manager restored from the replay loses nothing: jobs that were running
     # are queued again (or failed, on their last attempt), the rest as they were.
     restored = JobManager(ManagerConfig(max_failed=5, result_ttl=50.0), id_prefix="r")
+    restored.restore_settings(replayed_settings)
+    assert restored.paused_queues == manager.paused_queues
+    assert restored.settings_view() == manager.settings_view()
+    assert set(restored.queue_limits) == set(manager.queue_limits)
+    assert set(restored.task_limits) == set(manager.task_limits)
     restored.restore(list(replayed.values()), now)
     assert all(job.state is not JobState.RUNNING for job in restored.jobs.values())
     for job_id, job in manager.jobs.items():

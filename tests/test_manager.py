@@ -23,6 +23,8 @@ from broker.manager import (
     JobManager,
     ManagerConfig,
     QueueFullError,
+    Schedule,
+    UnknownParentError,
 )
 from broker.wire import describe_job
 from tests.builders import submit_job
@@ -45,6 +47,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.deliveries: list[tuple[str, int]] = []
+        self.queues: list[str] = []  # the queue of each delivery
         self.revoked: list[tuple[str, int]] = []
         # (run_at, started_at) of the job at the moment of each delivery.
         self.delivered_at: list[tuple[float, float | None]] = []
@@ -52,6 +55,7 @@ class RecordingSink:
     def deliver(self, job: Job) -> None:
         assert job.state is RUNNING
         self.deliveries.append((job.id, job.attempts))
+        self.queues.append(job.queue)
         self.delivered_at.append((job.run_at, job.started_at))
 
     def revoke(self, job: Job) -> None:
@@ -74,14 +78,16 @@ class Harness:
             id_prefix="t",
         )
 
-    def consumer(self, *queues: str, name: str = "") -> tuple[Consumer, RecordingSink]:
+    def consumer(
+        self, *queues: str, name: str = "", tasks: tuple[str, ...] | None = None
+    ) -> tuple[Consumer, RecordingSink]:
         sink = RecordingSink()
-        consumer = Consumer(sink, queues or ("default",), name=name)
+        consumer = Consumer(sink, queues or ("default",), name=name, tasks=tasks)
         self.manager.attach(consumer)
         return consumer, sink
 
-    def submit(self, now: float = 0.0, **options: Any) -> Job:
-        job, created = submit_job(self.manager, "task", b"payload", now, **options)
+    def submit(self, now: float = 0.0, task: str = "task", **options: Any) -> Job:
+        job, created = submit_job(self.manager, task, b"payload", now, **options)
         assert created
         return job
 
@@ -257,9 +263,16 @@ def test_generated_ids_never_collide_with_client_chosen_ids() -> None:
 @pytest.mark.parametrize("state", list(JobState))
 def test_submit_with_a_known_id_returns_the_existing_job(state: JobState) -> None:
     h = Harness(max_attempts=1)
+    parent = h.submit(0.0, task="parent", queue="parents")  # nobody takes it: it stays queued
     consumer, _ = h.consumer()
     job, created = submit_job(
-        h.manager, "task", b"first", 0.0, job_id="fixed", delay=5.0 if state is DELAYED else 0.0
+        h.manager,
+        "task",
+        b"first",
+        0.0,
+        job_id="fixed",
+        delay=5.0 if state is DELAYED else 0.0,
+        depends_on=(parent.id,) if state is JobState.WAITING else None,
     )
     assert created
     if state in (RUNNING, SUCCEEDED, FAILED):
@@ -690,6 +703,9 @@ def test_a_job_that_pauses_dispatch_while_delivered_stops_the_feed() -> None:
             h.manager.pause_dispatch()
 
         def job_deleted(self, job_id: str) -> None:
+            pass
+
+        def setting_changed(self, key: str, value: Any) -> None:
             pass
 
     h.manager.journal = PausingJournal()
@@ -1458,6 +1474,20 @@ def test_purge_failed_forgets_the_failed_jobs() -> None:
 # -- questions: idle queues, stats ----------------------------------------------------
 
 
+def test_queues_idle_for_a_consumer_of_some_tasks() -> None:
+    h = Harness()
+    h.submit(0.0, task="theirs")
+    assert not h.manager.queues_idle(["default"])
+    assert h.manager.queues_idle(["default"], frozenset({"mine"}))
+    mine = h.submit(0.0, task="mine")
+    assert not h.manager.queues_idle(["default"], frozenset({"mine"}))
+    h.manager.cancel(mine.id, 1.0)
+    assert h.manager.queues_idle(["default"], frozenset({"mine"}))
+    h.submit(1.0, task="theirs", depends_on=(mine.id,))  # cancelled at once: not waiting
+    h.submit(1.0, task="theirs", delay=5.0)
+    assert not h.manager.queues_idle(["default"], frozenset({"mine"}))
+
+
 def test_queues_idle() -> None:
     h = Harness()
     assert h.manager.queues_idle([])
@@ -1486,6 +1516,11 @@ def test_stats_shape_and_counters() -> None:
         "running": 0,
         "failed_list": 0,
         "consumers": 0,
+        "no_worker": {},
+        "paused": [],
+        "limits": {"queues": {}, "tasks": {}},
+        "unique_keys": 0,
+        "schedules": 0,
         "submitted": 0,
         "succeeded": 0,
         "failed": 0,
@@ -1508,16 +1543,21 @@ def test_stats_shape_and_counters() -> None:
     stats = h.manager.stats()
     assert stats == {
         "queues": {
-            "a": {"queued": 0, "delayed": 0, "running": 1},
-            "b": {"queued": 0, "delayed": 1, "running": 0},
-            "c": {"queued": 1, "delayed": 0, "running": 0},
-            "default": {"queued": 0, "delayed": 0, "running": 0},
+            "a": {"waiting": 0, "queued": 0, "delayed": 0, "running": 1},
+            "b": {"waiting": 0, "queued": 0, "delayed": 1, "running": 0},
+            "c": {"waiting": 0, "queued": 1, "delayed": 0, "running": 0},
+            "default": {"waiting": 0, "queued": 0, "delayed": 0, "running": 0},
         },
         "jobs": 6,
         "unfinished": 3,
         "running": 1,
         "failed_list": 1,
         "consumers": 3,
+        "no_worker": {"c": {"task": 1}},  # nobody serves queue c
+        "paused": [],
+        "limits": {"queues": {}, "tasks": {}},
+        "unique_keys": 0,
+        "schedules": 0,
         "submitted": 6,
         "succeeded": 1,
         "failed": 1,
@@ -1593,15 +1633,425 @@ def test_announced_tasks_past_the_name_limit_are_not_recorded() -> None:
     assert len(h.manager.task_defaults) == MAX_INTERNED_NAMES
 
 
+# -- routing by task ----------------------------------------------------------------------
+
+
+def test_a_consumer_that_announced_tasks_gets_only_jobs_of_those_tasks() -> None:
+    h = Harness()
+    resize = h.submit(0.0, task="resize")
+    mail = h.submit(0.0, task="mail")
+    resize2 = h.submit(0.0, task="resize")
+    mailer, mail_sink = h.consumer(tasks=("mail",))
+    h.manager.grant(mailer, 5, 0.0)
+    assert mail_sink.ids == [mail.id]
+    assert mailer.credit == 4
+    resizer, resize_sink = h.consumer(tasks=("resize", "thumb"))
+    h.manager.grant(resizer, 5, 0.0)
+    assert resize_sink.ids == [resize.id, resize2.id]
+    # A waiting consumer is handed a new job of its task at once, and only of its task.
+    thumb = h.submit(1.0, task="thumb")
+    later_mail = h.submit(1.0, task="mail")
+    assert resize_sink.ids[-1] == thumb.id
+    assert mail_sink.ids == [mail.id, later_mail.id]
+
+
+def test_priority_then_fifo_among_the_tasks_a_consumer_takes() -> None:
+    h = Harness()
+    ids = [
+        h.submit(0.0, task=task, priority=priority).id
+        for task, priority in [("a", 0), ("b", 0), ("c", 5), ("a", 1), ("b", 1), ("a", 0)]
+    ]
+    consumer, sink = h.consumer(tasks=("a", "b"))
+    h.manager.grant(consumer, 10, 0.0)
+    assert sink.ids == [ids[3], ids[4], ids[0], ids[1], ids[5]]  # never task c
+    assert h.counts() == (1, 0, 5)
+
+
+def test_a_job_no_consumer_takes_waits_counted_until_one_attaches() -> None:
+    h = Harness()
+    only_echo, echo_sink = h.consumer(tasks=("echo",))
+    h.manager.grant(only_echo, 3, 0.0)
+    new_task = h.submit(0.0, task="brand_new")
+    assert new_task.state is QUEUED and echo_sink.ids == []
+    assert h.manager.stats()["no_worker"] == {"default": {"brand_new": 1}}
+    other = h.submit(0.0, task="brand_new", queue="other")  # nobody serves "other" at all
+    assert h.manager.stats()["no_worker"] == {
+        "default": {"brand_new": 1},
+        "other": {"brand_new": 1},
+    }
+    h.manager.cancel(other.id, 0.0)
+    assert h.manager.stats()["no_worker"] == {"default": {"brand_new": 1}}
+    deployed, deployed_sink = h.consumer(tasks=("brand_new",))
+    h.manager.grant(deployed, 1, 1.0)
+    assert deployed_sink.ids == [new_task.id]
+    assert h.manager.stats()["no_worker"] == {}
+
+
+def test_a_consumer_without_a_task_list_takes_every_task() -> None:
+    h = Harness()
+    jobs = [h.submit(0.0, task=task) for task in ("a", "b", "c")]
+    router, router_sink = h.consumer(tasks=("b",))
+    anything, anything_sink = h.consumer()
+    assert h.manager.stats()["no_worker"] == {}
+    h.manager.grant(anything, 2, 0.0)
+    h.manager.grant(router, 2, 0.0)
+    assert anything_sink.ids == [jobs[0].id, jobs[1].id]
+    assert router_sink.ids == []
+    # Waiting for jobs: one taking every task first, then one waiting for the job's task.
+    h.manager.grant(anything, 1, 0.0)
+    assert anything_sink.ids[-1] == jobs[2].id
+    b = h.submit(1.0, task="b")
+    assert router_sink.ids == [b.id]
+
+
+def test_a_job_handed_back_goes_to_a_consumer_of_its_task() -> None:
+    h = Harness()
+    job = h.submit(0.0, task="x")
+    first, _ = h.consumer(tasks=("x",))
+    h.manager.grant(first, 1, 0.0)
+    other, other_sink = h.consumer(tasks=("y",))
+    h.manager.grant(other, 1, 0.0)
+    second, second_sink = h.consumer(tasks=("x", "y"))
+    h.manager.grant(second, 1, 0.0)
+    h.manager.detach(first, 1.0, "gone")
+    assert other_sink.ids == [] and second_sink.ids == [job.id]
+
+
+# -- paused queues ------------------------------------------------------------------------
+
+
+def test_a_paused_queue_accepts_jobs_lets_running_ones_finish_and_starts_nothing() -> None:
+    h = Harness()
+    running, consumer, sink = running_one(h, 0.0)
+    assert h.manager.pause_queue("default")
+    assert not h.manager.pause_queue("default")  # already paused
+    waiting = h.submit(1.0)
+    other = h.submit(1.0, queue="other")
+    h.manager.grant(consumer, 3, 1.0)
+    assert sink.ids == [running.id]
+    assert waiting.state is QUEUED
+    assert h.manager.ack(consumer, running.id, 1, b"", 2.0)
+    retried = h.submit(2.0, delay=1.0)
+    h.advance(3.0)
+    assert retried.state is QUEUED and sink.ids == [running.id]
+    assert h.manager.stats()["paused"] == ["default"]
+    # Another queue is not held back.
+    both, both_sink = h.consumer("default", "other")
+    h.manager.grant(both, 5, 3.0)
+    assert both_sink.ids == [other.id]
+    assert h.manager.resume_queue("default", 4.0)
+    assert not h.manager.resume_queue("default", 4.0)
+    # Resuming feeds the consumers waiting on it at once, in the order they started waiting.
+    assert sink.ids == [running.id, waiting.id, retried.id]
+    assert h.manager.stats()["paused"] == []
+
+
+def test_a_job_handed_back_to_a_paused_queue_waits() -> None:
+    h = Harness()
+    job, consumer, _ = running_one(h, 0.0)
+    h.manager.pause_queue("default")
+    other, other_sink = h.consumer()
+    h.manager.grant(other, 1, 0.0)
+    h.manager.detach(consumer, 1.0, "gone")
+    assert job.state is QUEUED and other_sink.ids == []
+    h.manager.resume_queue("default", 2.0)
+    assert other_sink.ids == [job.id]
+
+
+def test_pausing_is_a_setting_journaled_and_restored() -> None:
+    h = Harness()
+    recorded: list[tuple[str, Any]] = []
+
+    class SettingsJournal:
+        def job_submitted(self, job: Job) -> None:
+            pass
+
+        def job_changed(self, job: Job) -> None:
+            pass
+
+        def job_reserved(self, job: Job) -> None:
+            pass
+
+        def job_deleted(self, job_id: str) -> None:
+            pass
+
+        def setting_changed(self, key: str, value: Any) -> None:
+            recorded.append((key, value))
+
+    h.manager.journal = SettingsJournal()
+    h.manager.pause_queue("mail")
+    h.manager.pause_queue("mail")
+    h.manager.pause_queue("sms")
+    h.manager.resume_queue("sms", 1.0)
+    assert recorded == [("paused:mail", True), ("paused:sms", True), ("paused:sms", None)]
+    assert h.manager.settings_view() == {"paused:mail": True}
+    restored = Harness()
+    restored.manager.restore_settings(h.manager.settings_view())
+    job = restored.submit(0.0, queue="mail")
+    consumer, sink = restored.consumer("mail")
+    restored.manager.grant(consumer, 1, 0.0)
+    assert sink.ids == [] and restored.manager.stats()["paused"] == ["mail"]
+    restored.manager.resume_queue("mail", 1.0)
+    assert sink.ids == [job.id]
+
+
+# -- global limits ------------------------------------------------------------------------
+
+
+def test_max_running_per_queue_holds_across_consumers_and_reopens_on_a_report() -> None:
+    h = Harness()
+    h.manager.set_limits("queue", "default", 2, None, 0.0)
+    jobs = [h.submit(0.0, priority=p) for p in (0, 0, 5, 0)]
+    consumers = [h.consumer(name=f"c{i}") for i in range(2)]
+    for consumer, _ in consumers:
+        h.manager.grant(consumer, 4, 0.0)
+    delivered = [job_id for _, sink in consumers for job_id in sink.ids]
+    assert delivered == [jobs[2].id, jobs[0].id]  # best first, only two
+    assert h.counts() == (2, 0, 2)
+    first, _ = consumers[0]
+    assert h.manager.ack(first, jobs[2].id, 1, b"", 1.0)
+    # The slot that opened goes to a waiting consumer, in order.
+    assert h.counts() == (1, 0, 2)
+    assert jobs[1].state is RUNNING
+    assert h.manager.stats(1.0)["limits"]["queues"]["default"] == {
+        "max_running": 2,
+        "rate": None,
+        "running": 2,
+        "started_in_window": 0,
+    }
+    # Other queues are not held back.
+    other = h.submit(1.0, queue="other")
+    both, both_sink = h.consumer("default", "other")
+    h.manager.grant(both, 3, 1.0)
+    assert both_sink.ids == [other.id]
+
+
+def test_max_running_per_task_skips_only_that_task() -> None:
+    h = Harness()
+    h.manager.set_limits("task", "slow", 1, None, 0.0)
+    slow = [h.submit(0.0, task="slow") for _ in range(2)]
+    fast = [h.submit(0.0, task="fast") for _ in range(2)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 10, 0.0)
+    assert sink.ids == [slow[0].id, fast[0].id, fast[1].id]
+    h.manager.cancel(slow[0].id, 1.0)  # a cancel stops it too
+    assert sink.ids[-1] == slow[1].id
+
+
+def test_a_rate_limited_job_starts_the_moment_the_window_allows() -> None:
+    h = Harness()
+    h.manager.set_limits("task", "api", None, "2/10s", 0.0)
+    jobs = [h.submit(0.0, task="api") for _ in range(5)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 10, 1.0)
+    assert sink.ids == [jobs[0].id, jobs[1].id]
+    assert h.manager.next_deadline() == 11.0  # the window moves on: no polling
+    h.advance(10.9)
+    assert len(sink.ids) == 2
+    h.advance(11.0)
+    assert sink.ids == [job.id for job in jobs[:4]]  # two starts at 1.0 left the window
+    assert h.manager.next_deadline() == 21.0
+    h.advance(21.0)
+    assert sink.ids == [job.id for job in jobs]
+    with pytest.raises(ValueError, match="expected COUNT/PERIOD"):
+        h.manager.set_limits("task", "api", None, "fast", 21.0)
+
+
+def test_loosening_or_removing_a_limit_feeds_waiting_consumers() -> None:
+    h = Harness()
+    h.manager.set_limits("queue", "default", 1, None, 0.0)
+    jobs = [h.submit(0.0) for _ in range(3)]
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 5, 0.0)
+    assert sink.ids == [jobs[0].id]
+    h.manager.set_limits("queue", "default", 2, None, 1.0)
+    assert sink.ids == [jobs[0].id, jobs[1].id]
+    assert h.manager.set_limits("queue", "default", None, None, 2.0) is None
+    assert sink.ids == [job.id for job in jobs]
+    assert h.manager.settings == {}
+
+
+def test_limits_are_settings_restored_with_empty_counts() -> None:
+    h = Harness()
+    h.manager.set_limits("queue", "mail", 3, "10/min", 0.0)
+    h.manager.set_limits("task", "api", None, "5/s", 0.0)
+    assert h.manager.settings_view() == {
+        "limit:queue:mail": {"max_running": 3, "rate": "10/min"},
+        "limit:task:api": {"max_running": None, "rate": "5/s"},
+    }
+    restored = Harness()
+    restored.manager.restore_settings(h.manager.settings_view())
+    empty = {"running": 0, "started_in_window": 0}
+    assert restored.manager.stats(0.0)["limits"] == {
+        "queues": {"mail": {"max_running": 3, "rate": "10/min", **empty}},
+        "tasks": {"api": {"max_running": None, "rate": "5/s", **empty}},
+    }
+
+
+# -- dependencies -------------------------------------------------------------------------
+
+WAITING = JobState.WAITING
+
+
+def test_a_child_waits_for_every_parent_then_runs() -> None:
+    h = Harness()
+    consumer, sink = h.consumer()
+    first, second = h.submit(0.0), h.submit(0.0)
+    child = h.submit(0.0, depends_on=(first.id, second.id))
+    grandchild = h.submit(0.0, depends_on=(child.id,))
+    assert child.state is WAITING and grandchild.state is WAITING
+    assert h.manager.stats()["queues"]["default"]["waiting"] == 2
+    assert describe_job(child)["depends_on"] == [first.id, second.id]
+    h.manager.grant(consumer, 10, 1.0)
+    assert sink.ids == [first.id, second.id]  # never a job whose parent is unfinished
+    assert h.manager.ack(consumer, first.id, 1, b"", 2.0)
+    assert child.state is WAITING
+    assert h.manager.ack(consumer, second.id, 1, b"", 3.0)
+    assert sink.ids[-1] == child.id  # straight to the waiting consumer
+    assert h.manager.ack(consumer, child.id, 1, b"", 4.0)
+    assert sink.ids[-1] == grandchild.id
+    assert h.manager.stats()["queues"]["default"]["waiting"] == 0
+
+
+def test_a_parent_already_succeeded_counts_as_done_and_an_unknown_one_is_refused() -> None:
+    h = Harness()
+    done, consumer, sink = running_one(h, 0.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    child = h.submit(2.0, depends_on=(done.id,), delay=1.0)
+    assert child.state is DELAYED and child.run_at == 3.0
+    now_child = h.submit(2.0, depends_on=(done.id,))
+    h.manager.grant(consumer, 1, 2.0)
+    assert sink.ids[-1] == now_child.id
+    before = h.snapshot()
+    with pytest.raises(UnknownParentError):
+        h.submit(2.0, depends_on=(done.id, "nobody"))
+    assert h.snapshot() == before
+
+
+def test_a_parent_failing_cancels_its_descendants_naming_it() -> None:
+    h = Harness(max_attempts=1)
+    parent, consumer, _ = running_one(h, 0.0)
+    other = h.submit(0.0)
+    child = h.submit(0.0, depends_on=(parent.id, other.id))
+    grandchild = h.submit(0.0, depends_on=(child.id,))
+    assert h.manager.fail(consumer, parent.id, 1, ERROR, 1.0)
+    assert child.state is CANCELLED and grandchild.state is CANCELLED
+    assert child.last_error is not None and grandchild.last_error is not None
+    assert child.last_error["type"] == "ParentFailed"
+    assert child.last_error["message"] == f"parent job {parent.id} failed"
+    assert grandchild.last_error["message"] == (
+        f"parent job {child.id} cancelled (parent job {parent.id} failed)"
+    )
+    assert other.state is QUEUED  # the other parent goes on
+    late = h.submit(2.0, depends_on=(parent.id,))  # a parent already failed
+    assert late.state is CANCELLED
+    assert h.manager.stats()["queues"]["default"]["waiting"] == 0
+
+
+def test_cancelling_a_parent_or_a_waiting_child() -> None:
+    h = Harness()
+    parent = h.submit(0.0)
+    child = h.submit(0.0, depends_on=(parent.id,))
+    sibling = h.submit(0.0, depends_on=(parent.id,))
+    assert h.manager.cancel(sibling.id, 1.0)
+    assert sibling.state is CANCELLED and sibling.last_error is None
+    assert h.manager.cancel(parent.id, 1.0)
+    assert child.state is CANCELLED
+    assert child.last_error is not None
+    assert child.last_error["message"] == f"parent job {parent.id} cancelled"
+
+
+def test_a_long_chain_settles_without_recursion() -> None:
+    h = Harness()
+    root = h.submit(0.0)
+    previous = root
+    chain = []
+    for _ in range(5000):
+        previous = h.submit(0.0, depends_on=(previous.id,))
+        chain.append(previous)
+    h.manager.cancel(root.id, 1.0)
+    assert all(job.state is CANCELLED for job in chain)
+
+
+def test_waiting_jobs_are_restored_waiting_for_their_unfinished_parents() -> None:
+    h = Harness(max_attempts=1)
+    done, consumer, _ = running_one(h, 0.0)
+    assert h.manager.ack(consumer, done.id, 1, b"", 1.0)
+    failing, failing_consumer, _ = running_one(h, 1.0)
+    pending = h.submit(1.0)
+    waits = h.submit(1.0, depends_on=(done.id, pending.id))
+    doomed = h.submit(1.0, depends_on=(failing.id,))
+    # As a replay would give them: the failing parent failed, its child still waiting.
+    jobs = list(h.manager.jobs.values())
+    failing.state = FAILED
+    failing.owner = None
+    restored = Harness(max_attempts=1)
+    restored.manager.restore(jobs, 2.0)
+    assert waits.state is WAITING and doomed.state is CANCELLED
+    assert restored.manager.stats()["queues"]["default"]["waiting"] == 1
+    consumer, sink = restored.consumer()
+    restored.manager.grant(consumer, 5, 3.0)
+    assert sink.ids == [pending.id]
+    assert restored.manager.ack(consumer, pending.id, 1, b"", 4.0)
+    assert sink.ids[-1] == waits.id
+    del failing_consumer
+
+
+# -- unique jobs --------------------------------------------------------------------------
+
+
+def test_a_unique_key_returns_the_job_holding_it_while_unfinished() -> None:
+    h = Harness()
+    first = h.submit(0.0, unique_key="report:42")
+    again, created = submit_job(h.manager, "other", b"", 1.0, unique_key="report:42")
+    assert again is first and not created
+    assert h.manager.stats()["unique_keys"] == 1
+    consumer, _ = h.consumer()
+    h.manager.grant(consumer, 1, 1.0)
+    assert submit_job(h.manager, "task", b"", 2.0, unique_key="report:42")[0] is first
+    assert h.manager.ack(consumer, first.id, 1, b"", 3.0)
+    # Finished, and no unique_for: the key is free again.
+    fresh = h.submit(3.0, unique_key="report:42")
+    assert fresh is not first and fresh.state is QUEUED
+
+
+def test_unique_for_holds_the_key_after_the_job_finished() -> None:
+    h = Harness(result_ttl=100.0)
+    first = h.submit(0.0, unique_key="k", unique_for=10.0)
+    h.manager.cancel(first.id, 1.0)
+    assert submit_job(h.manager, "task", b"", 9.9, unique_key="k")[0] is first
+    second = h.submit(10.0, unique_key="k")
+    assert second is not first
+    # A job forgotten (its result expired) lets its key go with it.
+    h.manager.cancel(second.id, 11.0)
+    h.advance(111.0)
+    assert h.manager.stats()["unique_keys"] == 0
+
+
+def test_unique_keys_are_restored_with_their_jobs() -> None:
+    h = Harness()
+    held = h.submit(0.0, unique_key="k", unique_for=60.0)
+    done = h.submit(0.0, unique_key="done", unique_for=5.0)
+    h.manager.cancel(done.id, 1.0)
+    restored = Harness()
+    restored.manager.restore(list(h.manager.jobs.values()), 2.0)
+    assert submit_job(restored.manager, "task", b"", 3.0, unique_key="k")[0] is held
+    assert submit_job(restored.manager, "task", b"", 3.0, unique_key="done")[0] is done
+    assert submit_job(restored.manager, "task", b"", 6.0, unique_key="done")[0] is not done
+
+
 # -- random operations keep the invariants -------------------------------------------
 
 
 class Slot:
     """One consumer in the random run, with what the test knows it did."""
 
-    def __init__(self, harness: Harness, queues: tuple[str, ...]) -> None:
+    def __init__(
+        self, harness: Harness, queues: tuple[str, ...], tasks: tuple[str, ...] | None = None
+    ) -> None:
         self.queues = queues
-        self.consumer, self.sink = harness.consumer(*queues)
+        self.tasks = tasks
+        self.consumer, self.sink = harness.consumer(*queues, tasks=tasks)
         self.granted_total = 0
         # Credit granted since the last quiet (plus what was delivered before it).
         self.granted_since_quiet = 0
@@ -1626,6 +2076,8 @@ OPERATIONS = [
     "extend",
     "pause",
     "resume",
+    "pause_queue",
+    "resume_queue",
     "heartbeat",
     "quiet",
     "detach",
@@ -1641,6 +2093,7 @@ def check_invariants(
     for name, counts in manager.queues.items():
         states = Counter(job.state for job in jobs.values() if job.queue == name)
         assert counts.as_dict() == {
+            "waiting": states[JobState.WAITING],
             "queued": states[QUEUED],
             "delayed": states[DELAYED],
             "running": states[RUNNING],
@@ -1660,7 +2113,21 @@ def check_invariants(
     assert len(h.finished) == len({id(job) for job in h.finished})
     assert {id(job) for job in h.finished} == {id(job) for job in submitted if job.state.finished}
 
-    queued_queues = {job.queue for job in jobs.values() if job.state is QUEUED}
+    queued = {(job.queue, job.task) for job in jobs.values() if job.state is QUEUED}
+    stats_no_worker = manager.stats()["no_worker"]
+    for queue, task in queued:
+        takers = [
+            s.consumer
+            for s in slots
+            if s.consumer in manager.consumers
+            and queue in s.queues
+            and (s.tasks is None or task in s.tasks)
+        ]
+        assert (task in stats_no_worker.get(queue, {})) == (not takers)
+    queued_by_pair = Counter((job.queue, job.task) for job in jobs.values() if job.state is QUEUED)
+    for queue, tasks in stats_no_worker.items():
+        for task, n in tasks.items():
+            assert n == queued_by_pair[(queue, task)]
     for slot in slots:
         consumer = slot.consumer
         delivered = len(slot.sink.deliveries)
@@ -1677,7 +2144,18 @@ def check_invariants(
         # A consumer with credit is never left idle while a job it takes is queued
         # (unless dispatch is paused; resuming feeds it).
         if consumer.credit > 0 and not paused:
-            assert queued_queues.isdisjoint(consumer.queues)
+            assert not any(
+                queue in consumer.queues
+                and (slot.tasks is None or task in slot.tasks)
+                and manager._may_dispatch(queue, task, now)
+                for queue, task in queued
+            )
+        # Routing by task: a consumer only ever got jobs of the tasks it announced.
+        if slot.tasks is not None:
+            assert all(
+                jobs[job_id].task in slot.tasks for job_id in slot.sink.ids if job_id in jobs
+            )
+            assert all(job.task in slot.tasks for job in consumer.jobs.values())
         for run_at, started_at in slot.sink.delivered_at:
             assert started_at is not None
             assert run_at <= started_at
@@ -1696,10 +2174,28 @@ def check_invariants(
 def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
     h = Harness(lease=10.0, result_ttl=30.0, max_attempts=3, backoff_base=1.0, backoff_cap=8.0)
     manager = h.manager
-    slots = [Slot(h, queues) for queues in (("a",), ("b",), ("a", "b"))]
+    slots = [
+        Slot(h, queues, tasks)
+        for queues, tasks in (
+            (("a",), None),
+            (("b",), ("x",)),
+            (("a", "b"), ("y", "z")),
+            (("b",), None),
+        )
+    ]
     submitted: list[Job] = []
     now = 0.0
     paused = False
+    # Limits, set before any job: (kind, name) -> (max_running, rate as (count, period)).
+    limits: dict[tuple[str, str], tuple[int | None, tuple[int, float] | None]] = {}
+    for kind, name in (("queue", "a"), ("task", "x"), ("task", "y")):
+        max_running = data.draw(st.sampled_from([None, None, 1, 2]), label=f"max_running {name}")
+        rate = data.draw(st.sampled_from([None, None, (1, 5.0), (2, 10.0)]), label=f"rate {name}")
+        if max_running is not None or rate is not None:
+            text = None if rate is None else f"{rate[0]}/{rate[1]:g}s"
+            manager.set_limits(kind, name, max_running, text, now)
+            limits[(kind, name)] = (max_running, rate)
+    starts: dict[tuple[str, str], list[float]] = {key: [] for key in limits}
     steps = data.draw(st.integers(min_value=1, max_value=60), label="steps")
     for _ in range(steps):
         operation = data.draw(st.sampled_from(OPERATIONS), label="operation")
@@ -1709,18 +2205,30 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
         delivered_before = {id(s.sink): len(s.sink.deliveries) for s in slots}
         if operation == "submit":
             delay = data.draw(st.sampled_from([0.0, 0.0, 0.5, 4.0, 12.0]), label="delay")
+            known = [job.id for job in submitted if job.id in manager.jobs]
+            parents = (
+                data.draw(st.lists(st.sampled_from(known), max_size=2), label="parents")
+                if known
+                else []
+            )
             job, created = submit_job(
                 manager,
-                "task",
+                data.draw(st.sampled_from(["x", "y", "w"]), label="task"),
                 b"",
                 now,
                 queue=data.draw(st.sampled_from(["a", "b"]), label="queue"),
                 priority=data.draw(st.integers(-2, 2), label="priority"),
                 delay=delay,
+                depends_on=tuple(parents) or None,
+                unique_key=data.draw(st.sampled_from([None, None, "u1", "u2"]), label="unique"),
             )
-            assert created
+            if not created:  # a unique key held by an unfinished job
+                assert job.unique is not None and not job.state.finished
+                continue
             submitted.append(job)
-            if delay:
+            if parents:
+                assert job.state in (WAITING, CANCELLED, DELAYED, QUEUED, RUNNING)
+            elif delay:
                 assert job.state is DELAYED
             else:
                 assert job.state in (QUEUED, RUNNING)
@@ -1783,6 +2291,10 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             manager.resume_dispatch(now)
             paused = False
             assert not manager.dispatch_paused
+        elif operation == "pause_queue":
+            manager.pause_queue(data.draw(st.sampled_from(["a", "b"]), label="queue"))
+        elif operation == "resume_queue":
+            manager.resume_queue(data.draw(st.sampled_from(["a", "b"]), label="queue"), now)
         elif operation == "quiet":
             manager.quiet(consumer)
             slot.granted_since_quiet = len(slot.sink.deliveries)
@@ -1794,7 +2306,7 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             slot.granted_since_quiet = len(slot.sink.deliveries)
             slot.reported += len(held)
             check_invariants(h, slots, submitted, now, paused)
-            slots[slots.index(slot)] = Slot(h, slot.queues)
+            slots[slots.index(slot)] = Slot(h, slot.queues, slot.tasks)
         elif operation == "stale" and submitted:
             job = submitted[data.draw(st.integers(0, len(submitted) - 1), label="job")]
             state, attempts = job.state, job.attempts
@@ -1807,6 +2319,51 @@ def test_random_operations_keep_the_invariants(data: st.DataObject) -> None:
             # Nothing was handed out while paused (a fresh slot has had nothing).
             for s in slots:
                 assert len(s.sink.deliveries) == delivered_before.get(id(s.sink), 0)
+        # Dependencies: nothing starts before every parent has succeeded; a job waits
+        # exactly while a parent is unfinished and none failed or was cancelled.
+        by_id = {job.id: job for job in submitted}
+        for s in slots:
+            for job_id, _ in s.sink.deliveries[delivered_before.get(id(s.sink), 0) :]:
+                started = by_id[job_id]
+                assert all(by_id[p].state is SUCCEEDED for p in started.depends_on or ())
+        for job in submitted:
+            if job.state is WAITING:
+                parent_states = [by_id[p].state for p in job.depends_on or ()]
+                assert not any(st_ in (FAILED, CANCELLED) for st_ in parent_states)
+                assert not all(st_ is SUCCEEDED for st_ in parent_states)
+            if job.depends_on and job.state in (QUEUED, DELAYED, RUNNING):
+                assert all(by_id[p].state is SUCCEEDED for p in job.depends_on)
+        # A unique key is held by at most one unfinished job.
+        holders = Counter(
+            job.unique[0] for job in submitted if job.unique is not None and not job.state.finished
+        )
+        assert all(count == 1 for count in holders.values())
+        # Nothing starts from a paused queue.
+        for s in slots:
+            for queue in s.sink.queues[delivered_before.get(id(s.sink), 0) :]:
+                assert queue not in manager.paused_queues
+        # Limits: never more running than max_running, never more starts in a window
+        # than the rate allows.
+        for s in slots:
+            fresh = s.sink.deliveries[delivered_before.get(id(s.sink), 0) :]
+            for job_id, _ in fresh:
+                job = manager.jobs[job_id]
+                for key in (("queue", job.queue), ("task", job.task)):
+                    if key in starts:
+                        starts[key].append(now)
+        for (kind, name), (max_running, rate) in limits.items():
+            running_now = [
+                job
+                for job in manager.jobs.values()
+                if job.state is RUNNING and (job.queue if kind == "queue" else job.task) == name
+            ]
+            if max_running is not None:
+                assert len(running_now) <= max_running
+            if rate is not None:
+                count, period = rate
+                times = starts[(kind, name)]
+                for i, start in enumerate(times):
+                    assert sum(1 for t in times[: i + 1] if t > start - period) <= count
         check_invariants(h, slots, submitted, now, paused)
 
 
@@ -1837,3 +2394,123 @@ def test_lease_timers_of_finished_jobs_do_not_pile_up() -> None:
     h.advance(20_000.0 + 61)
     assert still_running.attempts == 1
     assert still_running.state is QUEUED  # its lease timer survived the pruning
+
+
+# -- periodic jobs ------------------------------------------------------------------------
+
+
+def test_every_fires_each_tick_once_with_an_idempotent_id() -> None:
+    h = Harness()
+    assert h.manager.set_schedule(Schedule("beat", "task", every=10.0), 101.0)
+    assert not h.manager.set_schedule(Schedule("beat", "task", every=10.0), 102.0)  # same
+    assert h.manager.next_deadline() == 110.0
+    h.advance(109.0)
+    assert "cron:beat:110" not in h.manager.jobs
+    h.advance(125.0)  # 110 fires; 120 was due too: the next one is computed from now
+    assert "cron:beat:110" in h.manager.jobs
+    assert h.manager.schedules_list()[0]["next_run"] == 130.0
+    h.advance(130.0)
+    assert sorted(job_id for job_id in h.manager.jobs if job_id.startswith("cron:")) == [
+        "cron:beat:110",
+        "cron:beat:130",
+    ]
+
+
+def test_cron_in_a_time_zone_and_bad_definitions() -> None:
+    h = Harness()
+    # 2026-01-01 00:00 UTC is 01:00 in Paris: the next "0 2 * * *" there is 01:00 UTC.
+    start = 1767225600.0
+    h.manager.set_schedule(
+        Schedule("night", "task", cron="0 2 * * *", timezone="Europe/Paris"), start
+    )
+    assert h.manager.next_deadline() == start + 3600
+    with pytest.raises(ValueError, match="bad cron expression"):
+        Schedule("x", "task", cron="every day")
+    with pytest.raises(ValueError, match="unknown time zone"):
+        Schedule("x", "task", every=5.0, timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="exactly one of cron and every"):
+        Schedule("x", "task")
+    with pytest.raises(ValueError, match="at least 1 second"):
+        Schedule("x", "task", every=0.5)
+
+
+def test_missed_ticks_fire_once_at_start_and_never_twice() -> None:
+    h = Harness()
+    h.manager.set_schedule(Schedule("beat", "task", every=10.0, queue="q"), 0.0)
+    h.advance(10.0)
+    settings = h.manager.settings_view()
+    assert settings["schedule:beat"]["last"] == 10.0
+    # Down from 10 to 95: ticks 20..90 were missed; only 90 fires, once.
+    restored = Harness()
+    restored.manager.restore_settings(settings, 95.0)
+    restored.manager.restore(list(h.manager.jobs.values()), 95.0)
+    assert restored.manager.next_deadline() == 90.0
+    restored.advance(95.0)
+    fired = sorted(job_id for job_id in restored.manager.jobs if job_id.startswith("cron:"))
+    assert fired == ["cron:beat:10", "cron:beat:90"]
+    assert restored.manager.jobs["cron:beat:90"].queue == "q"
+    assert restored.manager.next_deadline() == 100.0
+    assert restored.manager.remove_schedule("beat")
+    restored.advance(200.0)
+    assert "cron:beat:100" not in restored.manager.jobs
+    assert restored.manager.settings_view() == {}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["advance", "advance", "restart", "redeclare"]), st.floats(0, 25)
+        ),
+        max_size=30,
+    )
+)
+def test_each_schedule_tick_fires_at_most_once_over_any_history_of_restarts(
+    history: list[tuple[str, float]],
+) -> None:
+    submitted: list[str] = []
+
+    class Recorder:
+        def job_submitted(self, job: Job) -> None:
+            submitted.append(job.id)
+
+        def job_changed(self, job: Job) -> None:
+            pass
+
+        def job_reserved(self, job: Job) -> None:
+            pass
+
+        def job_deleted(self, job_id: str) -> None:
+            pass
+
+        def setting_changed(self, key: str, value: Any) -> None:
+            pass
+
+    def fresh() -> JobManager:
+        manager = JobManager(ManagerConfig(result_ttl=1000.0), id_prefix="p")
+        manager.journal = Recorder()
+        return manager
+
+    now = 0.0
+    manager = fresh()
+    manager.set_schedule(Schedule("five", "task", every=5.0), now)
+    manager.set_schedule(Schedule("minute", "task", cron="* * * * *"), now)
+    for operation, dt in history:
+        now += dt
+        if operation == "advance":
+            manager.tick(now)
+        elif operation == "redeclare":  # another worker announcing the same schedule
+            manager.set_schedule(Schedule("five", "task", every=5.0), now)
+        else:
+            settings_now = manager.settings_view()
+            jobs = list(manager.jobs.values())
+            manager = fresh()
+            manager.restore_settings(settings_now, now)
+            manager.restore(jobs, now)
+        # Nothing due is left unfired after a tick; no tick is in the future.
+        fired = [job_id for job_id in submitted if job_id.startswith("cron:")]
+        assert all(float(job_id.rsplit(":", 1)[1]) <= now for job_id in fired)
+    assert len(submitted) == len(set(submitted))  # each tick at most once
+    manager.tick(now)
+    for schedule in manager.schedules.values():
+        assert schedule.next > now

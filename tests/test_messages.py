@@ -35,6 +35,7 @@ from protocol.messages import (
     MAX_UINT,
     PUSHES,
     REQUESTS,
+    SCHEDULE_SPEC,
     Field,
     Kind,
     Op,
@@ -99,6 +100,8 @@ def good_value(kind: Kind) -> Any:
         return [minimal(JOB_SPEC), minimal(JOB_SPEC, everything=True)]
     if kind is Kind.DELIVERIES:
         return [minimal(DELIVERY), minimal(DELIVERY, everything=True)]
+    if kind is Kind.SCHEDULES:
+        return [minimal(SCHEDULE_SPEC), minimal(SCHEDULE_SPEC, everything=True)]
     if kind is Kind.ERROR:
         return minimal(ERROR_INFO, everything=True)
     return GOOD[kind]
@@ -376,6 +379,16 @@ BAD: dict[Kind, list[Any]] = {
         [{**minimal(DELIVERY), "lease": math.nan}],
         [{**minimal(DELIVERY), "bogus": 1}],
     ],
+    Kind.SCHEDULES: [
+        {},
+        "beat",
+        [1],
+        [{}],
+        [{"name": "beat"}],
+        [{**minimal(SCHEDULE_SPEC), "every": -1}],
+        [{**minimal(SCHEDULE_SPEC), "payload": "args"}],
+        [{**minimal(SCHEDULE_SPEC), "bogus": 1}],
+    ],
 }
 WRONG_CASES = [(*case, bad) for case in ALL_FIELDS for bad in BAD.get(case[3].kind, [])]
 
@@ -416,6 +429,14 @@ def test_kinds_all_covered_by_good_and_bad_tables() -> None:
         (
             {"op": "HELLO", "rid": 1, "version": 1, "role": "r", "burst": 1},
             "HELLO.burst: expected boolean, got int",
+        ),
+        (
+            {"op": "HELLO", "rid": 1, "version": 1, "role": "r", "task_names": ["ok", 2]},
+            "HELLO.task_names[1]: expected string, got int",
+        ),
+        (
+            {"op": "HELLO", "rid": 1, "version": 1, "role": "r", "task_names": "resize"},
+            "HELLO.task_names: expected array, got str",
         ),
         (
             {"op": "FAIL", "id": "j", "attempt": 1, "error": {"type": "E"}},
@@ -963,6 +984,8 @@ def _valid(kind: Kind) -> st.SearchStrategy[Any]:
         return st.lists(_valid_map(JOB_SPEC), max_size=3)
     if kind is Kind.DELIVERIES:
         return st.lists(_valid_map(DELIVERY), max_size=3)
+    if kind is Kind.SCHEDULES:
+        return st.lists(_valid_map(SCHEDULE_SPEC), max_size=3)
     if kind is Kind.ERROR:
         return _valid_map(ERROR_INFO)
     return _SIMPLE_VALID[kind]

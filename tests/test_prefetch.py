@@ -34,7 +34,7 @@ async def test_prefetched_jobs_wait_for_a_slot(
         )
         await wait_for_lines(worker, r"waits for a slot", 4)
         stats = await client.stats()
-        assert stats["queues"]["default"] == {"queued": 2, "delayed": 0, "running": 6}
+        assert stats["queues"]["default"] == {"waiting": 0, "queued": 2, "delayed": 0, "running": 6}
 
         async def first_two_started() -> bool:
             return all(mark.exists() for mark in marks[:2])

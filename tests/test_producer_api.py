@@ -88,6 +88,9 @@ def test_a_full_spec_survives_the_wire_and_the_validator() -> None:
         lease=9.0,
         job_id="order-1",
         result_ttl=0,
+        depends_on=("order-0",),
+        unique_key="order:1",
+        unique_for=30.0,
     )
     wire = spec.to_wire()
     assert set(wire) == set(JOB_SPEC)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from broker.handles import TaskRef
+from protocol.framing import packb
+from protocol.schedules import check_schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,6 +35,8 @@ class TaskDef:
     lease: float | None = None
     # Runs in the worker's process pool (worker.processes), not a thread.
     process: bool = False
+    # A periodic job of this task (HELLO.schedules entry), or None.
+    schedule: dict[str, Any] | None = None
 
     def defaults(self) -> dict[str, Any]:
         """What the worker announces to the broker for jobs of this task."""
@@ -59,6 +63,11 @@ class TaskRegistry:
         max_attempts: int | None = None,
         lease: float | None = None,
         process: bool = False,
+        cron: str | None = None,
+        every: float | None = None,
+        timezone: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
     ) -> TaskDef:
         if isinstance(func, TaskHandle):  # a handle registered again: its function
             func = func.definition.func
@@ -68,8 +77,20 @@ class TaskRegistry:
         is_async = inspect.iscoroutinefunction(func)
         if process and is_async:
             raise ValueError(f"task {task_name!r}: an async def task cannot run in a process")
+        schedule = None
+        if cron is not None or every is not None:
+            check_schedule(task_name, cron, every, timezone)  # a bad one fails at import
+            schedule = {
+                "name": task_name,
+                "task": task_name,
+                "cron": cron,
+                "every": every,
+                "timezone": timezone,
+                "payload": packb([list(args), dict(kwargs or {})]),
+                "queue": queue or "default",
+            }
         definition = TaskDef(
-            task_name, func, is_async, queue, timeout, max_attempts, lease, process
+            task_name, func, is_async, queue, timeout, max_attempts, lease, process, schedule
         )
         existing = self._tasks.get(task_name)
         if existing is not None and existing.func is not func:
@@ -91,6 +112,10 @@ class TaskRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The periodic jobs its tasks declare, as ``HELLO.schedules`` announces them."""
+        return [t.schedule for t in self._tasks.values() if t.schedule is not None]
 
     def queues(self) -> list[str]:
         """The queues its tasks are meant for (``default`` for a task that names none)."""
@@ -176,6 +201,11 @@ def task(
     max_attempts: int | None = None,
     lease: float | None = None,
     process: bool = False,
+    cron: str | None = None,
+    every: float | None = None,
+    timezone: str | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
     registry: TaskRegistry | None = None,
 ) -> TaskDecorator: ...
 
@@ -190,6 +220,11 @@ def task(
     max_attempts: int | None = None,
     lease: float | None = None,
     process: bool = False,
+    cron: str | None = None,
+    every: float | None = None,
+    timezone: str | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
     registry: TaskRegistry | None = None,
 ) -> TaskHandle[Any, Any] | TaskDecorator:
     """Register a function as a task: ``@task`` or ``@task(name=..., timeout=...)``.
@@ -198,6 +233,11 @@ def task(
     run in a thread pool sized to the worker's concurrency, or with
     ``process=True`` (a module-level ``def`` only) in the worker's process
     pool. Returns the task's handle (:class:`Task` or :class:`AsyncTask`).
+
+    With ``cron`` (in ``timezone``) or ``every`` (seconds), the worker
+    announces a periodic job of the task, named after it, with
+    ``args``/``kwargs``, on ``queue``: the broker fires each tick once, however
+    many workers declare it.
     """
     decorator = TaskDecorator(
         registry,
@@ -208,6 +248,11 @@ def task(
             "max_attempts": max_attempts,
             "lease": lease,
             "process": process,
+            "cron": cron,
+            "every": every,
+            "timezone": timezone,
+            "args": args,
+            "kwargs": kwargs,
         },
     )
     if func is not None:

@@ -406,7 +406,12 @@ class Worker:
             "queues": self.queues,
             "burst": self.burst,
             "tasks": {t.name: t.defaults() for t in self.registry if t.defaults()},
+            # Routing by task: the broker sends this worker only jobs it can run.
+            "task_names": self.registry.names(),
         }
+        schedules = self.registry.schedules()
+        if schedules:
+            hello["schedules"] = schedules
         connection, reply = await open_connection(
             self.address,
             hello,

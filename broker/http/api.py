@@ -86,6 +86,7 @@ def queue_rows(state: BrokerState, name_filter: str = "") -> list[dict[str, Any]
         rows.append(
             {
                 "name": name,
+                "waiting": counts.waiting,
                 "queued": counts.queued,
                 "delayed": counts.delayed,
                 "running": counts.running,

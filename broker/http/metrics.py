@@ -99,6 +99,7 @@ class BrokerCollector(Collector):
             "jobwire_queue_jobs", "Unfinished jobs by queue and state.", labels=["queue", "state"]
         )
         for name, live in sorted(manager.queues.items())[:1000]:
+            queue_jobs.add_metric([name, "waiting"], live.waiting)
             queue_jobs.add_metric([name, "queued"], live.queued)
             queue_jobs.add_metric([name, "delayed"], live.delayed)
             queue_jobs.add_metric([name, "running"], live.running)

@@ -41,6 +41,7 @@ from broker.journal.records import (
     CHANGED,
     DELETED,
     RESERVED,
+    SETTING,
     SNAPSHOT_END,
     SNAPSHOT_JOB,
     SUBMITTED,
@@ -48,6 +49,7 @@ from broker.journal.records import (
     deleted_record,
     replay,
     reserved_record,
+    setting_record,
     snapshot_record,
     submitted_record,
 )
@@ -65,6 +67,7 @@ __all__ = [
     "MAX_RECORD",
     "RECORD_HEAD",
     "RESERVED",
+    "SETTING",
     "SNAPSHOT_END",
     "SNAPSHOT_JOB",
     "SUBMITTED",
@@ -87,6 +90,7 @@ __all__ = [
     "recover",
     "replay",
     "reserved_record",
+    "setting_record",
     "snapshot_record",
     "submitted_record",
 ]

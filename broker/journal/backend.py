@@ -11,13 +11,15 @@ A backend is three things at once:
   promised, ``failure`` says storage cannot take records now and the
   failure listeners hear of every change of it;
 - a lifecycle. ``open()`` (blocking: call it in a thread) takes the
-  exclusive writer role and recovers the jobs. Exactly one writer at a time,
+  exclusive writer role and recovers the jobs (and the broker settings:
+  ``recovered_settings()``). Exactly one writer at a time,
   fenced: the file journal holds an ``flock`` on DIR/LOCK and refuses a
   second broker; a replicated backend would fence by the stream sequence it
   expects to append at, and report being fenced out as a ``fatal``
   :class:`~broker.durability.StorageFailure`. ``start(jobs_view)`` begins
   appending from the running loop; ``jobs_view`` returns the manager's live
-  jobs by id, which compaction and the recovery from a failure snapshot.
+  jobs by id, which compaction and the recovery from a failure snapshot,
+  with ``settings_view`` (the manager's settings, few and small).
   ``compact_soon()`` asks for a snapshot in the background; ``close()``
   makes everything durable that can be and releases the writer role;
   ``abandon()`` releases it after a failed start, writing nothing more.
@@ -43,8 +45,16 @@ class JournalBackend(JournalSink, DurabilityGate, Protocol):
         """Take the writer role and recover: the jobs by id (blocking)."""
         ...
 
-    def start(self, jobs_view: Callable[[], dict[str, Job]]) -> None:
-        """Begin appending from the running loop."""
+    def recovered_settings(self) -> dict[str, Any]:
+        """The broker settings (paused queues, limits) that ``open()`` recovered, by key."""
+        ...
+
+    def start(
+        self,
+        jobs_view: Callable[[], dict[str, Job]],
+        settings_view: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """Begin appending from the running loop; snapshots hold both views."""
         ...
 
     def compact_soon(self) -> None:

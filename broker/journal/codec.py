@@ -20,9 +20,10 @@ import msgpack
 from broker.journal.errors import JournalCorrupt, JournalError
 from protocol.framing import packb
 
-# Version 2 added the error count to U and J records; version 1 is still read.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 2 added the error count to U and J records; version 3 the K (setting)
+# record. Versions 1 and 2 are still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAGIC = b"JOBWIRE\x00"
 KIND_JOURNAL = b"JRNL"
 KIND_SNAPSHOT = b"SNAP"

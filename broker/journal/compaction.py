@@ -23,7 +23,7 @@ from typing import Any
 from broker.jobs import Job
 from broker.journal.codec import HEADER, KIND_JOURNAL, KIND_SNAPSHOT, encode_record, file_header
 from broker.journal.fileops import FileOps
-from broker.journal.records import SNAPSHOT_END, snapshot_record
+from broker.journal.records import SNAPSHOT_END, setting_record, snapshot_record
 from broker.journal.recovery import journal_path, older_generations, snapshot_path
 
 log = logging.getLogger("broker.journal")
@@ -39,8 +39,15 @@ class Snapshot:
     jobs: int
 
 
+SettingsView = Callable[[], dict[str, Any]]
+
+
 async def write_snapshot(
-    ops: FileOps, directory: Path, generation: int, jobs_view: Callable[[], dict[str, Job]]
+    ops: FileOps,
+    directory: Path,
+    generation: int,
+    jobs_view: Callable[[], dict[str, Job]],
+    settings_view: SettingsView | None = None,
 ) -> Snapshot:
     """Write snapshot-<generation> from the live state, a slice per loop turn.
 
@@ -53,14 +60,19 @@ async def write_snapshot(
     loop = asyncio.get_running_loop()
     jobs = jobs_view()
     ids = list(jobs)
+    # The settings are few: taken (and encoded) whole, now.
+    settings = b"".join(
+        encode_record(setting_record(key, value))
+        for key, value in (settings_view() if settings_view is not None else {}).items()
+    )
     final = snapshot_path(directory, generation)
     temporary = final.with_suffix(".tmp")
     written = 0
     try:
         fd = ops.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
-            ops.write_all(fd, file_header(KIND_SNAPSHOT))
-            size = HEADER.size
+            ops.write_all(fd, file_header(KIND_SNAPSHOT) + settings)
+            size = HEADER.size + len(settings)
             for first in range(0, len(ids), COMPACTION_SLICE):
                 chunk = bytearray()
                 for job_id in ids[first : first + COMPACTION_SLICE]:
@@ -107,12 +119,16 @@ def delete_older_generations(ops: FileOps, directory: Path, generation: int) -> 
 
 
 async def compact(
-    ops: FileOps, directory: Path, generation: int, jobs_view: Callable[[], dict[str, Job]]
+    ops: FileOps,
+    directory: Path,
+    generation: int,
+    jobs_view: Callable[[], dict[str, Job]],
+    settings_view: SettingsView | None = None,
 ) -> Snapshot:
     """Compaction proper, journal-<generation> being already in use: its snapshot, then
     the older generations deleted. Raises :class:`OSError` as :func:`write_snapshot`."""
     started = time.perf_counter()
-    snapshot = await write_snapshot(ops, directory, generation, jobs_view)
+    snapshot = await write_snapshot(ops, directory, generation, jobs_view, settings_view)
     delete_older_generations(ops, directory, generation)
     log.info(
         "compacted: snapshot-%d holds %d jobs (%d bytes), written in %.0f ms",
@@ -137,7 +153,11 @@ def create_journal(ops: FileOps, directory: Path, generation: int) -> int:
 
 
 async def rebase(
-    ops: FileOps, directory: Path, generation: int, jobs_view: Callable[[], dict[str, Job]]
+    ops: FileOps,
+    directory: Path,
+    generation: int,
+    jobs_view: Callable[[], dict[str, Job]],
+    settings_view: SettingsView | None = None,
 ) -> tuple[int, Snapshot]:
     """Generation ``generation`` from nothing but the live state: its (empty) journal,
     open for appending, and a durable snapshot. On :class:`OSError` (raised) nothing
@@ -146,7 +166,7 @@ async def rebase(
     fd = -1
     try:
         fd = create_journal(ops, directory, generation)
-        snapshot = await write_snapshot(ops, directory, generation, jobs_view)
+        snapshot = await write_snapshot(ops, directory, generation, jobs_view, settings_view)
     except BaseException:
         if fd >= 0:
             with contextlib.suppress(OSError):

@@ -36,7 +36,13 @@ from broker.journal.config import FsyncMode, JournalConfig
 from broker.journal.failure import FailureState
 from broker.journal.fileops import FileOps, sync_files
 from broker.journal.lock import DirectoryLock
-from broker.journal.records import changed_record, deleted_record, reserved_record, submitted_record
+from broker.journal.records import (
+    changed_record,
+    deleted_record,
+    reserved_record,
+    setting_record,
+    submitted_record,
+)
 from broker.journal.recovery import recover
 from broker.manager.metrics import Histogram
 
@@ -73,6 +79,9 @@ class Journal:
         self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
         self._batch_timer: asyncio.TimerHandle | None = None
         self._jobs_view: Callable[[], dict[str, Job]] | None = None
+        self._settings_view: Callable[[], dict[str, Any]] | None = None
+        # The broker settings recovered by open().
+        self.settings: dict[str, Any] = {}
         self._compaction: asyncio.Task[None] | None = None
         self._closed = False
         self.compactions = 0
@@ -95,12 +104,21 @@ class Journal:
         self.generation = recovered.generation
         self.snapshot_bytes = recovered.snapshot_bytes
         self.journal_bytes = recovered.journal_bytes
+        self.settings = recovered.settings
         return recovered.jobs
 
-    def start(self, jobs_view: Callable[[], dict[str, Job]]) -> None:
+    def recovered_settings(self) -> dict[str, Any]:
+        return self.settings
+
+    def start(
+        self,
+        jobs_view: Callable[[], dict[str, Job]],
+        settings_view: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         """Begin a new generation and write from the running loop."""
         self._loop = asyncio.get_running_loop()
         self._jobs_view = jobs_view
+        self._settings_view = settings_view
         self._open_generation(self.generation + 1)
         if self.config.fsync is FsyncMode.BATCH:
             self._batch_timer = self._loop.call_later(self.config.fsync_interval, self._batch_sync)
@@ -204,6 +222,9 @@ class Journal:
 
     def job_reserved(self, job: Job) -> None:
         self._append(encode_record(reserved_record(job)))
+
+    def setting_changed(self, key: str, value: Any) -> None:
+        self._append(encode_record(setting_record(key, value)))
 
     def _append(self, record: bytes) -> None:
         self._buffer += record
@@ -360,7 +381,9 @@ class Journal:
         self._close_files()
         self.generation += 1
         try:
-            fd, snapshot = await rebase(self._ops, self.directory, self.generation, self._jobs_view)
+            fd, snapshot = await rebase(
+                self._ops, self.directory, self.generation, self._jobs_view, self._settings_view
+            )
         except OSError as error:
             self._rebase_task = None
             self._fail("snapshot", error)
@@ -413,7 +436,9 @@ class Journal:
         to journal-<generation>, which recovery replays over the snapshot."""
         assert self._jobs_view is not None
         try:
-            snapshot = await compact(self._ops, self.directory, generation, self._jobs_view)
+            snapshot = await compact(
+                self._ops, self.directory, generation, self._jobs_view, self._settings_view
+            )
         except OSError as error:
             self._fail("snapshot", error)
             return

@@ -24,20 +24,14 @@ DELETED = "D"  # a job forgotten (purged, or dropped from the failed or result l
 RESERVED = "R"  # a job handed to a worker: a short CHANGED for the commonest change
 SNAPSHOT_JOB = "J"  # one whole job, in a snapshot
 SNAPSHOT_END = "E"  # the last record of a complete snapshot: the job count
+SETTING = "K"  # a broker setting (a paused queue, a limit): key and value, nil for removed
 
 # The length of a version 1 snapshot job record, which lacks the error count.
 _SNAPSHOT_JOB_V1_LENGTH = 19
 
 
 def submitted_record(job: Job) -> list[Any]:
-    record = _submitted_fields(job)
-    if job.result_ttl is not None:
-        record.append(job.result_ttl)  # optional 13th field; older readers ignore it
-    return record
-
-
-def _submitted_fields(job: Job) -> list[Any]:
-    return [
+    record = [
         SUBMITTED,
         job.id,
         job.task,
@@ -51,6 +45,37 @@ def _submitted_fields(job: Job) -> list[Any]:
         job.created_at,
         job.run_at,
     ]
+    return record + _trailing_fields(job)
+
+
+def _trailing_fields(job: Job) -> list[Any]:
+    """The optional fields after a job's fixed ones in ``S`` and ``J`` records:
+    ``depends_on``, ``[unique_key, held_until]``, ``result_ttl``, each nil when
+    unset, and the nils at the end left out (most jobs have none of them)."""
+    fields: list[Any] = [
+        list(job.depends_on) if job.depends_on else None,
+        list(job.unique) if job.unique is not None else None,
+        job.result_ttl,
+    ]
+    while fields and fields[-1] is None:
+        fields.pop()
+    return fields
+
+
+def _apply_trailing(job: Job, fields: list[Any]) -> None:
+    """Read what :func:`_trailing_fields` wrote (any prefix of it)."""
+    if fields[0]:
+        job.depends_on = tuple(fields[0])
+        job.state = JobState.WAITING
+    if len(fields) > 1 and fields[1] is not None:
+        key, until = fields[1]
+        job.unique = (key, until)
+    if len(fields) > 2:
+        job.result_ttl = fields[2]
+
+
+def setting_record(key: str, value: Any) -> list[Any]:
+    return [SETTING, key, value]
 
 
 def reserved_record(job: Job) -> list[Any]:
@@ -77,14 +102,14 @@ def changed_record(job: Job) -> list[Any]:
 
 
 def snapshot_record(job: Job) -> list[Any]:
-    return [
+    record = [
         SNAPSHOT_JOB,
-        *_submitted_fields(job)[1:],
+        *submitted_record(job)[1:12],
         *changed_record(job)[2:-2],
         list(job.errors or ()),
         job.error_count,
-        job.result_ttl,  # 21st field, absent before result_ttl existed
     ]
+    return record + _trailing_fields(job)
 
 
 def _job_from_submitted(fields: list[Any]) -> Job:
@@ -96,7 +121,7 @@ def _job_from_submitted(fields: list[Any]) -> Job:
     job.run_at = run_at
     job.state = JobState.DELAYED if run_at > created else JobState.QUEUED
     if len(fields) > 12:
-        job.result_ttl = fields[12]
+        _apply_trailing(job, fields[12:])
     return job
 
 
@@ -124,8 +149,10 @@ def _apply_change(job: Job, fields: list[Any]) -> None:
         job.add_error(error)
 
 
-def replay(records: list[list[Any]], jobs: dict[str, Job]) -> None:
-    """Apply journal or snapshot records to ``jobs`` (by id), in order."""
+def replay(
+    records: list[list[Any]], jobs: dict[str, Job], settings: dict[str, Any] | None = None
+) -> None:
+    """Apply journal or snapshot records to ``jobs`` (by id) and ``settings``, in order."""
     for record in records:
         kind = record[0]
         if kind == CHANGED:
@@ -150,8 +177,17 @@ def replay(records: list[list[Any]], jobs: dict[str, Job]) -> None:
             total = len(errors) if len(record) == _SNAPSHOT_JOB_V1_LENGTH else record[19]
             job.errors = ErrorLog(errors, total) if errors else None
             if len(record) > 20:
-                job.result_ttl = record[20]
+                # After the trailing fields: the state the snapshot holds wins.
+                state = job.state
+                _apply_trailing(job, record[20:])
+                job.state = state
             jobs[job.id] = job
+        elif kind == SETTING:
+            if settings is not None:
+                if record[2] is None:
+                    settings.pop(record[1], None)
+                else:
+                    settings[record[1]] = record[2]
         elif kind == SNAPSHOT_END:
             pass
         else:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from broker.jobs import Job
 from broker.journal.codec import KIND_JOURNAL, KIND_SNAPSHOT, read_records
@@ -38,6 +39,8 @@ class Recovered:
     generation: int
     journal_bytes: int
     snapshot_bytes: int
+    # Broker settings (paused queues, limits) by key: the K records' last values.
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def generations(directory: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
@@ -71,6 +74,7 @@ def recover(directory: Path, repair: bool = False, remove_temporary: bool = Fals
     snapshots = generations(directory, SNAPSHOT_NAME)
     journals = generations(directory, JOURNAL_NAME)
     jobs: dict[str, Job] = {}
+    settings: dict[str, Any] = {}
     base = 0
     snapshot_bytes = 0
     for generation in sorted(snapshots, reverse=True):
@@ -78,7 +82,7 @@ def recover(directory: Path, repair: bool = False, remove_temporary: bool = Fals
         data = path.read_bytes()
         result = read_records(data, KIND_SNAPSHOT, path)
         if result.torn_at is None and result.records and result.records[-1][0] == SNAPSHOT_END:
-            replay(result.records, jobs)
+            replay(result.records, jobs, settings)
             base = generation
             snapshot_bytes = len(data)
             break
@@ -106,7 +110,7 @@ def recover(directory: Path, repair: bool = False, remove_temporary: bool = Fals
             )
             with path.open("r+b") as file:
                 file.truncate(result.torn_at)
-        replay(result.records, jobs)
+        replay(result.records, jobs, settings)
         journal_bytes += result.good_until
     generation = max([base, *later]) if later or base else 0
     log.info(
@@ -116,4 +120,4 @@ def recover(directory: Path, repair: bool = False, remove_temporary: bool = Fals
         generation,
         journal_bytes,
     )
-    return Recovered(jobs, generation, journal_bytes, snapshot_bytes)
+    return Recovered(jobs, generation, journal_bytes, snapshot_bytes, settings)

@@ -12,8 +12,13 @@ One file per concern, combined into the one :class:`JobManager` facade:
 
 - ``config``: ManagerConfig, Consumer, the Sink and JournalSink interfaces;
 - ``state``: the tables every concern shares (read this first);
-- ``dispatch``: ready queues, waiting consumers and their credit, delayed
-  jobs, pausing (the hot path);
+- ``dispatch``: ready queues (by queue and task), waiting consumers and
+  their credit, delayed jobs, pausing (the hot path);
+- ``flow``: paused queues, and the journaled broker settings;
+- ``limits``: global max_running and rates per queue and per task;
+- ``dependencies``: jobs waiting for their parents (``depends_on``);
+- ``unique``: one job per ``unique_key``;
+- ``schedules``: periodic jobs, each tick fired once;
 - ``leases``: holding a job, heartbeats, lease expiry, losing a job;
 - ``retention``: finished jobs (results TTL, ``max_results``), the failed
   list (retry, purge), forgetting idle queues;
@@ -32,9 +37,11 @@ from broker.manager.config import (
     QueueFullError,
     Sink,
 )
+from broker.manager.dependencies import UnknownParentError
 from broker.manager.dispatch import ReadyQueue
 from broker.manager.jobmanager import JobManager
 from broker.manager.metrics import Histogram, QueueMetrics
+from broker.manager.schedules import Schedule
 
 __all__ = [
     "MAX_INTERNED_NAMES",
@@ -48,5 +55,7 @@ __all__ = [
     "QueueFullError",
     "QueueMetrics",
     "ReadyQueue",
+    "Schedule",
     "Sink",
+    "UnknownParentError",
 ]

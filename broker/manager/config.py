@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from broker.jobs import Job
 
@@ -59,20 +59,32 @@ class JournalSink(Protocol):
 
     def job_deleted(self, job_id: str) -> None: ...
 
+    def setting_changed(self, key: str, value: Any) -> None:
+        """A broker setting (a paused queue, a limit) changed; ``None``: removed."""
+
 
 class Consumer:
     """A worker connection as the manager sees it.
 
-    The queues it serves, how many more jobs it can take (``credit``), and
-    the jobs it holds (``jobs``, by id).
+    The queues it serves, the tasks it runs (``tasks``: None for every task,
+    else the names it announced), how many more jobs it can take
+    (``credit``), and the jobs it holds (``jobs``, by id).
     """
 
-    __slots__ = ("credit", "done", "jobs", "name", "queues", "sink")
+    __slots__ = ("credit", "done", "jobs", "name", "queues", "sink", "tasks")
 
-    def __init__(self, sink: Sink, queues: Iterable[str], name: str = "") -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        queues: Iterable[str],
+        name: str = "",
+        tasks: Iterable[str] | None = None,
+    ) -> None:
         self.sink = sink
         self.queues = tuple(dict.fromkeys(queues))
         self.name = name
+        # Routing by task: None takes every task (a peer that announced no list).
+        self.tasks: frozenset[str] | None = frozenset(tasks) if tasks else None
         self.credit = 0
         self.jobs: dict[str, Job] = {}
         # Jobs it reported done (succeeded or failed), for the status page.
@@ -87,14 +99,20 @@ class QueueFullError(Exception):
 
 
 class QueueCounts:
-    """How many jobs of one queue are queued, delayed and running."""
+    """How many jobs of one queue are waiting (for parents), queued, delayed and running."""
 
-    __slots__ = ("delayed", "queued", "running")
+    __slots__ = ("delayed", "queued", "running", "waiting")
 
     def __init__(self) -> None:
+        self.waiting = 0
         self.queued = 0
         self.delayed = 0
         self.running = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"queued": self.queued, "delayed": self.delayed, "running": self.running}
+        return {
+            "waiting": self.waiting,
+            "queued": self.queued,
+            "delayed": self.delayed,
+            "running": self.running,
+        }

@@ -7,6 +7,18 @@ and a consumer granted credit takes the best ready job of its queues
 :class:`ReadyQueue`, or the consumer in ``_waiting``, so at any moment a
 consumer with credit has no ready job on any of its queues.
 
+Routing by task: a consumer that announced its tasks (``Consumer.tasks``)
+takes only jobs of those tasks. Ready jobs are kept per queue *and task*
+(``_ready[queue][task]``, one :class:`ReadyQueue` each), so a job never
+sits in front of a consumer that cannot run it and no queue is ever scanned
+for a runnable job: a consumer compares the head of each (queue, task) it
+can take, as it compares the heads of its queues, and only (queue, task)
+pairs that hold ready jobs are kept. Waiting consumers are indexed the same
+way: those taking every task by queue (``_waiting``), the others by queue
+and task (``_waiting_tasks``), so a job becoming ready finds its consumer
+with two lookups. A job whose task no consumer takes simply stays in its
+(queue, task) ready queue until one attaches.
+
 Also here: delayed jobs (they become ready when due), a job going back to
 its queue (:meth:`Dispatch._requeue`), and the pause that storage failures
 need (:meth:`Dispatch.pause_dispatch`): while paused, jobs stay ready and
@@ -21,6 +33,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterable
 
 from broker.jobs import Job, JobState
 from broker.manager.config import Consumer, QueueCounts
@@ -36,14 +49,18 @@ class ReadyQueue:
     reaches the front, where it is skipped.
     """
 
-    __slots__ = ("levels", "priorities")
+    __slots__ = ("count", "levels", "priorities", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: str = "") -> None:
+        self.task = task
         self.levels: dict[int, deque[Job]] = {}
         # Negated priorities, so the heap's smallest is the highest priority.
         self.priorities: list[int] = []
+        # Queued jobs held (cancelled ones are taken off at cancel time).
+        self.count = 0
 
     def push(self, job: Job, front: bool = False) -> None:
+        self.count += 1
         level = self.levels.get(job.priority)
         if level is None:
             level = self.levels[job.priority] = deque()
@@ -69,10 +86,13 @@ class ReadyQueue:
 
     def pop(self) -> Job:
         """The job :meth:`peek` returned (call it right after)."""
+        self.count -= 1
         return self.levels[-self.priorities[0]].popleft()
 
 
 class Dispatch(ManagerState):
+    __slots__ = ()
+
     # -- consumers ------------------------------------------------------------
 
     def attach(self, consumer: Consumer) -> None:
@@ -86,6 +106,8 @@ class Dispatch(ManagerState):
         # Newest first: each goes to the front, so the oldest ends up first.
         for job in sorted(consumer.jobs.values(), key=lambda held: held.key, reverse=True):
             self._lose_lease(job, now, reason)
+        if self._opened:
+            self._feed_opened(now)
 
     def grant(self, consumer: Consumer, n: int, now: float) -> None:
         """The consumer can take ``n`` more jobs."""
@@ -123,6 +145,9 @@ class Dispatch(ManagerState):
         waiting = dict.fromkeys(
             consumer for consumers in self._waiting.values() for consumer in consumers
         )
+        for by_task in self._waiting_tasks.values():
+            for consumers in by_task.values():
+                waiting.update(dict.fromkeys(consumers))
         for consumer in waiting:
             self._feed(consumer, now)
             if consumer.credit <= 0:
@@ -131,65 +156,178 @@ class Dispatch(ManagerState):
     # -- handing out jobs ---------------------------------------------------------
 
     def _make_ready(self, job: Job, now: float, front: bool = False) -> None:
-        """Hand a queued job to a waiting consumer, or put it on its queue's heap.
+        """Hand a queued job to a waiting consumer, or put it in its ready queue.
 
-        The caller has set ``job.state`` to QUEUED (or left it there) and
-        counted it in its queue's ``queued``.
+        A consumer waiting for every task of the job's queue comes first,
+        then one waiting for the job's task. The caller has set
+        ``job.state`` to QUEUED (or left it there) and counted it in its
+        queue's ``queued``.
         """
         job.state = JobState.QUEUED
-        waiting = self._waiting.get(job.queue)
-        if waiting and not self._dispatch_paused:
-            consumer = next(iter(waiting))
-            self._reserve(job, consumer, now)
-            if consumer.credit > 0:
-                # Round robin: the consumer goes to the back of the line.
-                del waiting[consumer]
-                waiting[consumer] = None
-            else:
-                self._stop_waiting(consumer)
-            return
-        ready = self._ready.get(job.queue)
+        if not self._dispatch_paused and (
+            not self._gated or self._may_dispatch(job.queue, job.task, now)
+        ):
+            waiting = self._waiting.get(job.queue)
+            if not waiting:
+                by_task = self._waiting_tasks.get(job.queue)
+                waiting = by_task.get(job.task) if by_task else None
+            if waiting:
+                consumer = next(iter(waiting))
+                self._reserve(job, consumer, now)
+                if consumer.credit > 0:
+                    # Round robin: the consumer goes to the back of the line.
+                    del waiting[consumer]
+                    waiting[consumer] = None
+                else:
+                    self._stop_waiting(consumer)
+                return
+        by_queue = self._ready.get(job.queue)
+        if by_queue is None:
+            by_queue = self._ready[job.queue] = {}
+        ready = by_queue.get(job.task)
         if ready is None:
-            ready = self._ready[job.queue] = ReadyQueue()
+            ready = by_queue[job.task] = ReadyQueue(job.task)
         ready.push(job, front)
 
     def _feed(self, consumer: Consumer, now: float) -> None:
-        """Give the consumer ready jobs while it has credit; then it waits."""
+        """Give the consumer ready jobs while it has credit; then it waits.
+
+        Each round compares the heads of the (queue, task) ready queues the
+        consumer can take: of its queues, those tasks that have ready jobs
+        (all of them, or the ones it announced, whichever set is smaller).
+        """
         ready = self._ready
         queues = consumer.queues
+        tasks = consumer.tasks
+        gated = self._gated  # a paused queue or a limit somewhere (flow.py, limits.py)
+        task_limits = self.task_limits if gated else None
+        if len(queues) == 1 and not gated:
+            # The common shape (one queue, one task ready, no pause or limit):
+            # take from its one ready queue without comparing heads.
+            by_task = ready.get(queues[0])
+            if by_task and len(by_task) == 1:
+                only = next(iter(by_task.values()))
+                if tasks is None or only.task in tasks:
+                    while consumer.credit > 0 and not self._dispatch_paused:
+                        head = only.peek()
+                        if head is None:
+                            break
+                        only.pop()
+                        self._reserve(head, consumer, now)
         while consumer.credit > 0:
             best: Job | None = None
             best_queue: ReadyQueue | None = None
             # Checked per job: a delivery can fail storage, which pauses dispatch.
             if not self._dispatch_paused:
                 for queue in queues:
-                    candidates = ready.get(queue)
-                    if candidates is None:
+                    by_task = ready.get(queue)
+                    if not by_task or (gated and not self._queue_may_dispatch(queue, now)):
                         continue
-                    head = candidates.peek()
-                    # Highest priority first; equal priorities in submission order.
-                    if head is not None and (
-                        best is None
-                        or head.priority > best.priority
-                        or (head.priority == best.priority and head.key < best.key)
-                    ):
-                        best = head
-                        best_queue = candidates
+                    if tasks is None:
+                        candidates: Iterable[ReadyQueue] = by_task.values()
+                    elif len(by_task) <= len(tasks):
+                        candidates = [q for t, q in by_task.items() if t in tasks]
+                    else:
+                        candidates = [by_task[t] for t in tasks if t in by_task]
+                    drained = False
+                    for candidate in candidates:
+                        if task_limits:
+                            limit = task_limits.get(candidate.task)
+                            if limit is not None and not limit.allows(now):
+                                continue
+                        head = candidate.peek()
+                        if head is None:
+                            drained = True
+                            continue
+                        # Highest priority first; equal priorities in submission order.
+                        if (
+                            best is None
+                            or head.priority > best.priority
+                            or (head.priority == best.priority and head.key < best.key)
+                        ):
+                            best = head
+                            best_queue = candidate
+                    if drained:  # only (queue, task) pairs with ready jobs are kept
+                        for task in [t for t, q in by_task.items() if not q.count]:
+                            del by_task[task]
             if best is None or best_queue is None:
-                for queue in queues:
-                    waiting = self._waiting.get(queue)
-                    if waiting is None:
-                        waiting = self._waiting[queue] = {}
-                    waiting[consumer] = None
+                if tasks is None:
+                    waiting_on = self._waiting
+                    for queue in queues:
+                        waiting = waiting_on.get(queue)
+                        if waiting is None:
+                            waiting = waiting_on[queue] = {}
+                        waiting[consumer] = None
+                else:
+                    self._start_waiting(consumer)
                 return
             best_queue.pop()
             self._reserve(best, consumer, now)
 
-    def _stop_waiting(self, consumer: Consumer) -> None:
+    def _start_waiting(self, consumer: Consumer) -> None:
+        """A consumer that announced its tasks waits for each of them on each of its queues."""
+        tasks = consumer.tasks
+        assert tasks is not None
         for queue in consumer.queues:
-            waiting = self._waiting.get(queue)
-            if waiting is not None:
-                waiting.pop(consumer, None)
+            by_task = self._waiting_tasks.get(queue)
+            if by_task is None:
+                by_task = self._waiting_tasks[queue] = {}
+            for task in tasks:
+                waiting = by_task.get(task)
+                if waiting is None:
+                    waiting = by_task[task] = {}
+                waiting[consumer] = None
+
+    def _stop_waiting(self, consumer: Consumer) -> None:
+        tasks = consumer.tasks
+        for queue in consumer.queues:
+            if tasks is None:
+                waiting = self._waiting.get(queue)
+                if waiting is not None:
+                    waiting.pop(consumer, None)
+                continue
+            by_task = self._waiting_tasks.get(queue)
+            if by_task is None:
+                continue
+            for task in tasks:
+                waiting = by_task.get(task)
+                if waiting is not None:
+                    waiting.pop(consumer, None)
+                    if not waiting:
+                        del by_task[task]
+
+    def _unready(self, job: Job) -> None:
+        """A queued job leaves its ready queue other than by dispatch (cancelled).
+
+        Its entry stays in the deque and is skipped when reached; only the count changes.
+        """
+        by_queue = self._ready.get(job.queue)
+        ready = by_queue.get(job.task) if by_queue else None
+        if ready is not None:
+            ready.count -= 1
+
+    def queued_without_worker(self) -> dict[str, dict[str, int]]:
+        """Queued jobs that no attached consumer can take, by queue and task (for STATS).
+
+        A job is counted when no consumer serves its queue taking every task or its task.
+        """
+        every: set[str] = set()
+        announced: dict[str, set[str]] = {}
+        for consumer in self.consumers:
+            if consumer.tasks is None:
+                every.update(consumer.queues)
+            else:
+                for queue in consumer.queues:
+                    announced.setdefault(queue, set()).update(consumer.tasks)
+        waiting: dict[str, dict[str, int]] = {}
+        for queue, by_task in sorted(self._ready.items()):
+            if queue in every:
+                continue
+            served = announced.get(queue, set())
+            for task, ready in sorted(by_task.items()):
+                if ready.count > 0 and task not in served:
+                    waiting.setdefault(queue, {})[task] = ready.count
+        return waiting
 
     def _reserve(self, job: Job, consumer: Consumer, now: float) -> None:
         """Deliver the job to the consumer: it runs, under a lease (see leases.py)."""
@@ -211,6 +349,8 @@ class Dispatch(ManagerState):
         consumer.credit -= 1
         consumer.jobs[job.id] = job
         self.running += 1
+        if self._limited:
+            self._limits_started(job.queue, job.task, now)
         leases = self._leases
         heapq.heappush(leases, (deadline, next(self._tiebreak), job, job.attempts))
         if len(leases) > 2 * self.running + 1024:

@@ -15,17 +15,24 @@ from typing import Any
 
 from broker.jobs import Job, JobState, order_key
 from broker.manager.config import MAX_INTERNED_NAMES, Consumer, QueueCounts, QueueFullError
+from broker.manager.dependencies import Dependencies
 from broker.manager.dispatch import Dispatch
+from broker.manager.flow import Flow
 from broker.manager.leases import Leases
+from broker.manager.limits import Limits
 from broker.manager.recovery import Recovery
 from broker.manager.retention import Retention
+from broker.manager.schedules import Schedules
+from broker.manager.unique import Unique
 from protocol.backoff import backoff_delay
 from protocol.job_spec import JobSpec
 
 log = logging.getLogger("broker.manager")
 
 
-class JobManager(Dispatch, Leases, Retention, Recovery):
+class JobManager(
+    Dispatch, Flow, Limits, Dependencies, Unique, Schedules, Leases, Retention, Recovery
+):
     """Every job of the broker, from submit to its result's expiry.
 
     A plain synchronous object: time is passed in as ``now`` (seconds since
@@ -64,7 +71,10 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         """Accept a job; return it and whether it is new.
 
         A ``spec.job_id`` the manager still knows returns the existing job
-        unchanged (idempotent submit). Raises :class:`QueueFullError`.
+        unchanged (idempotent submit), and so does a ``spec.unique_key`` that
+        a job holds (``unique.py``). A job with ``depends_on`` waits for its
+        parents (``dependencies.py``). Raises :class:`QueueFullError`, and
+        :class:`UnknownParentError` for a parent it does not know.
         """
         job_id = spec.job_id
         max_attempts = spec.max_attempts
@@ -75,11 +85,19 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             existing = self.jobs.get(job_id)
             if existing is not None:
                 return existing, False
-        else:
+        unique_key = spec.unique_key
+        if unique_key is not None:
+            holder = self.unique_holder(unique_key, now)
+            if holder is not None:
+                return holder, False
+        if job_id is None:
             job_id = f"{self._id_prefix}-{next(self._ids):x}"
             while job_id in self.jobs:  # a client chose this id for its own job
                 job_id = f"{self._id_prefix}-{next(self._ids):x}"
         self.check_capacity(1)
+        depends_on = spec.depends_on
+        if depends_on:
+            self.check_parents(depends_on)
         # Every job's task and queue name arrives as a new string; share one.
         names = self._names
         task = names.get(spec.task) or self._intern(spec.task)
@@ -106,6 +124,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         self.counters["submitted"] += 1
         metrics = self.metrics
         (metrics.get(queue) or metrics.of(queue)).submitted += 1
+        if unique_key is not None:
+            self._hold_unique(job, unique_key, spec.unique_for, now)
         counts = self.queues.get(queue)
         if counts is None:
             counts = self.queues[queue] = QueueCounts()
@@ -113,10 +133,21 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             job.run_at = now + delay
         if spec.result_ttl is not None:
             job.result_ttl = spec.result_ttl
+        if depends_on:
+            job.depends_on = tuple(dict.fromkeys(depends_on))
+            job.state = JobState.WAITING  # as its S record says
         if self.journal is not None:
             self.journal.job_submitted(job)
+        if depends_on:
+            if self._wait_for_parents(job, now):
+                return job, True
+            job.state = JobState.QUEUED  # every parent had succeeded: a U record says so
+            if self.journal is not None and delay <= 0:
+                self.journal.job_changed(job)
         if delay > 0:
             self._delay(job, now + delay, counts)
+            if depends_on and self.journal is not None:
+                self.journal.job_changed(job)
         else:
             counts.queued += 1
             self._make_ready(job, now)
@@ -159,6 +190,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         run.sum += ran
         job.result = result
         self._finish(job, JobState.SUCCEEDED, now)
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     def fail(
@@ -179,6 +212,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         if job.started_at is not None:
             self.metrics.of(job.queue).run.observe(now - job.started_at)
         self._failed_attempt(job, dict(error, attempt=attempt, at=now), now, retry_in)
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     def release(self, consumer: Consumer, job_id: str, attempt: int, now: float) -> bool:
@@ -194,6 +229,8 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         if self.journal is not None:
             self.journal.job_changed(job)
         self._make_ready(job, now, front=True)  # it keeps its place at the front
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     def _failed_attempt(
@@ -216,7 +253,10 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
     # -- cancelling ---------------------------------------------------------------
 
     def cancel(self, job_id: str, now: float) -> bool | None:
-        """Cancel a queued, delayed or running job. None: unknown id; False: already finished."""
+        """Cancel a waiting, queued, delayed or running job (and the jobs waiting for it).
+
+        None: unknown id; False: already finished.
+        """
         job = self.jobs.get(job_id)
         if job is None:
             return None
@@ -224,6 +264,9 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         counts = self._counts(job.queue)
         if state is JobState.QUEUED:
             counts.queued -= 1  # its ready-queue entry is skipped when reached
+            self._unready(job)
+        elif state is JobState.WAITING:
+            self._unwait(job)
         elif state is JobState.DELAYED:
             counts.delayed -= 1
         elif state is JobState.RUNNING:
@@ -233,17 +276,24 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
         else:
             return False
         self._finish(job, JobState.CANCELLED, now)
+        if self._opened:
+            self._feed_opened(now)
         return True
 
     # -- time ---------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Run the timers that are due, except leases: delayed jobs, expired results.
+        """Run the timers that are due, except leases: delayed jobs, rate windows
+        that moved on (limits.py), expired results.
 
         Leases expire in :meth:`expire_leases`, which the server calls apart
         (see ``leases.py`` for why).
         """
         self._run_delayed(now)
+        if self._wakeups:
+            self._run_wakeups(now)
+        if self._schedule_timers:
+            self._run_schedules(now)
         self._expire_results(now)
 
     def next_deadline(self) -> float | None:
@@ -257,6 +307,10 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             candidates.append(self._results[0][0])
         if self._results_own_ttl:
             candidates.append(self._results_own_ttl[0][0])
+        if self._wakeups:
+            candidates.append(self._wakeups[0][0])
+        if self._schedule_timers:
+            candidates.append(self._schedule_timers[0][0])
         return min(candidates) if candidates else None
 
     # -- questions ---------------------------------------------------------------
@@ -279,15 +333,31 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
                     break
         return found
 
-    def queues_idle(self, queues: Iterable[str]) -> bool:
-        """No job queued, delayed or running on any of these queues."""
+    def queues_idle(self, queues: Iterable[str], tasks: frozenset[str] | None = None) -> bool:
+        """Nothing left for a consumer of these queues (and these tasks, if given):
+        no job waiting, delayed or running on them, and none queued that it can take.
+
+        A queued job of a task outside ``tasks`` does not count: routing never
+        hands it to this consumer (a burst worker would otherwise wait for it forever).
+        """
         for queue in queues:
             counts = self.queues.get(queue)
-            if counts is not None and (counts.queued or counts.delayed or counts.running):
+            if counts is None:
+                continue
+            if counts.waiting or counts.delayed or counts.running:
+                return False
+            if not counts.queued:
+                continue
+            if tasks is None:
+                return False
+            by_task = self._ready.get(queue) or {}
+            if any(ready.count for task, ready in by_task.items() if task in tasks):
                 return False
         return True
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Counts and settings; ``now`` (default: the newest rate window's start) for
+        the starts still within each rate's window."""
         return {
             "queues": {name: counts.as_dict() for name, counts in sorted(self.queues.items())},
             "jobs": len(self.jobs),
@@ -295,5 +365,10 @@ class JobManager(Dispatch, Leases, Retention, Recovery):
             "running": self.running,
             "failed_list": len(self._failed),
             "consumers": len(self.consumers),
+            "no_worker": self.queued_without_worker(),
+            "paused": sorted(self.paused_queues),
+            "limits": self.limits_stats(now),
+            "unique_keys": self.unique_stats(),
+            "schedules": len(self.schedules),
             **self.counters,
         }

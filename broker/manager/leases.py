@@ -29,6 +29,8 @@ log = logging.getLogger("broker.manager")
 
 
 class Leases(ManagerState):
+    __slots__ = ()
+
     def heartbeat(self, consumer: Consumer, job_ids: Iterable[str], now: float) -> int:
         """Renew the leases of the listed jobs this consumer holds; return how many."""
         renewed = 0
@@ -60,6 +62,8 @@ class Leases(ManagerState):
             self.metrics.of(job.queue).lease_expired += 1
             self._lose_lease(job, now, f"lease of {job.lease:g}s expired", expired=True)
             expired += 1
+        if self._opened:
+            self._feed_opened(now)
         return expired
 
     def next_lease_deadline(self) -> float | None:
@@ -113,6 +117,8 @@ class Leases(ManagerState):
         job.owner = None
         self.queues[job.queue].running -= 1
         self.running -= 1
+        if self._limited:
+            self._limits_stopped(job.queue, job.task)
 
     def _lose_lease(self, job: Job, now: float, reason: str, expired: bool = False) -> None:
         """The holder lost the job: back to its queue, or failed on its last attempt.

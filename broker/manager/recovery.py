@@ -19,6 +19,8 @@ from broker.manager.state import ManagerState
 
 
 class Recovery(ManagerState):
+    __slots__ = ()
+
     def restore(self, jobs: Iterable[Job], now: float) -> None:
         """Take over jobs recovered from a journal, as an empty manager.
 
@@ -33,6 +35,7 @@ class Recovery(ManagerState):
         failed: list[Job] = []
         interrupted: list[Job] = []
         ready: list[Job] = []
+        waiting: list[Job] = []
         for job in jobs:
             max_seq = max(max_seq, sequence_of(job.key))
             state = job.state
@@ -59,6 +62,8 @@ class Recovery(ManagerState):
                 heapq.heappush(self._delayed, (job.run_at, next(self._tiebreak), job))
             elif state is JobState.RUNNING:
                 interrupted.append(job)
+            elif state is JobState.WAITING:
+                waiting.append(job)
             else:
                 ready.append(job)
         self._seq = itertools.count(max_seq + 1)
@@ -73,6 +78,7 @@ class Recovery(ManagerState):
         for job in failed:
             self.jobs[job.id] = job
             self._failed[job.id] = job
+        self._restore_unique()
         ready.sort(key=lambda job: job.key)
         for job in ready:
             self.queues[job.queue].queued += 1
@@ -93,3 +99,5 @@ class Recovery(ManagerState):
             else:
                 self.counters["requeued"] += 1
                 self._requeue(job, now)
+        waiting.sort(key=lambda job: job.key)
+        self._restore_waiting(waiting, now)

@@ -25,6 +25,8 @@ log = logging.getLogger("broker.manager")
 
 
 class Retention(ManagerState):
+    __slots__ = ()
+
     def _finish(self, job: Job, state: JobState, now: float) -> None:
         """The job is done for good (its holder, if any, already released it)."""
         job.state = state
@@ -35,8 +37,10 @@ class Retention(ManagerState):
             self.counters["failed"] += 1
             self._failed[job.id] = job
             while len(self._failed) > self.config.max_failed:
-                dropped_id, _ = self._failed.popitem(last=False)
+                dropped_id, dropped = self._failed.popitem(last=False)
                 del self.jobs[dropped_id]
+                if self._unique:
+                    self._release_unique(dropped)
                 if self.journal is not None:
                     self.journal.job_deleted(dropped_id)
                 log.warning(
@@ -64,6 +68,8 @@ class Retention(ManagerState):
             self._forget_queue_if_idle(job.queue)
         if self.on_finished is not None:
             self.on_finished(job)
+        if self._children and job.id in self._children:
+            self._settle_children(job, now)
         if job.result_ttl == 0 and state is not JobState.FAILED:
             self._forget_finished(job)  # the watchers have their DONE
 
@@ -78,6 +84,8 @@ class Retention(ManagerState):
         if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
             del self.jobs[job.id]
             self.counters["expired"] += 1
+            if self._unique:
+                self._release_unique(job)
             if self.journal is not None:
                 self.journal.job_deleted(job.id)
 
@@ -89,24 +97,30 @@ class Retention(ManagerState):
             if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
                 del self.jobs[job.id]
                 self.counters["expired"] += 1
+                if self._unique:
+                    self._release_unique(job)
         own = self._results_own_ttl
         while own and own[0][0] <= now:
             _, _, job = heapq.heappop(own)
             if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
                 del self.jobs[job.id]
                 self.counters["expired"] += 1
+                if self._unique:
+                    self._release_unique(job)
 
     def _forget_queue_if_idle(self, queue: str) -> None:
         """Past MAX_QUEUES_KEPT queues, an idle one is forgotten (it comes back on use)."""
         counts = self.queues.get(queue)
         if (
             counts is not None
-            and not (counts.queued or counts.delayed or counts.running)
+            and not (counts.waiting or counts.queued or counts.delayed or counts.running)
             and not self._waiting.get(queue)
+            and not self._waiting_tasks.get(queue)
         ):
             del self.queues[queue]
             self._ready.pop(queue, None)
             self._waiting.pop(queue, None)
+            self._waiting_tasks.pop(queue, None)
 
     # -- the failed list ---------------------------------------------------------
 
@@ -134,8 +148,10 @@ class Retention(ManagerState):
 
     def purge_failed(self) -> int:
         count = len(self._failed)
-        for job_id in self._failed:
+        for job_id, job in self._failed.items():
             del self.jobs[job_id]
+            if self._unique:
+                self._release_unique(job)
             if self.journal is not None:
                 self.journal.job_deleted(job_id)
         self._failed.clear()

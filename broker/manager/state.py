@@ -34,9 +34,58 @@ from broker.manager.metrics import MetricsTable
 
 if TYPE_CHECKING:
     from broker.manager.dispatch import ReadyQueue
+    from broker.manager.limits import Limit
+    from broker.manager.schedules import Schedule
+    from protocol.job_spec import JobSpec
 
 
 class ManagerState:
+    # Every table, as a slot: attribute reads on the hot path stay as fast as
+    # they can (an instance dict of more than 30 keys is no longer shared, and
+    # CPython reads it more slowly). The concerns' classes add none.
+    __slots__ = (
+        "_children",
+        "_delayed",
+        "_dispatch_paused",
+        "_failed",
+        "_gated",
+        "_id_prefix",
+        "_ids",
+        "_leases",
+        "_limited",
+        "_names",
+        "_opened",
+        "_parents_left",
+        "_ready",
+        "_results",
+        "_results_own_ttl",
+        "_rng",
+        "_schedule_timers",
+        "_seq",
+        "_settling",
+        "_tiebreak",
+        "_unique",
+        "_waiting",
+        "_waiting_tasks",
+        "_wakeups",
+        "config",
+        "consumers",
+        "counters",
+        "jobs",
+        "journal",
+        "metrics",
+        "on_finished",
+        "paused_queues",
+        "queue_limits",
+        "queues",
+        "running",
+        "schedules",
+        "settings",
+        "task_defaults",
+        "task_limits",
+        "unfinished",
+    )
+
     def __init__(
         self,
         config: ManagerConfig | None = None,
@@ -74,12 +123,42 @@ class ManagerState:
         # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
         self.task_defaults: dict[str, dict[str, Any]] = {}
 
-        # dispatch.py: ready jobs, the consumers waiting for them, delayed jobs.
+        # dispatch.py: ready jobs by queue then task, the consumers waiting for
+        # them (taking every task: by queue; announcing tasks: by queue then
+        # task), delayed jobs.
         self.consumers: set[Consumer] = set()
-        self._ready: dict[str, ReadyQueue] = {}
+        self._ready: dict[str, dict[str, ReadyQueue]] = {}
         self._waiting: dict[str, dict[Consumer, None]] = {}
+        self._waiting_tasks: dict[str, dict[str, dict[Consumer, None]]] = {}
         self._delayed: list[tuple[float, int, Job]] = []
         self._dispatch_paused = False
+
+        # flow.py: queues that hand out nothing, and the journaled settings.
+        self.paused_queues: set[str] = set()
+        self.settings: dict[str, Any] = {}
+
+        # limits.py: per queue and per task; whether any is set (the hot path's
+        # one check); rate windows' reopening times; limits a stop just opened.
+        self.queue_limits: dict[str, Limit] = {}
+        self.task_limits: dict[str, Limit] = {}
+        self._limited = False
+        # A paused queue or a limit exists: dispatch checks each queue and task.
+        self._gated = False
+        self._wakeups: list[tuple[float, int, Limit]] = []
+        self._opened: list[Limit] = []
+
+        # dependencies.py: unfinished parent id -> jobs waiting for it; a waiting
+        # job's id -> its unfinished parents; parents being settled.
+        self._children: dict[str, list[Job]] = {}
+        self._parents_left: dict[str, int] = {}
+        self._settling: list[Job] = []
+
+        # unique.py: unique key -> the job holding it.
+        self._unique: dict[str, Job] = {}
+
+        # schedules.py: by name, and the next tick of each (stale entries skipped).
+        self.schedules: dict[str, Schedule] = {}
+        self._schedule_timers: list[tuple[float, int, Schedule]] = []
 
         # leases.py: (deadline, tiebreak, job, attempt); an entry of a job that is
         # no longer running that attempt is skipped when it comes due.
@@ -117,6 +196,30 @@ class ManagerState:
 
         def _stop_waiting(self, consumer: Consumer) -> None: ...
 
+        def _feed(self, consumer: Consumer, now: float) -> None: ...
+
+        # flow.py
+        def _set_setting(self, key: str, value: Any) -> None: ...
+
+        def _feed_waiting_on(self, queue: str, now: float) -> None: ...
+
+        # limits.py
+        def _may_dispatch(self, queue: str, task: str, now: float) -> bool: ...
+
+        def _queue_may_dispatch(self, queue: str, now: float) -> bool: ...
+
+        def _update_gate(self) -> None: ...
+
+        def _limits_started(self, queue: str, task: str, now: float) -> None: ...
+
+        def _limits_stopped(self, queue: str, task: str) -> None: ...
+
+        def _feed_opened(self, now: float) -> None: ...
+
+        def restore_limit(self, key: str, value: dict[str, Any]) -> None: ...
+
+        def _unready(self, job: Job) -> None: ...
+
         # leases.py
         def _release_hold(self, job: Job) -> None: ...
 
@@ -127,5 +230,24 @@ class ManagerState:
         # retention.py
         def _finish(self, job: Job, state: JobState, now: float) -> None: ...
 
+        # unique.py
+        def _release_unique(self, job: Job) -> None: ...
+
+        def _restore_unique(self) -> None: ...
+
+        # dependencies.py
+        def _settle_children(self, parent: Job, now: float) -> None: ...
+
+        def _wait_for_parents(self, job: Job, now: float) -> bool: ...
+
+        def _unwait(self, job: Job) -> None: ...
+
+        def _restore_waiting(self, waiting: list[Job], now: float) -> None: ...
+
         # jobmanager.py
         def check_capacity(self, count: int) -> None: ...
+
+        def submit(self, spec: JobSpec, now: float) -> tuple[Job, bool]: ...
+
+        # schedules.py
+        def restore_schedule(self, key: str, value: dict[str, Any], now: float) -> None: ...

@@ -112,6 +112,7 @@ function drawQueues(snapshot) {
   $("queues-total").textContent = `${rows.length}`;
   $("queues").tBodies[0].replaceChildren(...page.map((q) => el("tr", {"data-queue": q.name},
     el("td", {}, q.name),
+    el("td", {class: "num", "data-field": "waiting"}, q.waiting),
     el("td", {class: "num", "data-field": "queued"}, q.queued),
     el("td", {class: "num", "data-field": "delayed"}, q.delayed),
     el("td", {class: "num", "data-field": "running"}, q.running),
