@@ -39,6 +39,10 @@ WORKER_WAIT_TIMEOUT = 60.0
 STATS_POLL_INTERVAL = 0.005
 # W1m: how often the scraper fetches /metrics (Prometheus' usual is 15 s; this is harsher).
 SCRAPE_INTERVAL = 1.0
+# W1L, W3L: global limits far above what a run reaches (the rate's count is the
+# protocol's maximum), so the limit checks run on every dispatch but never bind.
+UNBINDING_MAX_RUNNING = 10_000
+UNBINDING_RATE = "1000000/s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +313,94 @@ async def drain(run: Run) -> Sample:
     return sample
 
 
+async def set_unbinding_limits(client: Client) -> None:
+    """Limits on the workloads' queue and task that no run comes near (W1L, W3L)."""
+    for scope in ({"queue": "default"}, {"task": NOOP}):
+        await client.set_limits(**scope, max_running=UNBINDING_MAX_RUNNING, rate=UNBINDING_RATE)
+    limits = (await client.stats())["limits"]
+    if not limits.get("queues", {}).get("default") or not limits.get("tasks", {}).get(NOOP):
+        raise RuntimeError(f"the broker did not keep the limits: {limits}")
+
+
+def limited(inner: Callable[[Run], Awaitable[Sample]]) -> Callable[[Run], Awaitable[Sample]]:
+    """W1L, W3L: ``inner`` after :func:`set_unbinding_limits`, before any job is submitted."""
+
+    async def run_limited(run: Run) -> Sample:
+        async with Client(run.address, name="bench-limits") as client:
+            await set_unbinding_limits(client)
+        return await inner(run)
+
+    return run_limited
+
+
+async def end_to_end_dependent(run: Run) -> Sample:
+    """W1D: W1 where job 2k+1 depends on job 2k: each of the 50 producers takes the
+    next pair, submits the parent, then the child with ``depends_on=[parent]``."""
+    worker = run.start_worker()
+    jobs: list[Job] = []
+    pairs = iter(range(0, run.n, 2))
+    run.counts["submitted"] = 0
+
+    async def producer() -> None:
+        for i in pairs:  # shared: each producer takes the next pair
+            parent = await client.submit(NOOP, [{"i": i}])
+            jobs.append(parent)
+            run.counts["submitted"] += 1
+            if i + 1 < run.n:
+                jobs.append(await client.submit(NOOP, [{"i": i + 1}], depends_on=[parent]))
+                run.counts["submitted"] += 1
+
+    async with Client(run.address, name="bench-w1d") as client:
+        await wait_workers(client, 1, run)
+        meter = Meter(run, [worker])
+        await asyncio.gather(*(producer() for _ in range(IN_FLIGHT)))
+        await await_results(jobs, run.counts)
+        sample = meter.sample(run.n)
+        stats = await client.stats()
+    check_all_succeeded(stats, run.n)
+    return sample
+
+
+def dependent_spec(i: int) -> dict[str, Any]:
+    """W3D's jobs: 2k gets the id ``p2k``, and 2k+1 depends on it."""
+    if i % 2 == 0:
+        return {"task": NOOP, "args": [{"i": i}], "job_id": f"p{i}"}
+    return {"task": NOOP, "args": [{"i": i}], "depends_on": [f"p{i - 1}"]}
+
+
+def check_all_succeeded(stats: dict[str, Any], n: int) -> None:
+    if stats.get("succeeded") != n:
+        raise RuntimeError(f"the broker counts {stats.get('succeeded')} jobs succeeded, not {n}")
+
+
+async def drain_dependent(run: Run) -> Sample:
+    """W3D: W3 where job 2k+1 depends on job 2k, both in the same ``submit_many`` batch
+    (batches of 1,000 keep every pair together); the children wait until their parent
+    succeeds."""
+    async with Client(run.address, name="bench-w3d") as client:
+        jobs: list[Job] = []
+        run.counts["submitted"] = 0
+        for start in range(0, run.n, SUBMIT_MANY_BATCH):
+            stop = min(run.n, start + SUBMIT_MANY_BATCH)
+            jobs += await client.submit_many([dependent_spec(i) for i in range(start, stop)])
+            run.counts["submitted"] = len(jobs)
+        waiting = (await client.stats())["queues"]["default"]["waiting"]
+        if waiting != run.n // 2:
+            raise RuntimeError(f"{waiting} jobs waiting for a parent, expected {run.n // 2}")
+        spawned = time.perf_counter()
+        worker = run.start_worker()
+        await wait_workers(client, 1, run)
+        meter = Meter(run, [worker])
+        await await_results(jobs, run.counts)
+        sample = meter.sample(run.n)
+        check_all_succeeded(await client.stats(), run.n)
+    finished = meter.began + sample["seconds"]
+    sample["jobs_per_s_from_spawn"] = run.n / (finished - spawned)
+    sample["worker_startup_s"] = meter.began - spawned
+    sample["waiting_before_worker"] = waiting
+    return sample
+
+
 async def round_trip(run: Run) -> Sample:
     """W4: one worker; one job at a time, submit then await its result."""
     run.start_worker()
@@ -536,7 +628,10 @@ def suite(settings: Settings, broker_help: str, only: set[str] | None = None) ->
             "end to end",
             n,
             end_to_end,
-            (Figure("jobs_per_s", "W1 end to end (1 worker, 50 in flight)", THROUGHPUT),),
+            (
+                Figure("jobs_per_s", "W1 end to end (1 worker, 50 in flight)", THROUGHPUT),
+                Figure("broker_cpu_us_per_job", "W1 broker CPU per job", CPU_PER_JOB),
+            ),
             timeout=60 + n * 0.005,
         ),
         Workload(
@@ -605,6 +700,7 @@ def suite(settings: Settings, broker_help: str, only: set[str] | None = None) ->
             (
                 Figure("jobs_per_s", "W3 drain (from worker connected)", THROUGHPUT),
                 Figure("jobs_per_s_from_spawn", "W3 drain (from worker process spawn)", THROUGHPUT),
+                Figure("broker_cpu_us_per_job", "W3 broker CPU per job", CPU_PER_JOB),
             ),
             timeout=60 + n * 0.007,
         ),
@@ -643,11 +739,40 @@ def suite(settings: Settings, broker_help: str, only: set[str] | None = None) ->
             timeout=120 + n * 0.01,
         ),
     ]
+    workloads += limits_and_dependencies(settings)
     workloads += durability(settings, broker_help)
     workloads += cpu_bound_workloads(settings)
     if only:
         workloads = [w for w in workloads if w.id in only or w.id.split("-")[0] in only]
     return workloads
+
+
+def limits_and_dependencies(settings: Settings) -> list[Workload]:
+    """W1 and W3 with global limits that never bind (L), and with half the jobs
+    depending on the job before them (D): compare each with W1 and W3."""
+    n = settings.n
+    limits = "limits that never bind"
+    parents = "half the jobs wait for a parent"
+    variants: list[tuple[str, str, str, Callable[[Run], Awaitable[Sample]], float]] = [
+        ("W1L", "end to end", limits, limited(end_to_end), 0.005),
+        ("W1D", "end to end", parents, end_to_end_dependent, 0.005),
+        ("W3L", "drain", limits, limited(drain), 0.007),
+        ("W3D", "drain", parents, drain_dependent, 0.007),
+    ]
+    return [
+        Workload(
+            key,
+            f"{base}, {label}",
+            n,
+            run,
+            (
+                Figure("jobs_per_s", f"{key} {base}, {label}", THROUGHPUT),
+                Figure("broker_cpu_us_per_job", f"{key} broker CPU per job", CPU_PER_JOB),
+            ),
+            timeout=60 + n * per_job,
+        )
+        for key, base, label, run, per_job in variants
+    ]
 
 
 def durability(settings: Settings, broker_help: str) -> list[Workload]:
