@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from broker import Broker, BrokerConfig, Client
+from broker import Broker, Client
 from harness.processes import BrokerProc, WorkerProc
+from tests.inprocess import running_broker
 from worker import TaskRegistry, Worker, current_job, task_context
 from worker.__main__ import find_hooks
 
@@ -22,12 +23,8 @@ WAIT = 30.0
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
-    broker = Broker(BrokerConfig(port=0))
-    await broker.start()
-    try:
+    async with running_broker() as broker:
         yield broker
-    finally:
-        await broker.stop()
 
 
 async def test_hooks_build_the_context_tasks_read_and_close_it_after_the_last_job(

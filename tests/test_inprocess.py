@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import msgpack
 import pytest
@@ -26,6 +25,7 @@ from broker import (
     RemoteError,
 )
 from broker.manager import Consumer, ManagerConfig
+from tests.inprocess import running_broker, serving
 from tests.waiting import eventually
 from worker import Retry, TaskRegistry, Worker, current_job
 
@@ -35,25 +35,9 @@ NOBODY = "nobody-serves-this"
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
-    broker = Broker(
-        BrokerConfig(port=0, manager=ManagerConfig(backoff_base=0.01, backoff_cap=0.05))
-    )
-    await broker.start()
-    try:
+    config = BrokerConfig(port=0, manager=ManagerConfig(backoff_base=0.01, backoff_cap=0.05))
+    async with running_broker(config) as broker:
         yield broker
-    finally:
-        await broker.stop()
-
-
-@asynccontextmanager
-async def serving(worker: Worker) -> AsyncIterator[Worker]:
-    """The worker runs in the background; it is stopped at once on the way out."""
-    run = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop_now()
-        await asyncio.wait_for(run, WAIT)
 
 
 class Gates:

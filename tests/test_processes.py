@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from broker import Broker, BrokerConfig, Client, JobFailed
+from broker import Broker, Client, JobFailed
 from tests import tasks_cpu
+from tests.inprocess import running_broker, serving
 from tests.waiting import eventually
 from worker import TaskRegistry, Worker, task
 
@@ -20,22 +20,8 @@ WAIT = 60.0
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
-    broker = Broker(BrokerConfig(port=0))
-    await broker.start()
-    try:
+    async with running_broker() as broker:
         yield broker
-    finally:
-        await broker.stop()
-
-
-@asynccontextmanager
-async def serving(worker: Worker) -> AsyncIterator[Worker]:
-    run = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop_now()
-        await asyncio.wait_for(run, WAIT)
 
 
 async def failure(client: Client, name: str, *args: object) -> JobFailed:

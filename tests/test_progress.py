@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from broker import Broker, BrokerConfig, Client, NotFound
+from broker import Broker, Client, NotFound
 from broker.client import Progress
+from tests.inprocess import running_broker
 from tests.rawpeer import RawPeer
 from tests.waiting import eventually
 from worker import TaskRegistry, Worker, report_progress
@@ -21,12 +22,8 @@ WAIT = 30.0
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
-    broker = Broker(BrokerConfig(port=0))
-    await broker.start()
-    try:
+    async with running_broker() as broker:
         yield broker
-    finally:
-        await broker.stop()
 
 
 class Collector:

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from broker import Broker, BrokerConfig, Client, NotFound
+from broker import Broker, Client, NotFound
 from broker.jobs import Job, JobState
 from broker.journal import replay, snapshot_record, submitted_record
 from broker.manager import Consumer, JobManager, ManagerConfig
 from tests.builders import submit_job
+from tests.inprocess import running_broker
 from worker import TaskRegistry, Worker
 
 WAIT = 30.0
@@ -129,12 +130,8 @@ def test_the_ttl_survives_the_journal_and_a_snapshot_and_recovery_honours_it() -
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
-    broker = Broker(BrokerConfig(port=0))
-    await broker.start()
-    try:
+    async with running_broker() as broker:
         yield broker
-    finally:
-        await broker.stop()
 
 
 async def test_a_zero_ttl_result_reaches_its_waiter_and_then_is_gone(broker: Broker) -> None:

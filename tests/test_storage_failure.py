@@ -17,7 +17,8 @@ import pytest
 from broker import Broker, BrokerConfig, Client, JobState, StorageFailed
 from broker.journal import FsyncMode, Journal, JournalConfig
 from tests.faulty_storage import FaultyOps, Listener
-from tests.test_inprocess import Gates, serving, wait_started
+from tests.inprocess import serving
+from tests.test_inprocess import Gates, wait_started
 from tests.waiting import eventually
 from worker import Worker
 

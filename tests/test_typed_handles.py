@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from mypy import api as mypy_api
 
-from broker import Broker, BrokerConfig, Client, TaskRef
+from broker import Broker, Client, TaskRef
 from harness.processes import ROOT
+from tests.inprocess import running_broker
 from tests.typing_cases import typed_uses
 from worker import AsyncTask, Task, TaskRegistry, Worker, task
 
@@ -54,12 +55,8 @@ def test_each_wrong_use_is_the_error_it_is_marked_with() -> None:
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
-    broker = Broker(BrokerConfig(port=0))
-    await broker.start()
-    try:
+    async with running_broker() as broker:
         yield broker
-    finally:
-        await broker.stop()
 
 
 async def test_the_typed_uses_run(broker: Broker) -> None:

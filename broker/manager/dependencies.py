@@ -94,19 +94,9 @@ class Dependencies(ManagerState):
 
     def _release_child(self, job: Job, now: float) -> None:
         """Every parent succeeded: the job goes to its queue (or waits out its delay)."""
-        counts = self.queues[job.queue]
-        counts.waiting -= 1
-        if job.run_at > now:
-            self._delay(job, job.run_at, counts)
-            if self.journal is not None:
-                self.journal.job_changed(job)
-        else:
-            counts.queued += 1
-            job.state = JobState.QUEUED
-            job.run_at = now
-            if self.journal is not None:
-                self.journal.job_changed(job)
-            self._make_ready(job, now)
+        self.queues[job.queue].waiting -= 1
+        # Like a new job: behind the others, or delayed until its run_at.
+        self._requeue(job, now, max(0.0, job.run_at - now), front=False)
 
     def _cancel_for_parent(self, job: Job, parent: Job, now: float) -> None:
         """A waiting job's parent failed for good or was cancelled: cancel it, saying why."""
