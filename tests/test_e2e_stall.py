@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from broker import Client
 from harness.processes import BrokerProc, WorkerProc
+from tests.waiting import eventually
 
 WAIT = 60.0
 LEASE = 2.0
@@ -31,10 +32,12 @@ async def test_a_stalled_broker_requeues_nothing_and_keeps_every_result(
         jobs = await client.submit_many(
             [{"task": "nap", "args": [seconds, i]} for i, seconds in enumerate(spans)]
         )
-        async with asyncio.timeout(WAIT):
-            # Polling another process's state, each poll a round trip; bounded by WAIT.
-            while (await client.stats())["running"] < len(spans):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+
+        async def all_running() -> bool:
+            running: int = (await client.stats())["running"]
+            return running == len(spans)
+
+        await eventually(all_running, "every job running", WAIT)
         # Let the broker go idle in its poll, where a pause usually catches it
         # (this shapes the scenario; the test's outcome does not depend on it).
         await asyncio.sleep(0.3)

@@ -21,6 +21,7 @@ from broker import Client
 from harness.processes import BrokerProc
 from protocol.errors import ErrorCode, RemoteError
 from tests.faulty_storage import tmpfs
+from tests.waiting import eventually
 
 WAIT = 60.0
 PAYLOAD = "x" * 2048
@@ -37,12 +38,16 @@ def grow(mountpoint: Path, size: str) -> None:
 
 
 async def wait_for_storage(client: Client, ok: bool) -> dict[str, object]:
-    async with asyncio.timeout(WAIT):
-        while True:
-            storage: dict[str, object] = (await client.stats())["storage"]
-            if storage["ok"] is ok:
-                return storage
-            await asyncio.sleep(0.05)
+    """The broker's storage state, once ``ok`` is as wanted (only STATS tells it)."""
+    storage: dict[str, object] = {}
+
+    async def as_wanted() -> bool:
+        nonlocal storage
+        storage = (await client.stats())["storage"]
+        return storage["ok"] is ok
+
+    await eventually(as_wanted, f"storage ok is {ok}", WAIT)
+    return storage
 
 
 async def test_a_full_disk_refuses_new_work_answers_reads_and_recovers(
