@@ -14,23 +14,15 @@ import argparse
 import asyncio
 import contextlib
 import random
-import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from broker import Client
+from harness.browser import chromium_path, launch
 from harness.processes import BrokerProc, Proc, WorkerProc
 
 QUEUES = ("default", "emails", "reports", "thumbnails", "webhooks")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 async def traffic(address: str, stop: asyncio.Event) -> None:
@@ -61,18 +53,12 @@ async def traffic(address: str, stop: asyncio.Event) -> None:
 async def screenshot(url: str, path: str) -> None:
     from playwright.async_api import async_playwright  # noqa: PLC0415 (only for --screenshot)
 
-    executable = shutil.which("chromium")
+    executable = chromium_path()
     if executable is None:
         raise SystemExit("no chromium on PATH")
     with tempfile.TemporaryDirectory() as profile:
         async with async_playwright() as playwright:
-            context = await playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=executable,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1400, "height": 1000},
-            )
+            context = await launch(playwright, Path(profile), executable)
             try:
                 page = context.pages[0] if context.pages else await context.new_page()
                 await page.goto(url)

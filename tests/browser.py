@@ -7,25 +7,16 @@ is missing, :func:`browser_or_skip` skips with the reason.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
+from harness import browser
 
 
 def chromium_or_skip() -> str:
-    path = shutil.which("chromium")
+    path = browser.chromium_path()
     if path is None:
         pytest.skip("no chromium on PATH (make test installs it with apt-get when run as root)")
     return path
@@ -33,10 +24,4 @@ def chromium_or_skip() -> str:
 
 async def launch(playwright: Any, profile: Path) -> Any:
     """A fresh persistent context (its own user-data-dir) in headless Chromium."""
-    return await playwright.chromium.launch_persistent_context(
-        str(profile),
-        executable_path=chromium_or_skip(),
-        headless=True,
-        args=CHROMIUM_ARGS,
-        viewport={"width": 1400, "height": 1000},
-    )
+    return await browser.launch(playwright, profile, chromium_or_skip())
