@@ -1857,6 +1857,25 @@ def test_a_rate_limited_job_starts_the_moment_the_window_allows() -> None:
         h.manager.set_limits("task", "api", None, "fast", 21.0)
 
 
+def test_a_consumer_whose_credit_a_grant_used_up_stops_waiting() -> None:
+    """Waiting behind a limit, then fed by a READY before the limit's timer: it must
+    leave the waiting lists, or the next job goes to it past its credit."""
+    h = Harness()
+    h.manager.set_limits("queue", "default", None, "3/10s", 0.0)
+    consumer, sink = h.consumer()
+    h.manager.grant(consumer, 3, 0.0)
+    for job in [h.submit(0.0) for _ in range(3)]:
+        h.manager.ack(consumer, job.id, 1, b"", 0.1)
+    held_back = [h.submit(0.5) for _ in range(2)]
+    h.manager.grant(consumer, 1, 1.0)  # nothing it may take: it waits with credit 1
+    h.manager.grant(consumer, 1, 11.0)  # the window moved on: both held-back jobs go
+    assert sink.ids[-2:] == [job.id for job in held_back]
+    assert consumer.credit == 0
+    h.submit(11.0)
+    assert consumer.credit == 0
+    assert len(sink.ids) == 5  # the new job waits for credit
+
+
 def test_loosening_or_removing_a_limit_feeds_waiting_consumers() -> None:
     h = Harness()
     h.manager.set_limits("queue", "default", 1, None, 0.0)

@@ -71,7 +71,7 @@ class Consumer:
     (``credit``), and the jobs it holds (``jobs``, by id).
     """
 
-    __slots__ = ("credit", "done", "jobs", "name", "queues", "sink", "tasks")
+    __slots__ = ("credit", "done", "jobs", "name", "queues", "sink", "tasks", "waiting")
 
     def __init__(
         self,
@@ -89,6 +89,8 @@ class Consumer:
         self.jobs: dict[str, Job] = {}
         # Jobs it reported done (succeeded or failed), for the status page.
         self.done = 0
+        # On the dispatcher's waiting lists (it has credit and nothing it may take).
+        self.waiting = False
 
     def __repr__(self) -> str:
         return f"<Consumer {self.name or id(self)} credit={self.credit} jobs={len(self.jobs)}>"

@@ -150,8 +150,6 @@ class Dispatch(ManagerState):
                 waiting.update(dict.fromkeys(consumers))
         for consumer in waiting:
             self._feed(consumer, now)
-            if consumer.credit <= 0:
-                self._stop_waiting(consumer)
 
     # -- handing out jobs ---------------------------------------------------------
 
@@ -258,16 +256,22 @@ class Dispatch(ManagerState):
                         if waiting is None:
                             waiting = waiting_on[queue] = {}
                         waiting[consumer] = None
+                    consumer.waiting = True
                 else:
                     self._start_waiting(consumer)
                 return
             best_queue.pop()
             self._reserve(best, consumer, now)
+        # Its credit is used up: it may have been waiting from before (jobs a
+        # limit held back), and a waiting consumer is one a new job goes to.
+        if consumer.waiting:
+            self._stop_waiting(consumer)
 
     def _start_waiting(self, consumer: Consumer) -> None:
         """A consumer that announced its tasks waits for each of them on each of its queues."""
         tasks = consumer.tasks
         assert tasks is not None
+        consumer.waiting = True
         for queue in consumer.queues:
             by_task = self._waiting_tasks.get(queue)
             if by_task is None:
@@ -279,6 +283,9 @@ class Dispatch(ManagerState):
                 waiting[consumer] = None
 
     def _stop_waiting(self, consumer: Consumer) -> None:
+        if not consumer.waiting:
+            return
+        consumer.waiting = False
         tasks = consumer.tasks
         for queue in consumer.queues:
             if tasks is None:

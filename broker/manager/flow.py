@@ -59,10 +59,7 @@ class Flow(ManagerState):
         for consumers in (self._waiting_tasks.get(queue) or {}).values():
             waiting.update(consumers)
         for consumer in waiting:
-            if consumer.credit > 0:
-                self._feed(consumer, now)
-            if consumer.credit <= 0:
-                self._stop_waiting(consumer)
+            self._feed(consumer, now)
 
     # -- settings -------------------------------------------------------------------
 
