@@ -156,13 +156,25 @@ class ClientHandlers(PeerHandlers):
         already_done: list[Job] = []
         watch = message.get("watch", False)
         existing: list[Message] | None = None
+        # An entry's id that a unique key answered with another job: later
+        # entries that name it as a parent mean that job.
+        stands_for: dict[str, str] | None = None
         for index in order:
-            job, created = submit(from_wire(entries[index]), now)
+            entry = entries[index]
+            if stands_for is not None and entry.get("depends_on"):
+                parents = [stands_for.get(parent, parent) for parent in entry["depends_on"]]
+                entry = dict(entry, depends_on=parents)
+            job, created = submit(from_wire(entry), now)
             submitted[index] = job
             if not created:  # a known id, or a unique key a job holds
                 if existing is None:
                     existing = []
                 existing.append({"index": index, "id": job.id, "state": job.state.value})
+                asked = entry.get("id")
+                if asked is not None and asked != job.id:
+                    if stands_for is None:
+                        stands_for = {}
+                    stands_for[asked] = job.id
         ids: list[str] = []
         for maybe_job in submitted:
             assert maybe_job is not None

@@ -19,7 +19,7 @@ import time
 from typing import Any, cast
 
 from broker.handlers import ROUTES, ClientHandlers, PeerHandlers, WorkerHandlers, schedule_from_wire
-from broker.manager import QueueFullError
+from broker.manager import QueueFullError, UnknownParentError
 from broker.output import Output
 from broker.state import BrokerState
 from protocol.errors import ErrorCode, ProtocolError
@@ -158,6 +158,8 @@ class Session(asyncio.Protocol):
             route.handler(handlers, message, now)
         except QueueFullError as exc:
             self.reply_error(message.get("rid"), ErrorCode.QUEUE_FULL, str(exc))
+        except UnknownParentError as exc:
+            self.reply_error(message.get("rid"), ErrorCode.NOT_FOUND, f"no job {exc.args[0]!r}")
         except Exception:
             log.exception("bug: handling %s from %s failed", op, self)
             self.reply_error(message.get("rid"), ErrorCode.INTERNAL, f"internal error in {op}")

@@ -187,3 +187,24 @@ async def test_compactions_under_fsync_always_keep_every_acknowledged_job(tmp_pa
         assert sorted(again.manager.jobs) == sorted(acknowledged)
     finally:
         await again.stop()
+
+
+async def test_a_batch_parent_answered_by_a_unique_key_stands_for_that_job() -> None:
+    broker = Broker(BrokerConfig(port=0))
+    broker.adopt_running_loop()
+    client = Peer(broker, "client")
+    first = {"task": "t", "payload": PAYLOAD, "unique_key": "K"}
+    client.send({"op": "SUBMIT", "rid": 1, "jobs": [first]})
+    holder = client.received()[0]["ids"][0]
+    batch = [
+        {"task": "t", "payload": PAYLOAD, "id": "X", "unique_key": "K"},
+        {"task": "t", "payload": PAYLOAD, "depends_on": ["X"]},
+    ]
+    client.send({"op": "SUBMIT", "rid": 2, "jobs": batch})
+    [reply] = client.received()
+    assert reply["op"] == "OK"
+    assert reply["ids"][0] == holder
+    child = broker.manager.get(reply["ids"][1])
+    assert child is not None
+    assert child.depends_on == (holder,)
+    assert child.state.value == "waiting"
