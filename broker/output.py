@@ -68,6 +68,11 @@ class Output:
         self._held_back_bytes = 0
         self._stall_timer: asyncio.TimerHandle | None = None
         self.paused = False
+        # Bytes queued in _frames, and whether they wait for durability past
+        # output_pause_bytes: then the peer's requests are not read either.
+        self._frames_bytes = 0
+        self._held_for_durability = False
+        self.reading_paused = False
         self.closing = False
         self._close_when_flushed = False
         transport.set_write_buffer_limits(high=config.output_pause_bytes)
@@ -79,8 +84,18 @@ class Output:
         if self.transport is None or self.closing:
             return
         self._frames.append(frame)
+        self._frames_bytes += len(frame)
         if durable:
             self._mark = self._gate.appended
+        if (
+            self._awaiting_durability
+            and not self._held_for_durability
+            and self._frames_bytes > self._config.output_pause_bytes
+        ):
+            # Storage is slow or failing and the peer keeps asking: stop
+            # reading it, so what waits here stays bounded.
+            self._held_for_durability = True
+            self._update_reading()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
@@ -142,6 +157,7 @@ class Output:
             return
         frames = self._frames
         self._frames = []
+        self._frames_bytes = 0
         transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
         if self._close_when_flushed:
             transport.close()
@@ -156,6 +172,21 @@ class Output:
     def _on_durable(self) -> None:
         self._awaiting_durability = False
         self.flush()
+        if self._held_for_durability:
+            self._held_for_durability = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read the peer's requests unless it reads too slowly or replies wait for storage."""
+        transport = self.transport
+        want_paused = self.paused or self._held_for_durability
+        if transport is None or want_paused == self.reading_paused:
+            return
+        self.reading_paused = want_paused
+        if want_paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _encode_deliveries(self) -> None:
         budget = self._config.max_frame // DELIVERY_BATCH_SHARE
@@ -189,6 +220,7 @@ class Output:
         """The transport's buffer is full: start the stall clock."""
         if not self.paused:
             self.paused = True
+            self._update_reading()
             self._stall_timer = self._loop.call_later(
                 self._config.output_stall_timeout, self._drop_stalled
             )
@@ -198,6 +230,7 @@ class Output:
         if not self.paused:
             return
         self.paused = False
+        self._update_reading()
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None

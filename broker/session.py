@@ -178,18 +178,11 @@ class Session(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The peer reads slower than we produce: stop reading its requests
         # until it catches up (the output holds its DONE pushes back).
-        if not self.output.paused and not self._closing:
+        if not self._closing:
             self.output.pause()
-            transport = self.output.transport
-            if transport is not None:
-                transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.output.paused:
-            transport = self.output.transport
-            if transport is not None:
-                transport.resume_reading()
-            self.output.resume()
+        self.output.resume()
 
     # -- output ---------------------------------------------------------------------
 
@@ -245,7 +238,7 @@ class Session(asyncio.Protocol):
                 f"no handshake within {self.config.handshake_timeout:g} seconds",
             )
             return
-        if self.output.paused:
+        if self.output.reading_paused:
             self._last_seen = time.monotonic()  # we stopped listening, not the peer
         idle = time.monotonic() - self._last_seen
         if idle >= self.config.idle_timeout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,78 @@ async def test_a_batch_parent_answered_by_a_unique_key_stands_for_that_job() -> 
     assert child is not None
     assert child.depends_on == (holder,)
     assert child.state.value == "waiting"
+
+
+class SlowGate:
+    """Storage whose records become durable only when the test says so."""
+
+    def __init__(self) -> None:
+        self.appended = 0
+        self.failure = None
+        self.durable = 0
+        self.waiters: list[tuple[int, Callable[[], None]]] = []
+
+    def job_submitted(self, job: Any) -> None:
+        self.appended += 1
+
+    def job_changed(self, job: Any) -> None:
+        self.appended += 1
+
+    def job_reserved(self, job: Any) -> None:
+        self.appended += 1
+
+    def job_deleted(self, job_id: str) -> None:
+        self.appended += 1
+
+    def setting_changed(self, key: str, value: Any) -> None:
+        self.appended += 1
+
+    def is_durable(self, mark: int) -> bool:
+        return mark <= self.durable
+
+    def when_durable(self, mark: int, callback: Callable[[], None]) -> None:
+        self.waiters.append((mark, callback))
+
+    def add_failure_listener(self, listener: Any) -> None:
+        pass
+
+    def make_durable(self) -> None:
+        self.durable = self.appended
+        waiters, self.waiters = self.waiters, []
+        for _, callback in waiters:
+            callback()
+
+
+class RecordingTransport(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def test_replies_piling_up_behind_slow_storage_stop_the_peer_being_read() -> None:
+    broker = Broker(BrokerConfig(port=0, output_pause_bytes=2_000))
+    broker.adopt_running_loop()
+    gate = SlowGate()
+    broker.state.gate = gate
+    broker.manager.journal = gate
+    peer = Peer(broker, "client")
+    transport = RecordingTransport()
+    peer.session.output.transport = transport  # type: ignore[assignment]
+    peer.transport = transport
+    peer.send({"op": "SUBMIT", "rid": 1, "jobs": [{"task": "t", "payload": PAYLOAD}]})
+    assert peer.received() == []  # the acknowledgement waits for storage
+    rid = 2
+    while transport.reading:  # a peer that keeps asking meanwhile
+        peer.send({"op": "STATS", "rid": rid})
+        rid += 1
+        assert rid < 1_000, "the peer was never stopped being read"
+    gate.make_durable()
+    replies = peer.received()
+    assert [m["rid"] for m in replies] == list(range(1, rid))
+    assert transport.reading
