@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +69,48 @@ async def test_a_post_answers_once_its_change_is_durable() -> None:
         assert reply.json() == {"purged": 0}
     finally:
         await broker.stop()
+
+
+async def test_a_post_waiting_for_storage_outlives_the_request_timeout() -> None:
+    """The change is made once the request is whole: its answer is never a 408."""
+    timeout = 0.05
+    broker = Broker(BrokerConfig(port=0, http=HttpConfig(port=0, request_timeout=timeout)))
+    await broker.start()
+    try:
+        gate = HeldGate()
+        broker.state.gate = gate
+        port = broker.http_port
+        assert port is not None
+        answer = asyncio.ensure_future(request(port, "POST", "/api/failed/purge", headers=CSRF))
+        await asyncio.wait_for(gate.asked.wait(), WAIT)
+        # Nothing announces that a timeout did not fire: give it many times over.
+        await asyncio.sleep(timeout * 6)
+        gate.release()
+        reply = await asyncio.wait_for(answer, WAIT)
+        assert (reply.status, reply.json()) == (200, {"purged": 0})
+    finally:
+        await broker.stop()
+
+
+async def test_head_of_the_event_stream_opens_no_stream() -> None:
+    loop = asyncio.get_running_loop()
+    escaped: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: escaped.append(context))
+    broker = Broker(BrokerConfig(port=0, http=HttpConfig(port=0)))
+    await broker.start()
+    try:
+        port = broker.http_port
+        assert port is not None
+        reply = await request(port, "HEAD", "/api/events")
+        assert reply.status == 200
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        assert reply.body == b""
+        assert not broker.state.sessions  # and the broker is fine: TCP side untouched
+        assert (await request(port, "GET", "/healthz")).status == 200
+        assert escaped == []  # nothing raised into the event loop
+    finally:
+        await broker.stop()
+        loop.set_exception_handler(None)
 
 
 async def test_journal_metrics(tmp_path: Path) -> None:

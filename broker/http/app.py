@@ -175,7 +175,10 @@ class App:
         if path.startswith("/static/"):
             return self._file(path.removeprefix("/static/"))
         if path == "/api/events":
-            return EVENT_STREAM
+            # HEAD gets the headers a stream would have, and no stream.
+            return (
+                EVENT_STREAM if request.method == "GET" else Response(200, b"", "text/event-stream")
+            )
         if path == "/api/stats":
             stats = state.stats()
             stats["ready"] = api.readiness(state) is None

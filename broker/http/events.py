@@ -33,9 +33,11 @@ class EventHub:
         self.max_streams = max_streams
         self.streams: set[HttpConnection] = set()
         self._timer: asyncio.TimerHandle | None = None
+        # The broker is stopping: no new stream.
+        self.closed = False
 
     def subscribe(self, stream: HttpConnection) -> bool:
-        if len(self.streams) >= self.max_streams:
+        if self.closed or len(self.streams) >= self.max_streams:
             return False
         self.streams.add(stream)
         if self._timer is None:
@@ -65,6 +67,7 @@ class EventHub:
                 self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
 
     def close(self) -> None:
+        self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -104,11 +104,15 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed or self.streaming:
             return  # a stream's client has nothing more to say
+        # A new request's clock starts at its first byte, not at the last answer.
+        starting = self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]
         try:
             self.conn.receive_data(data)
         except h11.RemoteProtocolError:
             self._protocol_error(400, "bad request")
             return
+        if starting and not self._waiting:
+            self._arm_timer()
         if self._waiting and len(self.conn.trailing_data[0]) > self._pipeline_limit:
             # Requests piling up behind one that waits for the journal: bounded too.
             log.info("HTTP client %s: too much pipelined behind a waiting request", self.peer)
@@ -215,6 +219,9 @@ class HttpConnection(asyncio.Protocol):
             mark = gate.appended
             if not gate.is_durable(mark):
                 self._waiting = True
+                # The request is whole: its timeout no longer applies (the change
+                # is made; only its answer waits). _finish re-arms it.
+                self._cancel_timer()
                 gate.when_durable(mark, lambda: self._finish(answer, request.method, True))
                 return
         self._finish(answer, request.method)
@@ -284,8 +291,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _start_stream(self) -> None:
         self._cancel_timer()
-        if not self.app.events.subscribe(self):
-            self._reply_and_close(text(503, "too many event streams"))
+        if self._stopping or not self.app.events.subscribe(self):
+            self._reply_and_close(text(503, "too many event streams, or the broker is stopping"))
             return
         self.streaming = True
         headers = [
@@ -300,7 +307,10 @@ class HttpConnection(asyncio.Protocol):
     def send_event(self, payload: bytes) -> None:
         """One event, already in ``text/event-stream`` form; drops a reader that fell behind."""
         if not self._closed:
-            self._write(self.conn.send(h11.Data(data=payload)))
+            try:
+                self._write(self.conn.send(h11.Data(data=payload)))
+            except h11.LocalProtocolError:
+                self._close()  # this connection's state allows no body: end just it
 
     def end_stream(self) -> None:
         """The broker is stopping: end the stream cleanly and close."""
