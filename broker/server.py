@@ -180,22 +180,27 @@ class Broker:
         self._loop = asyncio.get_running_loop()
         if self.config.journal is not None:
             await self._open_journal(self.config.journal)
-        self._server = await self._loop.create_server(
-            lambda: Session(self.state),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            backlog=1024,
-            ssl=self.config.ssl,
-        )
-        if self.config.http is not None:
-            try:
+        try:
+            self._server = await self._loop.create_server(
+                lambda: Session(self.state),
+                self.config.host,
+                self.config.port,
+                reuse_address=True,
+                backlog=1024,
+                ssl=self.config.ssl,
+            )
+            if self.config.http is not None:
                 await self._http_server().start()
-            except BaseException:
+        except BaseException:
+            # Nothing was served: give back the listener and the data directory.
+            if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
                 self._server = None
-                raise
+            if self.journal is not None:
+                await self.journal.close()
+                self.journal = None
+            raise
         self.arm_timer()
         log.info(
             "security: tls %s, token %s",

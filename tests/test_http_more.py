@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,21 @@ async def test_head_of_the_event_stream_opens_no_stream() -> None:
     finally:
         await broker.stop()
         loop.set_exception_handler(None)
+
+
+async def test_a_failed_http_bind_gives_back_the_data_directory(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        journal = JournalConfig(tmp_path)
+        broker = Broker(BrokerConfig(port=0, journal=journal, http=HttpConfig(port=busy)))
+        with pytest.raises(OSError):
+            await broker.start()
+    # The lock is free again: another broker can use the directory at once.
+    again = Broker(BrokerConfig(port=0, journal=JournalConfig(tmp_path)))
+    await again.start()
+    await again.stop()
 
 
 async def test_journal_metrics(tmp_path: Path) -> None:

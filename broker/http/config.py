@@ -18,8 +18,9 @@ class HttpConfig:
     # The request line and headers together (h11's max_incomplete_event_size).
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
-    # A request must arrive whole within this many seconds of its first byte
-    # (or of the previous response): slow clients are cut off.
+    # A request must arrive whole within this many seconds of its first byte,
+    # and an idle keep-alive connection is closed after as long: slow clients
+    # are cut off. A whole POST waiting for storage is not bound by it.
     request_timeout: float = 10.0
     max_connections: int = 256
     # Live-update streams (/api/events) open at once, and how often they get news.
