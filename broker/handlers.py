@@ -22,6 +22,7 @@ from broker.manager.schedules import NO_ARGUMENTS
 from broker.state import BrokerState
 from broker.wire import done_message, failed_reply, status_reply
 from protocol.errors import ErrorCode
+from protocol.framing import encode_frame
 from protocol.job_spec import DEFAULT_QUEUE, JobSpec
 from protocol.messages import Op, Role
 from protocol.states import JobState
@@ -422,11 +423,12 @@ class WorkerHandlers(PeerHandlers):
             push: Message = {"op": Op.PROGRESSED, "id": job.id, "fraction": fraction}
             if info is not None:
                 push["info"] = info
+            frame = encode_frame(push)  # once for every follower
             for session in list(followers):
                 if session.is_closing:
                     followers.discard(session)
                 else:
-                    session.send(push, durable=False)
+                    session.output.send_frame(frame, durable=False)
 
     # -- the end --
 

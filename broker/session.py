@@ -307,7 +307,3 @@ class Session(asyncio.Protocol):
             },
             durable=False,
         )
-
-    def check_burst_empty(self) -> None:
-        if self.worker is not None:
-            self.worker.check_burst_empty()

@@ -146,13 +146,3 @@ class Dependencies(ManagerState):
                     self._children.setdefault(parent.id, []).append(job)
             else:
                 self._release_child(job, now)
-
-    def waiting_for(self, job: Job) -> list[str]:
-        """The ids of the job's parents that have not finished (for STATUS)."""
-        if job.state is not JobState.WAITING or not job.depends_on:
-            return []
-        return [
-            parent_id
-            for parent_id in job.depends_on
-            if (parent := self.jobs.get(parent_id)) is not None and not parent.state.finished
-        ]

@@ -224,11 +224,7 @@ class JobManager(
         self._release_hold(job)
         self.metrics.of(job.queue).released += 1
         job.attempts -= 1
-        self.queues[job.queue].queued += 1
-        job.state = JobState.QUEUED
-        if self.journal is not None:
-            self.journal.job_changed(job)
-        self._make_ready(job, now, front=True)  # it keeps its place at the front
+        self._requeue(job, now)  # it keeps its place at the front
         if self._opened:
             self._feed_opened(now)
         return True
