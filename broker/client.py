@@ -27,8 +27,8 @@ from protocol.errors import (
     NotFound,
     RemoteError,
 )
-from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
-from protocol.job_spec import DEFAULT_QUEUE, JobSpec
+from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
+from protocol.job_spec import DEFAULT_QUEUE, JobSpec, encode_payload
 from protocol.messages import Op, Role
 from protocol.rates import parse_rate
 from protocol.schedules import check_schedule
@@ -84,12 +84,6 @@ class JobFailed(JobwireError):
 
 class JobCancelled(JobFailed):
     """The job was cancelled before it finished."""
-
-
-def encode_payload(args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> bytes:
-    """A job's arguments as the msgpack bytes the worker decodes: ``[args, kwargs]``."""
-    payload: bytes = packb([list(args), dict(kwargs) if kwargs else {}])
-    return payload
 
 
 def job_spec(

@@ -9,8 +9,11 @@ entry in :data:`WIRE_NAMES` and one ``Field`` in ``protocol.messages.JOB_SPEC``
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+from protocol.framing import packb
 
 DEFAULT_QUEUE: Final = "default"
 
@@ -30,6 +33,12 @@ WIRE_NAMES: Final = {
     "unique_key": "unique_key",
     "unique_for": "unique_for",
 }
+
+
+def encode_payload(args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> bytes:
+    """A job's arguments as the msgpack bytes the worker decodes: ``[args, kwargs]``."""
+    payload: bytes = packb([list(args), dict(kwargs) if kwargs else {}])
+    return payload
 
 
 @dataclass(slots=True)

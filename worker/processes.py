@@ -120,14 +120,14 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         healthy = False
         try:
-            proc.conn.send_bytes(packb([task, payload]))
+            # Sending can block (a payload larger than the pipe's buffer, a child
+            # still starting): both ends of the exchange run in a pool thread.
+            request = packb([task, payload])
             async with asyncio.timeout(timeout):
-                reply = await loop.run_in_executor(self._threads, _receive, proc.conn)
+                reply = await loop.run_in_executor(self._threads, _exchange, proc.conn, request)
             if reply is None:
-                raise ProcessCrashed(self._death_note(proc))
+                raise ProcessCrashed(await self._death_note(proc))
             healthy = True
-        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
-            raise ProcessCrashed(self._death_note(proc)) from exc
         finally:
             if healthy:
                 self._idle.put_nowait(proc)
@@ -139,8 +139,9 @@ class ProcessPool:
             return result
         raise ProcessTaskError(reply[1], reply[2] if kind == "retry" else None)
 
-    def _death_note(self, proc: _Process) -> str:
-        proc.process.join(JOIN_TIMEOUT)
+    async def _death_note(self, proc: _Process) -> str:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._threads, proc.process.join, JOIN_TIMEOUT)
         code = proc.process.exitcode
         if code is not None and code < 0:
             try:
@@ -197,9 +198,10 @@ class ProcessPool:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
 
-def _receive(conn: Connection) -> list[Any] | None:
-    """One reply from a child, or None if it went away."""
+def _exchange(conn: Connection, request: bytes) -> list[Any] | None:
+    """Send a child one job and return its reply, or None if it went away."""
     try:
+        conn.send_bytes(request)
         data = conn.recv_bytes()
     except (EOFError, OSError):
         return None

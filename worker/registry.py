@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from broker.handles import TaskRef
-from protocol.framing import packb
+from protocol.job_spec import encode_payload
 from protocol.schedules import check_schedule
 
 P = ParamSpec("P")
@@ -86,7 +86,7 @@ class TaskRegistry:
                 "cron": cron,
                 "every": every,
                 "timezone": timezone,
-                "payload": packb([list(args), dict(kwargs or {})]),
+                "payload": encode_payload(args, kwargs),
                 "queue": queue or "default",
             }
         definition = TaskDef(

@@ -646,13 +646,25 @@ class Worker:
                 f"no task {delivery['task']!r} on this worker "
                 f"(it has: {', '.join(self.registry.names()) or 'none'})"
             )
+        timeout = delivery.get("timeout") or definition.timeout
+        if self._pool is not None and self._runs_in_process(definition):
+            # Only the bytes cross to the process, which decodes them itself.
+            try:
+                return _Encoded(await self._pool.run(definition.name, delivery["payload"], timeout))
+            except TimeoutError:
+                raise JobTimeout(
+                    f"the task ran longer than its timeout of {timeout:g}s; its process was killed"
+                ) from None
+            except ProcessTaskError as exc:
+                if exc.retry_in is not None:
+                    raise Retry(exc.retry_in, exc.info.get("message", "")) from exc
+                raise
         try:
             args, kwargs = msgpack.unpackb(delivery["payload"], raw=False, strict_map_key=False)
             args = list(args)
             kwargs = dict(kwargs)
         except Exception as exc:
             raise BadPayload(f"cannot decode the job's arguments: {exc}") from None
-        timeout = delivery.get("timeout") or definition.timeout
         _current_job.set(
             JobInfo(
                 delivery["id"],
@@ -667,17 +679,6 @@ class Worker:
         held = self._slots.get(delivery["id"])
         if held is not None:
             _current_held.set((self, held))
-        if self._pool is not None and self._runs_in_process(definition):
-            try:
-                return _Encoded(await self._pool.run(definition.name, delivery["payload"], timeout))
-            except TimeoutError:
-                raise JobTimeout(
-                    f"the task ran longer than its timeout of {timeout:g}s; its process was killed"
-                ) from None
-            except ProcessTaskError as exc:
-                if exc.retry_in is not None:
-                    raise Retry(exc.retry_in, exc.info.get("message", "")) from exc
-                raise
         if definition.is_async:
             call = definition.func(*args, **kwargs)
         else:
