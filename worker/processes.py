@@ -174,16 +174,19 @@ class ProcessPool:
         except Exception:
             log.exception("cannot start a task process to replace one that ended")
             return
-        if self._closed:
+        if self._closed:  # closed meanwhile: this one is ours to stop
+            self._all.discard(fresh)
             fresh.process.kill()
+            fresh.conn.close()
+            await loop.run_in_executor(self._threads, fresh.process.join, JOIN_TIMEOUT)
             return
         self._idle.put_nowait(fresh)
 
     async def close(self) -> None:
         """Stop every process (killed: a running task's job has been settled already)."""
         self._closed = True
-        for task in list(self._replacing):
-            task.cancel()
+        # Not cancelled: a cancelled wait would leave a spawn running in its thread,
+        # whose process nobody would stop. Each sees _closed and stops its own.
         await asyncio.gather(*self._replacing, return_exceptions=True)
         procs = list(self._all)
         self._all.clear()
