@@ -227,11 +227,13 @@ class Job(Generic[ResultT]):
 
         ``async for p in job.progress(): print(p.fraction, p.info)``. Reports
         are rate-limited at the worker, so some may be skipped (never the
-        latest one before a pause). Raises :class:`ConnectionLost` if the
+        latest one before a pause); a consumer slower than the reports sees
+        the latest one when it asks again. Raises :class:`ConnectionLost` if the
         connection drops, :class:`NotFound` for an unknown job.
         """
         client = self._client
-        reports: asyncio.Queue[Progress] = asyncio.Queue()
+        # At most one report waits: a slow consumer sees the latest, as the worker sends.
+        reports: asyncio.Queue[Progress] = asyncio.Queue(maxsize=1)
         followers = client._followers.setdefault(self.id, [])
         followers.append(reports)
         try:
@@ -438,6 +440,8 @@ class Client:
             if followers:
                 report = _progress(message["fraction"], message.get("info"))
                 for reports in followers:
+                    if reports.full():
+                        reports.get_nowait()  # the newer report replaces it
                     reports.put_nowait(report)
 
     # -- submitting ---------------------------------------------------------------
