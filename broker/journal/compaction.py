@@ -129,7 +129,10 @@ async def compact(
     the older generations deleted. Raises :class:`OSError` as :func:`write_snapshot`."""
     started = time.perf_counter()
     snapshot = await write_snapshot(ops, directory, generation, jobs_view, settings_view)
-    delete_older_generations(ops, directory, generation)
+    # Old journals are large (compaction begins past --compact-min-bytes):
+    # unlinking them is file-system work, kept off the loop.
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, delete_older_generations, ops, directory, generation)
     log.info(
         "compacted: snapshot-%d holds %d jobs (%d bytes), written in %.0f ms",
         generation,
@@ -174,5 +177,6 @@ async def rebase(
         with contextlib.suppress(OSError):
             ops.unlink(path)
         raise
-    delete_older_generations(ops, directory, generation)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, delete_older_generations, ops, directory, generation)
     return fd, snapshot

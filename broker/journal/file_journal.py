@@ -297,10 +297,8 @@ class Journal:
             return
         data = self._buffer
         self._buffer = bytearray()
-        view = memoryview(data)
         try:
-            while view:
-                view = view[self._ops.write(self._fd, view) :]
+            self._ops.write_all(self._fd, memoryview(data))
         except OSError as error:
             # Whatever part was written is a torn tail recovery drops; the file
             # is not written again, and the rebase covers these records.
