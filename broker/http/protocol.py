@@ -31,6 +31,10 @@ from broker.http.config import HttpConfig
 if TYPE_CHECKING:
     from broker.http.app import App
 
+# A stream whose reader is this many snapshots behind (about 30 s at the
+# default interval, as --output-stall-timeout on the TCP side) is dropped.
+EVENTS_SKIPPED_BEFORE_DROP = 30
+
 log = logging.getLogger("broker.http")
 
 SERVER_HEADER = (b"server", b"jobwire")
@@ -88,6 +92,10 @@ class HttpConnection(asyncio.Protocol):
         self._pipeline_limit = self.config.max_header_bytes + self.config.max_body_bytes
         # The broker is stopping: close after the response in progress.
         self._stopping = False
+        # The client reads slower than we write (the transport said so), and the
+        # stream's snapshots skipped since.
+        self._write_paused = False
+        self._events_skipped = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -129,11 +137,15 @@ class HttpConnection(asyncio.Protocol):
         return self._waiting
 
     def pause_writing(self) -> None:
-        # The client does not read its answers: read no more of its requests.
+        # The client does not read its answers: read no more of its requests,
+        # and send a stream no more snapshots (each is whole: skipping loses nothing).
+        self._write_paused = True
         if self.transport is not None and not self._closed:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
+        self._events_skipped = 0
         if self.transport is not None and not self._closed:
             self.transport.resume_reading()
 
@@ -306,11 +318,18 @@ class HttpConnection(asyncio.Protocol):
 
     def send_event(self, payload: bytes) -> None:
         """One event, already in ``text/event-stream`` form; drops a reader that fell behind."""
-        if not self._closed:
-            try:
-                self._write(self.conn.send(h11.Data(data=payload)))
-            except h11.LocalProtocolError:
-                self._close()  # this connection's state allows no body: end just it
+        if self._closed:
+            return
+        if self._write_paused:
+            self._events_skipped += 1
+            if self._events_skipped >= EVENTS_SKIPPED_BEFORE_DROP:
+                log.info("HTTP client %s: its event stream is not read; dropped", self.peer)
+                self.abort()  # closing would wait for it to read
+            return
+        try:
+            self._write(self.conn.send(h11.Data(data=payload)))
+        except h11.LocalProtocolError:
+            self._close()  # this connection's state allows no body: end just it
 
     def end_stream(self) -> None:
         """The broker is stopping: end the stream cleanly and close."""
