@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
@@ -41,6 +42,8 @@ log = logging.getLogger("broker.http")
 
 COOKIE = "jobwire_session"
 CSRF_HEADER = "x-jobwire-csrf"
+# How long a login cookie is good for, in seconds.
+SESSION_MAX_AGE = 12 * 3600
 JSON_TYPE = "application/json"
 STATIC_TYPES = {
     "html": "text/html; charset=utf-8",
@@ -90,11 +93,9 @@ class App:
         self.connections: set[HttpConnection] = set()
         self.events = EventHub(state, config.event_interval, config.max_event_streams)
         self.registry = make_registry(BrokerCollector(state, fsync_histogram))
-        self._session_value = (
-            None
-            if self.token is None
-            else hmac.new(self.token.encode(), b"jobwire http session", hashlib.sha256).hexdigest()
-        )
+        # Login cookies are signed with a key of this process: a restart, or
+        # SESSION_MAX_AGE, ends them; a copied cookie is not good forever.
+        self._session_key = secrets.token_bytes(32)
         self._static: dict[str, bytes] = {}
         self._on_last_connection_gone: Callable[[], None] | None = None
 
@@ -116,8 +117,22 @@ class App:
 
     # -- who may --
 
+    def _session_cookie(self, issued: int) -> str:
+        assert self.token is not None
+        message = f"{issued}:{self.token}".encode()
+        return f"{issued}.{hmac.new(self._session_key, message, hashlib.sha256).hexdigest()}"
+
+    def _session_valid(self, value: str) -> bool:
+        issued_text, _, _ = value.partition(".")
+        if not issued_text.isdigit():
+            return False
+        issued = int(issued_text)
+        if not 0 <= time.time() - issued <= SESSION_MAX_AGE:
+            return False
+        return hmac.compare_digest(value.encode(), self._session_cookie(issued).encode())
+
     def authorized(self, request: Request) -> bool:
-        if self.token is None or self._session_value is None:
+        if self.token is None:
             return True
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
@@ -132,9 +147,7 @@ class App:
             except CookieError:
                 return False
             morsel = jar.get(COOKIE)
-            if morsel is not None and hmac.compare_digest(
-                morsel.value.encode(), self._session_value.encode()
-            ):
+            if morsel is not None and self._session_valid(morsel.value):
                 return True
         return False
 
@@ -239,7 +252,7 @@ class App:
         return json_response(200, value)
 
     def _login(self, request: Request) -> Response:
-        if self.token is None or self._session_value is None:
+        if self.token is None:
             return json_response(200, {"ok": True, "token": "not required"})
         content_type = request.headers.get("content-type", "")
         given = ""
@@ -254,7 +267,8 @@ class App:
         if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             log.warning("HTTP login from %s with a wrong token", request.peer)
             return error(403, "wrong token")
-        cookie = f"{COOKIE}={self._session_value}; Path=/; HttpOnly; SameSite=Strict"
+        value = self._session_cookie(int(time.time()))
+        cookie = f"{COOKIE}={value}; Path=/; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Strict"
         if request.secure:
             cookie += "; Secure"
         return json_response(200, {"ok": True}, [("set-cookie", cookie)])
