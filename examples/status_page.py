@@ -4,8 +4,9 @@ Starts a broker (its HTTP side on a free loopback port) and two workers,
 keeps a few queues busy (fast jobs, slow ones, some that fail for good) and
 prints the status page's URL. With ``--screenshot PATH`` it photographs the
 page in headless Chromium (Playwright, the system's ``chromium``) after
-``--seconds`` of traffic and stops; ``docs/status-page.png`` is made this
-way. Stops every process it started, also when interrupted.
+12 seconds of traffic (enough to fill the sparklines) and stops;
+``docs/status-page.png`` is made this way. Stops every process it started,
+also when interrupted.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Playwright cannot download its own browser here, so the tests use the
 system's (``make test`` installs it with apt-get where it may). Where either
-is missing, :func:`browser_or_skip` skips with the reason.
+is missing, :func:`chromium_or_skip` skips with the reason.
 """
 
 from __future__ import annotations

@@ -145,9 +145,6 @@ class Slots(Generic[J]):
         self.executing += 1
         return job
 
-    def is_waiting(self, job: J) -> bool:
-        return any(waiting is job for _, waiting in self._waiting)
-
     def drop(self, job_id: str, job: J, reason: StopReason) -> bool:
         """A job waiting for a slot is stopped before it started: no longer held.
 

@@ -80,33 +80,25 @@ class Retention(ManagerState):
             _, _, job = heapq.heappop(self._results_own_ttl)
         self._forget_finished(job)
 
-    def _forget_finished(self, job: Job) -> None:
+    def _forget_finished(self, job: Job, record: bool = True) -> None:
+        """Forget a finished job's outcome; ``record=False`` for a TTL run out (recovery
+        drops those by their time, so the journal needs no record of it)."""
         if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
             del self.jobs[job.id]
             self.counters["expired"] += 1
             if self._unique:
                 self._release_unique(job)
-            if self.journal is not None:
+            if record and self.journal is not None:
                 self.journal.job_deleted(job.id)
 
     def _expire_results(self, now: float) -> None:
         """Forget the succeeded and cancelled jobs whose ``result_ttl`` has passed."""
         results = self._results
         while results and results[0][0] <= now:
-            _, job = results.popleft()
-            if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
-                del self.jobs[job.id]
-                self.counters["expired"] += 1
-                if self._unique:
-                    self._release_unique(job)
+            self._forget_finished(results.popleft()[1], record=False)
         own = self._results_own_ttl
         while own and own[0][0] <= now:
-            _, _, job = heapq.heappop(own)
-            if self.jobs.get(job.id) is job and job.state is not JobState.FAILED:
-                del self.jobs[job.id]
-                self.counters["expired"] += 1
-                if self._unique:
-                    self._release_unique(job)
+            self._forget_finished(heapq.heappop(own)[2], record=False)
 
     def _forget_queue_if_idle(self, queue: str) -> None:
         """Past MAX_QUEUES_KEPT queues, an idle one is forgotten (it comes back on use)."""
