@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     INTERNAL = "INTERNAL"
     STORAGE_FAILED = "STORAGE_FAILED"
+    # A standby broker of a cluster shard: the ERR names the leader, if known.
+    NOT_LEADER = "NOT_LEADER"
 
 
 class JobwireError(Exception):
@@ -85,6 +87,17 @@ class StorageFailed(RemoteError):
     """
 
 
+class NotLeader(RemoteError):
+    """The broker is a standby of its shard; ``leader`` is the leader's ``host:port``, if known.
+
+    A peer given several addresses tries the next one (the leader first).
+    """
+
+    def __init__(self, code: str, message: str, leader: str | None = None) -> None:
+        super().__init__(code, message)
+        self.leader = leader
+
+
 class ConnectionLost(JobwireError, ConnectionError):
     """The connection closed while a call waited on it; the call's outcome is unknown."""
 
@@ -102,11 +115,15 @@ class BrokerUnavailable(JobwireError, ConnectionError):
 
 # Refusals at the handshake that say "not now" rather than "not you": a
 # peer retries them like a broker it cannot reach.
-RETRYABLE_REFUSALS = frozenset({ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN})
+RETRYABLE_REFUSALS = frozenset(
+    {ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN, ErrorCode.NOT_LEADER}
+)
 
 
-def remote_error(code: str, message: str) -> RemoteError:
+def remote_error(code: str, message: str, leader: str | None = None) -> RemoteError:
     """The most specific :class:`RemoteError` subclass for an error reply's code."""
+    if code == ErrorCode.NOT_LEADER:
+        return NotLeader(code, message, leader)
     if code == ErrorCode.NOT_FOUND:
         return NotFound(code, message)
     if code == ErrorCode.QUEUE_FULL:

@@ -251,6 +251,8 @@ PUSHES: Final[dict[str, dict[str, Field]]] = {
         Field("rid", Kind.UINT),
         Field("code", Kind.NAME, required=True),
         Field("message", Kind.TEXT, required=True),
+        # With NOT_LEADER: the shard leader's host:port, when the standby knows it.
+        Field("leader", Kind.TEXT),
     ),
     Op.JOBS: _fields(Field("jobs", Kind.DELIVERIES, required=True)),
     Op.DONE: _fields(

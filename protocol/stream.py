@@ -110,7 +110,9 @@ class Connection(asyncio.Protocol):
                 if op == Op.ERR:
                     # Tied to no request: about a notification we sent, or the
                     # broker's last word before it closes.
-                    self.last_error = remote_error(message["code"], message["message"])
+                    self.last_error = remote_error(
+                        message["code"], message["message"], message.get("leader")
+                    )
                     log.warning("broker error: %s", self.last_error)
                 return
             future, on_reply = pending
@@ -197,7 +199,7 @@ class Connection(asyncio.Protocol):
             await self.drain()
         reply = await self.request(message, on_reply)
         if reply["op"] == Op.ERR:
-            raise remote_error(reply["code"], reply["message"])
+            raise remote_error(reply["code"], reply["message"], reply.get("leader"))
         return reply
 
     def start_keepalive(self, idle_timeout: float) -> None:

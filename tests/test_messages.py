@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from protocol import messages as messages_module
 from protocol.errors import (
+    RETRYABLE_REFUSALS,
     ConnectionLost,
     ErrorCode,
     JobwireError,
     NotFound,
+    NotLeader,
     ProtocolError,
     QueueFull,
     RemoteError,
@@ -815,6 +817,7 @@ def test_protocol_error_carries_code_and_message() -> None:
         ("NOT_FOUND", NotFound),
         (ErrorCode.QUEUE_FULL, QueueFull),
         ("QUEUE_FULL", QueueFull),
+        ("NOT_LEADER", NotLeader),
         ("BAD_REQUEST", RemoteError),
         ("INTERNAL", RemoteError),
         ("not_found", RemoteError),
@@ -840,6 +843,16 @@ def test_exception_hierarchy() -> None:
     assert issubclass(ConnectionLost, ConnectionError)
     with pytest.raises(RemoteError):
         raise remote_error("NOT_FOUND", "x")
+
+
+def test_not_leader_carries_the_leaders_address() -> None:
+    push = {"op": "ERR", "code": "NOT_LEADER", "message": "standby", "leader": "10.0.0.2:7878"}
+    assert validate_push(push) == "ERR"
+    exc = remote_error(push["code"], push["message"], push.get("leader"))
+    assert isinstance(exc, NotLeader)
+    assert exc.leader == "10.0.0.2:7878"
+    assert remote_error("NOT_LEADER", "standby").leader is None  # type: ignore[attr-defined]
+    assert ErrorCode.NOT_LEADER in RETRYABLE_REFUSALS
 
 
 # --- properties ---------------------------------------------------------------------
