@@ -49,8 +49,13 @@ class Output:
         config: BrokerConfig,
         gate: DurabilityGate,
         describe_peer: Callable[[], str],
+        flush_later: Callable[[Output], None] | None = None,
     ) -> None:
+        """``flush_later(output)``: have ``output.flush()`` called by the end of
+        this loop turn (the broker flushes every output at the end of each
+        read); by default a ``call_soon`` of its own."""
         self.transport: asyncio.Transport | None = transport
+        self._flush_later = flush_later or _call_soon_flush
         self._loop = loop
         self._config = config
         self._gate = gate
@@ -98,7 +103,7 @@ class Output:
             self._update_reading()
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            self._flush_later(self)
 
     def send(self, message: dict[str, Any], durable: bool = True) -> None:
         self.send_frame(encode_frame(message), durable)
@@ -109,7 +114,7 @@ class Output:
         self._delivery_owner = owner
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            self._flush_later(self)
 
     def push_outcome(self, frame: bytes) -> None:
         """Send a watched job's DONE now, or once a slow peer has caught up.
@@ -280,3 +285,7 @@ class Output:
             self._stall_timer = None
         self._held_back.clear()
         self._held_back_bytes = 0
+
+
+def _call_soon_flush(output: Output) -> None:
+    output._loop.call_soon(output.flush)

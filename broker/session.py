@@ -80,7 +80,14 @@ class Session(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.output = Output(transport, self.loop, self.config, self.state.gate, self.__repr__)
+        self.output = Output(
+            transport,
+            self.loop,
+            self.config,
+            self.state.gate,
+            self.__repr__,
+            self.state.flush_later,
+        )
         state = self.state
         state.register(self)
         if len(state.sessions) > self.config.max_connections:
@@ -118,7 +125,9 @@ class Session(asyncio.Protocol):
             self.handle(message, now)
             if self._closing:
                 break
-        self.state.arm_timer()
+        state = self.state
+        state.arm_timer()
+        state.flush_outputs()
 
     def handle(self, message: Any, now: float) -> None:
         """Run one decoded message; reply with an error rather than raise."""

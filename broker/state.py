@@ -10,6 +10,7 @@ it, owns everything in it, and is the only one that changes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from protocol.framing import encode_frame
 
 if TYPE_CHECKING:
     from broker.handlers import WorkerHandlers
+    from broker.output import Output
     from broker.session import Session
 
 
@@ -49,6 +51,25 @@ class BrokerState:
         # Clients following a running job's progress (FOLLOW), by job id;
         # dropped when the job finishes, closed sessions skipped until then.
         self.followers: dict[str, set[Session]] = {}
+        # Outputs with frames queued in this loop turn: written together at
+        # the end of the read that queued them (or by a call_soon, whichever
+        # comes first), so an idle broker answers without waiting a turn.
+        self._unflushed: list[Output] = []
+
+    # -- output --
+
+    def flush_later(self, output: Output) -> None:
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self.flush_outputs)
+        self._unflushed.append(output)
+
+    def flush_outputs(self) -> None:
+        """Write what every output queued (in the order they queued it)."""
+        unflushed = self._unflushed
+        if unflushed:
+            self._unflushed = []
+            for output in unflushed:
+                output.flush()
 
     # -- sessions --
 

@@ -21,7 +21,7 @@ import os
 import ssl as ssl_module
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -185,6 +185,7 @@ class _HeldJob:
         "progress_pending",
         "progress_sent",
         "progress_timer",
+        "running",
         "started",
         "stop_reason",
         "task",
@@ -194,7 +195,10 @@ class _HeldJob:
         self.delivery = delivery
         self.lease: float = delivery["lease"]
         self.started = time.perf_counter()
-        self.task: asyncio.Task[None] | None = None
+        # The asyncio task it goes on in, once its first step waited.
+        self.task: asyncio.Task[Message | None] | None = None
+        # True during its first step, which runs outside any task.
+        self.running = False
         # Set before the task is cancelled.
         self.stop_reason: StopReason | None = None
         # How it ended, for the log: set by whoever ends it.
@@ -279,8 +283,6 @@ class Worker:
         self._heartbeat_interval = 0.0
         self._idle_timeout = 300.0
         self._log_jobs = False
-        # A READY is scheduled for the end of this loop turn.
-        self._ready_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- control ---------------------------------------------------------------
@@ -425,6 +427,7 @@ class Worker:
 
     async def _serve(self, connection: Connection) -> None:
         self._connection = connection
+        connection.before_flush = self._send_ready
         self._log_jobs = log.isEnabledFor(logging.INFO)
         log.info(
             "connected to %s: queues %s, concurrency %d, tasks %s",
@@ -541,15 +544,51 @@ class Worker:
     # -- running one job ---------------------------------------------------------
 
     def _launch(self, held: _HeldJob, connection: Connection) -> None:
-        """Start a job's task; its slot is taken already."""
-        held.started = time.perf_counter()
-        task = held.task = asyncio.create_task(self._run_job(held, connection))
-        # A callback, not a finally: it runs even if the task is cancelled
-        # before it starts (say, a REVOKE in the same read as the JOBS).
-        task.add_done_callback(lambda _: self._job_done(held, connection))
+        """Start a job; its slot is taken already.
 
-    async def _run_job(self, held: _HeldJob, connection: Connection) -> None:
-        """Run the task and report; the bookkeeping after it is :meth:`_job_done`'s."""
+        Its first step runs here, at once, in a context of its own: a task
+        that finishes without waiting (most short async tasks) costs no
+        asyncio task, and its report leaves in this turn's write. One that
+        waits goes on in a task, from where it stopped.
+        """
+        held.started = time.perf_counter()
+        context = contextvars.copy_context()
+        run = self._run_job(held)
+        step: Coroutine[Any, Any, Message | None] = run
+        if asyncio.current_task() is None:  # else the first step would run in that task
+            held.running = True
+            try:
+                awaiting = context.run(run.send, None)
+            except StopIteration as finished:
+                held.running = False
+                self._job_done(held, connection, finished.value)
+                return
+            except asyncio.CancelledError:  # raised by the task itself: as if cancelled
+                held.running = False
+                self._job_done(held, connection, None)
+                return
+            held.running = False
+            step = _resume(run, awaiting)
+        task = held.task = asyncio.get_running_loop().create_task(step, context=context)
+        # A callback, not a finally: it runs even if the task is cancelled
+        # before it goes on (say, a REVOKE in the same read as the JOBS).
+        task.add_done_callback(functools.partial(self._task_done, held, connection))
+
+    def _task_done(
+        self, held: _HeldJob, connection: Connection, task: asyncio.Task[Message | None]
+    ) -> None:
+        report = None
+        if not task.cancelled():
+            error = task.exception()
+            if error is None:
+                report = task.result()
+            else:  # _run_job reports every Exception: this is a bug, or an exit
+                log.error("bug: job %s ended with", held.delivery["id"], exc_info=error)
+        self._job_done(held, connection, report)
+
+    async def _run_job(self, held: _HeldJob) -> Message | None:
+        """Run the task; return its report (None: nothing to say). :meth:`_job_done`
+        sends it and settles the slot."""
         delivery = held.delivery
         job_id: str = delivery["id"]
         attempt: int = delivery["attempt"]
@@ -574,7 +613,7 @@ class Worker:
         except asyncio.CancelledError:
             if held.stop_reason is None:
                 raise  # not ours: the worker itself is being torn down
-            return  # _job_done settles it by the reason
+            return None  # _job_done settles it by the reason
         except Retry as exc:
             held.outcome = f"retry in {exc.delay:g}s"
             report = {
@@ -587,11 +626,12 @@ class Worker:
         except Exception as exc:
             held.outcome = f"failed: {type(exc).__name__}: {exc}"
             report = {"op": Op.FAIL, "id": job_id, "attempt": attempt, "error": error_info(exc)}
-        if connection.is_open:
-            connection.send(report)
+        return report
 
-    def _job_done(self, held: _HeldJob, connection: Connection) -> None:
-        """A job's task ended, however (even cancelled before it began): settle its slot."""
+    def _job_done(self, held: _HeldJob, connection: Connection, report: Message | None) -> None:
+        """A job ended, however (even cancelled before it began): report, settle its slot."""
+        if report is not None and connection.is_open:
+            connection.send(report)
         delivery = held.delivery
         job_id: str = delivery["id"]
         reason = held.stop_reason
@@ -625,13 +665,14 @@ class Worker:
         self._schedule_ready()
 
     def _schedule_ready(self) -> None:
-        """Credit the freed slots back: those freed in one loop turn go as one READY."""
-        if self._slots.credit_owed and not self._ready_scheduled:
-            self._ready_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_ready)
+        """Credit the freed slots back: those freed in one loop turn go as one
+        READY, in the same write as the reports that freed them."""
+        connection = self._connection
+        if self._slots.credit_owed and connection is not None:
+            connection.flush_soon()
 
     def _send_ready(self) -> None:
-        self._ready_scheduled = False
+        """Before each write: the READY for the slots freed since the last one."""
         connection = self._connection
         if connection is None or not connection.is_open:
             return  # the next connection announces its credit afresh
@@ -647,7 +688,11 @@ class Worker:
                 f"(it has: {', '.join(self.registry.names()) or 'none'})"
             )
         timeout = delivery.get("timeout") or definition.timeout
-        if self._pool is not None and self._runs_in_process(definition):
+        in_process = self._pool is not None and self._runs_in_process(definition)
+        if (timeout is not None or in_process) and asyncio.current_task() is None:
+            await asyncio.sleep(0)  # asyncio.timeout needs a task: go on in one (see _launch)
+        if in_process:
+            assert self._pool is not None
             # Only the bytes cross to the process, which decodes them itself.
             try:
                 return _Encoded(await self._pool.run(definition.name, delivery["payload"], timeout))
@@ -699,7 +744,7 @@ class Worker:
 
     def _progress(self, held: _HeldJob, fraction: float, info: bytes | None) -> None:
         """A report from the job's task: send it now, or when its interval has passed."""
-        if held.task is None or held.task.done():
+        if not held.running and (held.task is None or held.task.done()):
             return  # it ended meanwhile (a report from a thread can arrive late)
         held.progress_pending = (fraction, info)
         if held.progress_timer is not None:
@@ -749,6 +794,43 @@ class Worker:
                 pass
             if connection.is_open:
                 connection.send({"op": Op.HEARTBEAT, "ids": self._slots.held_ids()})
+
+
+async def _resume(run: Coroutine[Any, Any, Message | None], awaiting: Any) -> Message | None:
+    """Go on with a coroutine whose first step ran outside a task; it waits on ``awaiting``."""
+    return await _Resumed(run, awaiting)
+
+
+class _Resumed:
+    """Drive a started coroutine from inside a task: what it yields goes to the
+    task (the future it waits on), what the task sends or throws (the result,
+    a cancellation) goes to it."""
+
+    __slots__ = ("_awaiting", "_run")
+
+    def __init__(self, run: Coroutine[Any, Any, Message | None], awaiting: Any) -> None:
+        self._run = run
+        self._awaiting = awaiting
+
+    def __await__(self) -> Generator[Any, Any, Message | None]:
+        run, awaiting = self._run, self._awaiting
+        self._awaiting = None
+        while True:
+            try:
+                sent = yield awaiting
+            except GeneratorExit:
+                run.close()
+                raise
+            except BaseException as exc:  # every throw goes on to the coroutine
+                try:
+                    awaiting = run.throw(exc)
+                except StopIteration as finished:
+                    return finished.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    awaiting = run.send(sent)
+                except StopIteration as finished:
+                    return finished.value  # type: ignore[no-any-return]
 
 
 class WorkerRefused(JobwireError):

@@ -1,0 +1,227 @@
+"""The peers' hot path against a scripted broker: what a worker writes, and when.
+
+The scripted broker is an asyncio server on 127.0.0.1 that speaks the
+handshake and then lets the test send raw frames and read every chunk the
+peer wrote, as it arrived (one ``read`` per chunk), so a test can tell one
+write from two. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgpack
+import pytest
+
+from protocol.errors import ConnectionLost, ProtocolError
+from protocol.framing import FrameDecoder, encode_frame
+from protocol.messages import PROTOCOL_VERSION, Op
+from protocol.stream import open_connection
+from worker import TaskRegistry, Worker, current_job
+
+WAIT = 20.0
+
+
+class ScriptedBroker:
+    """One connection at a time; ``chunks`` holds each read's decoded frames."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.chunks: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        decoder = FrameDecoder()
+        writer.write(
+            encode_frame(
+                {
+                    "op": Op.WELCOME,
+                    "version": PROTOCOL_VERSION,
+                    "server": "scripted",
+                    "nonce": b"0" * 16,
+                    "auth": False,
+                }
+            )
+        )
+        hello = decoder.feed(await reader.read(65536))
+        assert hello[0]["op"] == Op.HELLO
+        writer.write(encode_frame({"op": Op.OK, "rid": hello[0]["rid"], "idle_timeout": 60.0}))
+        self.connected.set()
+        while data := await reader.read(65536):
+            self.chunks.put_nowait(decoder.feed(data))
+        self.disconnected.set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.writer is not None
+        self.writer.write(encode_frame(message))
+
+    async def next_chunk(self) -> list[dict[str, Any]]:
+        async with asyncio.timeout(WAIT):
+            return await self.chunks.get()
+
+    async def frames_until(self, op: str) -> list[dict[str, Any]]:
+        """Every frame read up to and including the first ``op``."""
+        frames: list[dict[str, Any]] = []
+        while not any(frame["op"] == op for frame in frames):
+            frames.extend(await self.next_chunk())
+        return frames
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedBroker]:
+    broker = ScriptedBroker()
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+def delivery(job_id: str, task: str, *args: Any) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "task": task,
+        "queue": "default",
+        "payload": msgpack.packb([list(args), {}]),
+        "attempt": 1,
+        "max_attempts": 3,
+        "lease": 30.0,
+    }
+
+
+@pytest.fixture
+async def worker_on(scripted: ScriptedBroker) -> AsyncIterator[tuple[Worker, list[str]]]:
+    registry = TaskRegistry()
+    seen: list[str] = []
+    release = asyncio.Event()
+
+    async def at_once(value: int) -> int:
+        seen.append(current_job().id)
+        return value + 1
+
+    async def waits(value: int) -> int:
+        seen.append(current_job().id)
+        await release.wait()
+        seen.append(current_job().id)  # its own job still, after the wait
+        return value * 2
+
+    registry.register(at_once, name="at_once")
+    registry.register(waits, name="waits")
+
+    worker = Worker(scripted.address, registry=registry, concurrency=2)
+    worker.context["release"] = release
+    running = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            await scripted.connected.wait()
+        first = await scripted.next_chunk()
+        assert first == [{"op": Op.READY, "n": 2}]
+        yield worker, seen
+    finally:
+        worker.stop()
+        try:
+            async with asyncio.timeout(WAIT):
+                await running
+        except ConnectionLost:
+            pass
+
+
+async def test_a_job_that_finishes_at_once_is_acked_with_its_ready_in_one_write(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    scripted.send({"op": Op.JOBS, "jobs": [delivery("j1", "at_once", 41)]})
+    chunk = await scripted.next_chunk()
+    assert [frame["op"] for frame in chunk] == [Op.ACK, Op.READY]
+    assert msgpack.unpackb(chunk[0]["result"]) == 42
+    assert chunk[1]["n"] == 1
+
+
+async def test_jobs_finishing_in_one_turn_share_one_ready(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    scripted.send(
+        {"op": Op.JOBS, "jobs": [delivery("j1", "at_once", 1), delivery("j2", "at_once", 2)]}
+    )
+    chunk = await scripted.next_chunk()
+    assert [frame["op"] for frame in chunk] == [Op.ACK, Op.ACK, Op.READY]
+    assert chunk[2]["n"] == 2
+
+
+async def test_a_job_that_waits_goes_on_in_a_task_with_its_own_context(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    worker, seen = worker_on
+    scripted.send(
+        {"op": Op.JOBS, "jobs": [delivery("slow", "waits", 5), delivery("fast", "at_once", 1)]}
+    )
+    frames = await scripted.frames_until(Op.ACK)
+    assert [frame["id"] for frame in frames if frame["op"] == Op.ACK] == ["fast"]
+    release = worker.context["release"]
+    assert isinstance(release, asyncio.Event)
+    release.set()
+    frames = await scripted.frames_until(Op.ACK)
+    acks = [frame for frame in frames if frame["op"] == Op.ACK]
+    assert [frame["id"] for frame in acks] == ["slow"]
+    assert msgpack.unpackb(acks[0]["result"]) == 10
+    # "fast" ran at once in between, in a context of its own: "slow" still sees itself.
+    assert seen == ["slow", "fast", "slow"]
+
+
+async def test_a_revoked_job_that_waits_is_cancelled_and_reports_nothing(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    scripted.send({"op": Op.JOBS, "jobs": [delivery("slow", "waits", 5)]})
+    scripted.send({"op": Op.REVOKE, "id": "slow", "attempt": 1})
+    frames = await scripted.frames_until(Op.READY)
+    assert [frame["op"] for frame in frames] == [Op.READY]  # the slot back, no report
+
+
+async def test_a_malformed_hot_push_closes_the_connection_as_the_brokers_fault(
+    scripted: ScriptedBroker,
+) -> None:
+    pushed: list[str] = []
+    connection, _ = await open_connection(
+        scripted.address,
+        {"role": "client"},
+        on_push=lambda message: pushed.append(message["id"]),
+        timeout=WAIT,
+    )
+    scripted.send({"op": Op.DONE, "state": "succeeded"})  # no id
+    async with asyncio.timeout(WAIT):
+        reason = await connection.closed
+    assert isinstance(reason, ProtocolError)
+    assert "malformed DONE" in str(reason)
+    assert pushed == []
+
+
+async def test_a_malformed_delivery_closes_the_workers_connection_and_it_survives(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    broken = delivery("j1", "at_once", 1)
+    del broken["lease"]
+    scripted.send({"op": Op.JOBS, "jobs": [broken]})
+    async with asyncio.timeout(WAIT):
+        await scripted.disconnected.wait()
+    while not scripted.chunks.empty():
+        assert all(frame["op"] != Op.ACK for frame in scripted.chunks.get_nowait())
