@@ -20,6 +20,7 @@ from protocol.framing import FrameDecoder, encode_frame
 from protocol.messages import PROTOCOL_VERSION, Op
 from protocol.stream import open_connection
 from worker import TaskRegistry, Worker, current_job
+from worker.runtime import AUTO_PREFETCH_STREAK
 
 WAIT = 20.0
 
@@ -225,3 +226,43 @@ async def test_a_malformed_delivery_closes_the_workers_connection_and_it_survive
         await scripted.disconnected.wait()
     while not scripted.chunks.empty():
         assert all(frame["op"] != Op.ACK for frame in scripted.chunks.get_nowait())
+
+
+async def run_short_jobs(scripted: ScriptedBroker, count: int) -> list[int]:
+    """Deliver ``count`` jobs that finish at once, two at a time; the READY counts."""
+    granted: list[int] = []
+    for pair in range(count // 2):
+        jobs = [delivery(f"s{pair}-{k}", "at_once", k) for k in range(2)]
+        scripted.send({"op": Op.JOBS, "jobs": jobs})
+        frames = await scripted.frames_until(Op.READY)
+        granted.extend(frame["n"] for frame in frames if frame["op"] == Op.READY)
+    return granted
+
+
+async def test_after_a_streak_of_short_jobs_the_worker_prefetches(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    granted = await run_short_jobs(scripted, AUTO_PREFETCH_STREAK)
+    # Two slots: two credits back per pair, and with the streak 4 per slot more.
+    assert granted == [2] * (AUTO_PREFETCH_STREAK // 2 - 1) + [2 + 4 * 2]
+
+
+async def test_a_prefetched_job_kept_waiting_by_long_jobs_is_handed_back(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    worker, _ = worker_on
+    await run_short_jobs(scripted, AUTO_PREFETCH_STREAK)
+    long_jobs = [delivery("long1", "waits", 1), delivery("long2", "waits", 2)]
+    scripted.send({"op": Op.JOBS, "jobs": [*long_jobs, delivery("stuck", "at_once", 3)]})
+    frames = await scripted.frames_until(Op.RELEASE)
+    assert [frame["id"] for frame in frames if frame["op"] == Op.RELEASE] == ["stuck"]
+    release = worker.context["release"]
+    assert isinstance(release, asyncio.Event)
+    release.set()
+    frames = []
+    while sum(frame["op"] == Op.ACK for frame in frames) < 2:
+        frames.extend(await scripted.next_chunk())
+    assert sorted(frame["id"] for frame in frames if frame["op"] == Op.ACK) == ["long1", "long2"]
+    # Prefetch is off again, and the broker still holds 7 of the credits granted
+    # (10, less the 3 jobs sent): the 3 slots freed pay the cut off, none is owed.
+    assert [frame for frame in frames if frame["op"] == Op.READY] == []

@@ -151,6 +151,23 @@ def test_connected_counts_jobs_still_held_from_the_last_connection() -> None:
     assert slots.credit_owed == 0
 
 
+def test_more_prefetch_is_owed_at_once_and_a_cut_is_paid_off_by_freed_slots() -> None:
+    slots: Slots[str] = Slots(1)
+    assert slots.connected() == 1
+    slots.set_prefetch(3)
+    assert slots.take_credit() == 3
+    deliver(slots, "a", "b", "c", "d")
+    assert slots.waiting() == ["b", "c", "d"]
+    slots.set_prefetch(0)  # 3 credits sent already: kept back as slots free up
+    assert slots.surplus == 3
+    assert slots.hand_back_waiting() == ["b", "c", "d"]
+    assert slots.held() == ["a"]
+    assert slots.surplus == 0
+    assert slots.credit_owed == 0
+    slots.ended("a", "a")
+    assert slots.take_credit() == 1  # back to one job at a time
+
+
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="concurrency"):
         Slots[str](0)
@@ -163,7 +180,10 @@ def test_bad_sizes_are_refused() -> None:
     concurrency=st.integers(1, 4),
     prefetch=st.integers(0, 4),
     steps=st.lists(
-        st.tuples(st.sampled_from(["deliver", "finish", "revoke", "flush"]), st.integers(0, 50)),
+        st.tuples(
+            st.sampled_from(["deliver", "finish", "revoke", "flush", "prefetch", "hand back"]),
+            st.integers(0, 50),
+        ),
         max_size=80,
     ),
 )
@@ -171,7 +191,8 @@ def test_credit_never_exceeds_the_capacity(
     concurrency: int, prefetch: int, steps: list[tuple[str, int]]
 ) -> None:
     """The broker delivers only against credit, as the runtime drives it: held jobs,
-    credit announced and unused, and credit owed always add up to the capacity."""
+    credit announced and unused, and credit owed always add up to the capacity
+    (plus the slots kept back after a cut of prefetch)."""
     slots: Slots[str] = Slots(concurrency, prefetch)
     slots.connected()
     executing: list[str] = []
@@ -196,9 +217,17 @@ def test_credit_never_exceeds_the_capacity(
                 assert slots.drop(job_id, job_id, StopReason.REVOKED) is False
         elif action == "flush":
             slots.take_credit()
-        assert len(slots) + slots.outstanding + slots.credit_owed == slots.capacity
+        elif action == "prefetch":
+            slots.set_prefetch(pick % 5)
+        elif action == "hand back":
+            waiting = slots.waiting()
+            assert slots.hand_back_waiting() == waiting
+        assert slots.surplus >= 0
+        assert slots.credit_owed >= 0
+        assert len(slots) + slots.outstanding + slots.credit_owed == slots.capacity + slots.surplus
         assert slots.executing == len(executing) <= concurrency
-        assert len(slots.waiting()) <= prefetch
+        if not slots.surplus:
+            assert len(slots.waiting()) <= slots.prefetch
         # Nothing waits while a slot is free.
         assert not slots.waiting() or slots.executing == concurrency
         assert set(executing) | set(slots.waiting()) == set(slots.held())

@@ -39,6 +39,19 @@ EXIT_USAGE = 2  # bad arguments, a task module that does not import, refused by 
 EXIT_UNREACHABLE = 3  # the broker stayed unreachable for --connect-timeout
 
 
+def _prefetch(text: str) -> int | None:
+    """``--prefetch``: a count, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count or 'auto': {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m worker",
@@ -58,9 +71,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="jobs run at once")
     p.add_argument(
         "--prefetch",
-        type=int,
-        default=0,
-        help="jobs taken beyond --concurrency, to wait here for a slot (default 0)",
+        type=_prefetch,
+        default=None,
+        metavar="N|auto",
+        help="jobs taken beyond --concurrency, to wait here for a slot (default auto: "
+        "4 per slot while jobs are short, none while they take 2 ms or more)",
     )
     p.add_argument(
         "--queues",

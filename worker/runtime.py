@@ -61,6 +61,18 @@ HEARTBEAT_FRACTION = 3.0
 # At most one PROGRESS per job in this many seconds; in between, the latest
 # report waits and replaces the one before it.
 PROGRESS_INTERVAL = 0.25
+# Automatic prefetch (the default): once this many jobs in a row (at least)
+# each ran under AUTO_PREFETCH_SHORT seconds, the worker takes up to
+# AUTO_PREFETCH_PER_SLOT more jobs per slot, so a freed slot never waits a
+# round trip; the first job that runs longer turns it off again. A job that
+# waits for a slot longer than PREFETCH_MAX_WAIT seconds (the slots are all
+# taken by long jobs) is handed back with every other waiting one, for an
+# idle worker to take.
+AUTO_PREFETCH_SHORT = 0.002
+AUTO_PREFETCH_STREAK = 16
+AUTO_PREFETCH_PER_SLOT = 4
+AUTO_PREFETCH_MAX = 256
+PREFETCH_MAX_WAIT = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +191,7 @@ class _HeldJob:
     task once started, and why it was stopped."""
 
     __slots__ = (
+        "arrived",
         "delivery",
         "lease",
         "outcome",
@@ -194,7 +207,7 @@ class _HeldJob:
     def __init__(self, delivery: Message) -> None:
         self.delivery = delivery
         self.lease: float = delivery["lease"]
-        self.started = time.perf_counter()
+        self.arrived = self.started = time.perf_counter()
         # The asyncio task it goes on in, once its first step waited.
         self.task: asyncio.Task[Message | None] | None = None
         # True during its first step, which runs outside any task.
@@ -224,7 +237,7 @@ class Worker:
         name: str = "",
         grace: float = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
-        prefetch: int = 0,
+        prefetch: int | None = None,
         connect_timeout: float | None = None,
         on_startup: Hook | None = None,
         on_shutdown: Hook | None = None,
@@ -244,6 +257,11 @@ class Worker:
         Tasks read ``context`` with :func:`task_context`; it starts as
         ``context`` (or an empty dict) with ``"worker"`` set to this worker.
 
+        ``prefetch``: how many jobs beyond ``concurrency`` the worker may hold,
+        waiting for a slot. None (the default) is automatic: none while jobs
+        take long, ``4 x concurrency`` (at most 256) while they are short
+        (each under 2 ms); a job kept waiting over 0.25 s is handed back.
+
         ``processes``: the size of the process pool, and with it every plain
         ``def`` task runs in a process (``--processes``). Without it, only
         ``@task(process=True)`` tasks do, in a pool of ``min(concurrency,
@@ -251,7 +269,11 @@ class Worker:
         """
         # Jobs taken beyond the executing ones, so that a freed slot never waits a
         # round trip for its next job (see worker.slots). Raises ValueError early.
-        self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch)
+        self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch or 0)
+        self._auto_prefetch = prefetch is None
+        self._auto_prefetch_on = min(AUTO_PREFETCH_MAX, AUTO_PREFETCH_PER_SLOT * concurrency)
+        self._short_streak = 0
+        self._wait_check: asyncio.TimerHandle | None = None
         self.address, tls = resolve_address(address)
         if tls and ssl is None:
             ssl = client_ssl_context()
@@ -448,6 +470,9 @@ class Worker:
                 await self._drain_gracefully()
                 await connection.close()
         finally:
+            if self._wait_check is not None:
+                self._wait_check.cancel()
+                self._wait_check = None
             heartbeat.cancel()
             stopped.cancel()
             await asyncio.gather(heartbeat, stopped, return_exceptions=True)
@@ -534,8 +559,13 @@ class Worker:
             return
         if arrival is Arrival.START:
             self._launch(held, connection)
-        elif self._log_jobs:
-            log.info("job %s %s waits for a slot", delivery["id"], delivery["task"])
+        else:
+            if self._auto_prefetch and self._wait_check is None:
+                self._wait_check = asyncio.get_running_loop().call_later(
+                    PREFETCH_MAX_WAIT, self._check_waiting
+                )
+            if self._log_jobs:
+                log.info("job %s %s waits for a slot", delivery["id"], delivery["task"])
         if self._heartbeat_wake is not None and (
             held.lease / HEARTBEAT_FRACTION < self._heartbeat_interval
         ):
@@ -639,6 +669,8 @@ class Worker:
         # the slots hold on to the newer one.
         self._slots.ended(job_id, held, reason)
         self.jobs_done += 1
+        if self._auto_prefetch and reason is None:
+            self._adapt_prefetch(time.perf_counter() - held.started)
         if held.progress_timer is not None:  # the job's end says more
             held.progress_timer.cancel()
             held.progress_timer = None
@@ -662,6 +694,49 @@ class Worker:
             waiting = self._slots.start_next()
             if waiting is not None:
                 self._launch(waiting, connection)
+        self._schedule_ready()
+
+    def _adapt_prefetch(self, ran_for: float) -> None:
+        """Automatic prefetch: on after a streak of short jobs, off after a long one."""
+        slots = self._slots
+        if ran_for < AUTO_PREFETCH_SHORT:
+            self._short_streak += 1
+            if (
+                not slots.prefetch
+                and self._short_streak >= max(AUTO_PREFETCH_STREAK, self.concurrency)
+                and not slots.stopping
+            ):
+                slots.set_prefetch(self._auto_prefetch_on)
+        else:
+            self._short_streak = 0
+            if slots.prefetch:
+                slots.set_prefetch(0)
+
+    def _check_waiting(self) -> None:
+        """Automatic prefetch: jobs wait for a slot too long, the slots are taken
+        by long jobs. Hand the waiting ones back, for another worker to take,
+        and stop prefetching. (``--prefetch N`` keeps its jobs waiting.)"""
+        self._wait_check = None
+        slots = self._slots
+        waiting = slots.waiting()
+        if not waiting:
+            return
+        waited = time.perf_counter() - waiting[0].arrived
+        if waited < PREFETCH_MAX_WAIT:
+            self._wait_check = asyncio.get_running_loop().call_later(
+                PREFETCH_MAX_WAIT - waited, self._check_waiting
+            )
+            return
+        self._short_streak = 0
+        slots.set_prefetch(0)
+        handed_back = slots.hand_back_waiting()
+        log.info(
+            "handing back %d job(s) that waited over %gs for a slot",
+            len(handed_back),
+            PREFETCH_MAX_WAIT,
+        )
+        for held in handed_back:
+            self._release(held.delivery)
         self._schedule_ready()
 
     def _schedule_ready(self) -> None:

@@ -11,6 +11,9 @@ object the runtime keeps, so the unit tests drive it with plain strings.
   (re)connection it announces what it can still take; after that every slot
   freed is owed back, and the slots freed in one loop turn go out as one
   ``READY n`` (:meth:`Slots.take_credit`).
+- Prefetch can change while the worker runs (its automatic prefetch does):
+  credit granted is never taken back, so a cut is paid off by keeping freed
+  slots (:meth:`Slots.set_prefetch`).
 - Stopping: no new job starts and no credit goes out; jobs waiting for a slot
   are handed back at once (``RELEASE``), executing ones get the grace period.
 """
@@ -62,12 +65,20 @@ class Slots(Generic[J]):
         self._owed = 0
         # Credit announced to the broker and not yet used by a delivery.
         self.outstanding = 0
+        # Slots to keep when freed, not credit back: prefetch was cut by more
+        # than the credit still owed (see set_prefetch).
+        self._surplus = 0
         self._stopping = False
 
     @property
     def capacity(self) -> int:
         """The most jobs held at once: ``concurrency + prefetch``."""
         return self.concurrency + self.prefetch
+
+    @property
+    def surplus(self) -> int:
+        """Slots to keep rather than credit back when freed (prefetch was cut)."""
+        return self._surplus
 
     @property
     def stopping(self) -> bool:
@@ -103,8 +114,36 @@ class Slots(Generic[J]):
         Jobs still held from an earlier connection keep their slots until they end.
         """
         self._owed = 0
+        self._surplus = 0
         self.outstanding = 0 if self._stopping else max(0, self.capacity - len(self._held))
         return self.outstanding
+
+    def set_prefetch(self, prefetch: int) -> None:
+        """Change how many jobs may wait for a slot (the worker's automatic prefetch).
+
+        More: the new room is owed to the broker at once. Fewer: credit not
+        yet sent is withheld, and if that is not enough, slots freed later
+        are kept rather than credited back, until the cut is paid off (credit
+        sent cannot be taken back).
+        """
+        if prefetch < 0:
+            raise ValueError("prefetch must be at least 0")
+        change = prefetch - self.prefetch
+        self.prefetch = prefetch
+        if change > 0:
+            kept = min(change, self._surplus)
+            self._surplus -= kept
+            self._owed += change - kept
+        elif change < 0:
+            withheld = min(-change, self._owed)
+            self._owed -= withheld
+            self._surplus += -change - withheld
+
+    def _free_slot(self) -> None:
+        if self._surplus:
+            self._surplus -= 1
+        else:
+            self._owed += 1
 
     def take_credit(self) -> int:
         """The ``n`` of the READY to send now (0: send none); the debt is paid."""
@@ -135,7 +174,7 @@ class Slots(Generic[J]):
             del self._held[job_id]
         self.executing -= 1
         if reason is not StopReason.LOST and not self._stopping:
-            self._owed += 1
+            self._free_slot()
 
     def start_next(self) -> J | None:
         """The job that has waited longest, if a slot is free: its slot is taken."""
@@ -163,8 +202,21 @@ class Slots(Generic[J]):
         if reason is StopReason.SHUTDOWN:
             return True
         if reason is StopReason.REVOKED and not self._stopping:
-            self._owed += 1
+            self._free_slot()
         return False
+
+    def hand_back_waiting(self) -> list[J]:
+        """Every job waiting for a slot, in arrival order: no longer held, to be
+        handed back (``RELEASE``); their slots are free again."""
+        handed_back = []
+        for job_id, job in self._waiting:
+            if self._held.get(job_id) is job:
+                del self._held[job_id]
+            handed_back.append(job)
+            if not self._stopping:
+                self._free_slot()
+        self._waiting.clear()
+        return handed_back
 
     def stop(self) -> list[J]:
         """Begin a graceful stop: nothing starts or is credited from now on.
@@ -173,10 +225,4 @@ class Slots(Generic[J]):
         longer held, to be handed back at once.
         """
         self._stopping = True
-        handed_back = []
-        for job_id, job in self._waiting:
-            if self._held.get(job_id) is job:
-                del self._held[job_id]
-            handed_back.append(job)
-        self._waiting.clear()
-        return handed_back
+        return self.hand_back_waiting()
