@@ -449,7 +449,7 @@ class Client:
                     token=self._token,
                     ssl=self._ssl,
                     max_frame=self._max_frame,
-                    timeout=self._connect_timeout,
+                    timeout=peers.attempt_timeout(self._connect_timeout),
                 )
             except (OSError, ConnectionLost) as exc:  # TimeoutError is an OSError
                 self._last_failure = exc

@@ -15,6 +15,11 @@ altogether is not hammered.
 After a connection that worked, the next round starts at the address that
 worked: with one address, this is exactly the reconnecting of a single
 broker.
+
+One attempt may take only its share of the peer's connect timeout
+(:meth:`LeaderSearch.attempt_timeout`): a broker that accepts connections
+but never answers (a stopped process, a machine gone without a reset) must
+not keep the peer from the leader at the next address.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ class LeaderSearch:
     def round_start(self) -> bool:
         """Nothing tried yet in this round: the time for the backoff's wait."""
         return not self._tried
+
+    def attempt_timeout(self, timeout: float) -> float:
+        """How long one attempt may take, of a peer's ``timeout`` for connecting:
+        an equal share per address, so that a round fits in it."""
+        return timeout / len(self.addresses)
 
     def next(self) -> str:
         """The address to try now."""

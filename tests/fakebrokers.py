@@ -3,6 +3,8 @@
 - :func:`standby`: answers every connection with ``ERR NOT_LEADER`` (naming a
   leader, or not) instead of ``WELCOME``, and closes it, as a cluster's
   standby does (docs/PROTOCOL.md, section 10).
+- :func:`silent_broker`: accepts connections and never says a word, as a
+  stopped process (SIGSTOP) whose kernel still completes the TCP handshake.
 - :func:`dropping_broker`: completes the handshake, then closes the
   connection on the first request, unanswered: a broker that dies with a
   request in flight, at a moment the test chooses.
@@ -81,6 +83,18 @@ async def standby(leader: str | None = None) -> AsyncIterator[FakeBroker]:
         await writer.drain()
 
     async with _serving(refuse) as fake:
+        yield fake
+
+
+@asynccontextmanager
+async def silent_broker() -> AsyncIterator[FakeBroker]:
+    """A broker that accepts connections and sends nothing, until the peer gives up."""
+
+    async def say_nothing(_: FakeBroker, reader: asyncio.StreamReader, __: object) -> None:
+        while await reader.read(65536):
+            pass
+
+    async with _serving(say_nothing) as fake:
         yield fake
 
 

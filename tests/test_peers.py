@@ -25,7 +25,7 @@ from protocol.backoff import Reconnect
 from protocol.config import URL_ENV, resolve_addresses
 from protocol.errors import NotLeader
 from protocol.peers import LeaderSearch
-from tests.fakebrokers import dropping_broker, standby
+from tests.fakebrokers import dropping_broker, silent_broker, standby
 from tests.inprocess import free_port, serving
 from tests.test_cli import admin
 from tests.waiting import eventually, open_gate
@@ -176,6 +176,17 @@ async def test_the_leader_a_standby_names_is_tried_next_even_outside_the_list() 
         async with Client(named.address, connect_timeout=WAIT) as client:
             await client.ping()
             assert client.address == leader.address
+
+
+async def test_a_broker_that_never_answers_takes_only_its_share_of_the_connect_timeout() -> None:
+    assert LeaderSearch(["a:1"]).attempt_timeout(10.0) == 10.0  # one address: as before
+    assert LeaderSearch(["a:1", "b:2"]).attempt_timeout(10.0) == 5.0
+    async with broker_at() as leader, silent_broker() as stopped:
+        client = Client([stopped.address, leader.address], connect_timeout=6.0)
+        async with client:
+            await client.ping()  # within 6 s: 3 s for the silent one, then the leader
+            assert client.address == leader.address
+            assert stopped.connections == 1
 
 
 async def test_a_shard_without_a_leader_is_unavailable_after_the_connect_timeout() -> None:

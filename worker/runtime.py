@@ -45,7 +45,7 @@ from protocol.messages import MAX_PROGRESS_INFO, Op, Role
 from protocol.peers import LeaderSearch
 from protocol.security import client_ssl_context
 from protocol.states import JobState
-from protocol.stream import Connection, Message, open_connection
+from protocol.stream import DEFAULT_CONNECT_TIMEOUT, Connection, Message, open_connection
 from worker.processes import ProcessPool, ProcessTaskError, TaskHomes, home_of
 from worker.registry import TaskDef, TaskRegistry, default_registry
 from worker.retry import Retry
@@ -444,6 +444,7 @@ class Worker:
             token=self.token,
             ssl=self.ssl,
             max_frame=self.max_frame,
+            timeout=self._peers.attempt_timeout(DEFAULT_CONNECT_TIMEOUT),
         )
         self._idle_timeout = float(reply.get("idle_timeout") or 300.0)
         return connection
