@@ -74,9 +74,10 @@ class LeaderSearch:
         """The attempt at :attr:`current` failed; ``leader``: the leader a standby named.
 
         Returns True when the round is over (every address tried): the
-        caller then waits its backoff before the next.
+        caller then waits its backoff before the next. A ``leader`` that is
+        not a ``host:port`` is ignored.
         """
-        if leader and leader not in self._tried:
+        if leader and _is_host_port(leader) and leader not in self._tried:
             self._leader = leader
             return False
         if all(address in self._tried for address in self.addresses):
@@ -95,3 +96,8 @@ class LeaderSearch:
 
     def __str__(self) -> str:
         return ", ".join(self.addresses)
+
+
+def _is_host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)

@@ -83,6 +83,17 @@ def test_the_named_leader_comes_next_and_a_round_tries_each_address_once() -> No
     assert str(search) == "a:1, b:2, c:3"
 
 
+def test_a_leader_that_is_not_an_address_is_ignored() -> None:
+    for bad in ("", "nohost", "h:", ":80", "h:port", "h:0", "h:70000"):
+        search = LeaderSearch(["a:1"])
+        search.next()
+        assert search.failed(leader=bad) is True, bad
+    search = LeaderSearch(["a:1"])
+    search.next()
+    assert search.failed(leader="[::1]:7878") is False
+    assert search.next() == "[::1]:7878"
+
+
 def test_the_backoff_counts_rounds_not_attempts() -> None:
     search = LeaderSearch(["a:1", "b:2"])
     policy = Reconnect(0.1, 1.0, random.Random(0))
