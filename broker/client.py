@@ -245,9 +245,10 @@ class Job(Generic[ResultT]):
         ``async for p in job.progress(): print(p.fraction, p.info)``. Reports
         are rate-limited at the worker, so some may be skipped (never the
         latest one before a pause); a consumer slower than the reports sees
-        the latest one when it asks again. A lost connection is survived as
-        in :meth:`result` (the latest report may then come twice). Raises
-        :class:`NotFound` for an unknown job.
+        the latest one when it asks again. A connection lost while it waits
+        for reports is survived as in :meth:`result` (the latest report may
+        then come twice); one lost during its FOLLOW request raises
+        :class:`ConnectionLost`. Raises :class:`NotFound` for an unknown job.
         """
         client = self._client
         # At most one report waits: a slow consumer sees the latest, as the worker sends.
