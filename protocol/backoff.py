@@ -22,7 +22,9 @@ class Reconnect:
     with :func:`backoff_delay` only while attempts fail.
 
     Shared by the client and the worker, so that both come back as soon as a
-    restarted broker listens, and neither hammers one that stays down.
+    restarted broker listens, and neither hammers one that stays down. Given
+    several addresses, they count a round of them as one attempt
+    (:mod:`protocol.peers`).
     """
 
     __slots__ = ("base", "cap", "failures", "rng")
