@@ -219,8 +219,20 @@ class Job(Generic[ResultT]):
         restarted, or the result expired): the job's outcome is then unknown.
         """
         future = self._outcome
-        if future is not None and future.done() and future.result()["op"] != LOST:
-            return cast(ResultT, unpack_outcome(future.result()))
+        if future is not None:
+            if not future.done():  # watched since the submit: the common case, kept cheap
+                started = asyncio.get_running_loop().time()
+                try:
+                    await _wait_for(future, timeout)
+                except TimeoutError:
+                    if cancel:
+                        await self._client.cancel(self.id)
+                    raise
+                if timeout is not None:
+                    timeout -= asyncio.get_running_loop().time() - started
+            outcome = future.result()
+            if outcome["op"] != LOST or outcome["closed"]:
+                return cast(ResultT, unpack_outcome(outcome))
         try:
             # shield: a caller's timeout must not cancel the future the handle keeps
             async with asyncio.timeout(timeout):
@@ -290,6 +302,32 @@ class Job(Generic[ResultT]):
 
     async def cancel(self) -> bool:
         return await self._client.cancel(self.id)
+
+
+async def _wait_for(future: asyncio.Future[Message], timeout: float | None) -> None:
+    """Wait until ``future`` is done, at most ``timeout`` seconds (``TimeoutError``).
+
+    What ``asyncio.timeout`` around ``asyncio.shield`` does, for one future
+    and a third of the cost: a caller cancelled or timed out leaves ``future``
+    as it was, for the handle to keep.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(wake)
+    timer = None if timeout is None else loop.call_later(max(0.0, timeout), wake, None)
+    try:
+        await waiter
+    finally:
+        future.remove_done_callback(wake)
+        if timer is not None:
+            timer.cancel()
+    if not future.done():
+        raise TimeoutError
 
 
 def unpack_outcome(outcome: Message) -> Any:

@@ -12,6 +12,7 @@ else, and it never allocates from a length it has not checked against
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgpack
@@ -19,6 +20,7 @@ import msgpack
 from protocol.errors import ErrorCode, ProtocolError
 
 HEADER_SIZE = 4
+_read_header = struct.Struct(">I").unpack_from
 # Room a peer keeps in a frame for the fields around a job's payload or
 # result, so a payload that fits in a SUBMIT also fits in the JOBS frame.
 ENVELOPE_RESERVE = 2048
@@ -100,37 +102,50 @@ class FrameDecoder:
         if self._broken is not None:
             raise self._broken
         buffer = self._buffer
-        buffer += data
+        # Frames are decoded from ``bytes`` (msgpack reads them several times
+        # faster than a memoryview): straight from ``data`` when nothing is
+        # left over from the last chunk, the usual case. A partial frame is
+        # kept in the buffer, and copied out once it is complete.
+        source: bytes
+        if buffer:
+            buffer += data
+            needed = self._needed
+            if len(buffer) < (HEADER_SIZE if needed < 0 else needed):
+                return []
+            source = bytes(buffer)
+            buffer.clear()
+        else:
+            source = data if type(data) is bytes else bytes(data)
         messages: list[Any] = []
         pos = 0
-        end = len(buffer)
+        end = len(source)
         max_frame = self.max_frame
         try:
-            with memoryview(buffer) as view:
-                while True:
-                    needed = self._needed
-                    if needed < 0:
-                        if end - pos < HEADER_SIZE:
-                            break
-                        needed = int.from_bytes(view[pos : pos + HEADER_SIZE], "big")
-                        if needed > max_frame:
-                            raise ProtocolError(
-                                ErrorCode.FRAME_TOO_LARGE,
-                                f"frame of {needed} bytes exceeds the limit of {max_frame}",
-                            )
-                        if needed == 0:
-                            raise ProtocolError(ErrorCode.BAD_FRAME, "empty frame")
-                        pos += HEADER_SIZE
-                        self._needed = needed
-                    if end - pos < needed:
+            while True:
+                needed = self._needed
+                if needed < 0:
+                    if end - pos < HEADER_SIZE:
                         break
-                    messages.append(decode_body(view[pos : pos + needed], max_frame))
-                    pos += needed
-                    self._needed = -1
+                    (needed,) = _read_header(source, pos)
+                    if needed > max_frame:
+                        raise ProtocolError(
+                            ErrorCode.FRAME_TOO_LARGE,
+                            f"frame of {needed} bytes exceeds the limit of {max_frame}",
+                        )
+                    if needed == 0:
+                        raise ProtocolError(ErrorCode.BAD_FRAME, "empty frame")
+                    pos += HEADER_SIZE
+                    self._needed = needed
+                if end - pos < needed:
+                    break
+                messages.append(decode_body(source[pos : pos + needed], max_frame))
+                pos += needed
+                self._needed = -1
         except ProtocolError as exc:
             self._broken = exc
             self._buffer = bytearray()
             raise
-        if pos:
-            del buffer[:pos]
+        if pos < end:
+            with memoryview(source) as view:
+                buffer += view[pos:]  # a partial frame: kept for the next chunk
         return messages

@@ -108,6 +108,28 @@ async def test_submit_result_and_status(broker: Broker) -> None:
             await client.status("no-such-job")
 
 
+async def test_a_cancelled_or_timed_out_wait_leaves_the_result_to_the_next(
+    broker: Broker,
+) -> None:
+    gates = Gates()
+    async with (
+        Client(broker.address) as client,
+        serving(Worker(broker.address, registry=gates.registry())),
+    ):
+        job = await client.submit("gated", ["a"])
+        await wait_started(gates, "a")
+        waiting = asyncio.create_task(job.result())
+        await asyncio.sleep(0)  # it waits (or is about to): either way it is cancelled
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        with pytest.raises(TimeoutError):
+            await job.result(timeout=0)
+        gates.gate("a").set()
+        assert await job.result(timeout=WAIT) == "a"
+        assert await job.result() == "a"  # known now: no wait at all
+
+
 async def test_as_completed_yields_in_the_order_jobs_finish(broker: Broker) -> None:
     gates = Gates()
     registry = gates.registry()

@@ -266,3 +266,19 @@ async def test_a_prefetched_job_kept_waiting_by_long_jobs_is_handed_back(
     # Prefetch is off again, and the broker still holds 7 of the credits granted
     # (10, less the 3 jobs sent): the 3 slots freed pay the cut off, none is owed.
     assert [frame for frame in frames if frame["op"] == Op.READY] == []
+
+
+async def test_a_job_with_a_short_lease_brings_the_next_heartbeat_forward(
+    scripted: ScriptedBroker, worker_on: tuple[Worker, list[str]]
+) -> None:
+    worker, _ = worker_on
+    held = delivery("slow", "waits", 1)
+    held["lease"] = 0.3  # the idle worker's next heartbeat is 20 s away (60 s / 3)
+    scripted.send({"op": Op.JOBS, "jobs": [held]})
+    frames = await scripted.frames_until(Op.HEARTBEAT)
+    assert [frame["ids"] for frame in frames if frame["op"] == Op.HEARTBEAT] == [["slow"]]
+    release = worker.context["release"]
+    assert isinstance(release, asyncio.Event)
+    release.set()
+    frames = await scripted.frames_until(Op.ACK)
+    assert [frame["id"] for frame in frames if frame["op"] == Op.ACK] == ["slow"]

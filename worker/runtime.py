@@ -314,8 +314,9 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._stopped: asyncio.Event | None = None
         self._burst_done = False
-        self._heartbeat_wake: asyncio.Event | None = None
-        self._heartbeat_interval = 0.0
+        # The next HEARTBEAT: a timer, moved earlier when a job with a shorter
+        # lease arrives, never woken per job.
+        self._heartbeat: asyncio.TimerHandle | None = None
         self._idle_timeout = 300.0
         self._log_jobs = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -335,7 +336,6 @@ class Worker:
     async def run(self) -> None:
         """Serve until :meth:`stop` (or, in burst mode, until the queues are empty)."""
         self._stopped = asyncio.Event()
-        self._heartbeat_wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         homes = self._process_homes()  # a task no process can find: ValueError, before anything
         await _run_hook(self.on_startup, self.context)
@@ -492,7 +492,7 @@ class Worker:
             self.concurrency,
             ",".join(self.registry.names()),
         )
-        heartbeat = asyncio.create_task(self._heartbeat_loop(connection))
+        self._arm_heartbeat(self._idle_timeout / HEARTBEAT_FRACTION)
         stopped = asyncio.create_task(self._wait_stopped())
         try:
             credit = self._slots.connected()
@@ -507,9 +507,11 @@ class Worker:
             if self._wait_check is not None:
                 self._wait_check.cancel()
                 self._wait_check = None
-            heartbeat.cancel()
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                self._heartbeat = None
             stopped.cancel()
-            await asyncio.gather(heartbeat, stopped, return_exceptions=True)
+            await asyncio.gather(stopped, return_exceptions=True)
             self._connection = None
             if not connection.closed.done():
                 connection.abort()
@@ -600,10 +602,7 @@ class Worker:
                 )
             if self._log_jobs:
                 log.info("job %s %s waits for a slot", delivery["id"], delivery["task"])
-        if self._heartbeat_wake is not None and (
-            held.lease / HEARTBEAT_FRACTION < self._heartbeat_interval
-        ):
-            self._heartbeat_wake.set()
+        self._arm_heartbeat(held.lease / HEARTBEAT_FRACTION)
 
     # -- running one job ---------------------------------------------------------
 
@@ -886,23 +885,31 @@ class Worker:
 
     # -- leases ------------------------------------------------------------------
 
-    async def _heartbeat_loop(self, connection: Connection) -> None:
-        assert self._heartbeat_wake is not None
+    def _arm_heartbeat(self, within: float) -> None:
+        """Make sure a HEARTBEAT goes out within ``within`` seconds."""
+        heartbeat = self._heartbeat
+        loop = asyncio.get_running_loop()
+        due = loop.time() + within
+        if heartbeat is not None:
+            if heartbeat.when() <= due:
+                return
+            heartbeat.cancel()
+        if self._connection is not None:
+            self._heartbeat = loop.call_at(due, self._send_heartbeat)
+
+    def _send_heartbeat(self) -> None:
+        """Renew the leases of every job held (or only say "alive" when none is),
+        then come back at a third of the shortest lease held, or of the idle timeout."""
+        self._heartbeat = None
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        connection.send({"op": Op.HEARTBEAT, "ids": self._slots.held_ids()})
         keepalive = self._idle_timeout / HEARTBEAT_FRACTION
-        while connection.is_open:
-            leases = [held.lease for held in self._slots.held()]
-            self._heartbeat_interval = (
-                min(keepalive, min(leases) / HEARTBEAT_FRACTION) if leases else keepalive
-            )
-            self._heartbeat_wake.clear()
-            try:
-                async with asyncio.timeout(self._heartbeat_interval):
-                    await self._heartbeat_wake.wait()
-                continue  # a shorter lease arrived: recompute the interval
-            except TimeoutError:
-                pass
-            if connection.is_open:
-                connection.send({"op": Op.HEARTBEAT, "ids": self._slots.held_ids()})
+        leases = [held.lease for held in self._slots.held()]
+        self._arm_heartbeat(
+            min(keepalive, min(leases) / HEARTBEAT_FRACTION) if leases else keepalive
+        )
 
 
 async def _resume(run: Coroutine[Any, Any, Message | None], awaiting: Any) -> Message | None:
