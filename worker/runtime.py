@@ -101,12 +101,26 @@ class JobInfo:
     deadline: float | None = None
 
 
-_current_job: contextvars.ContextVar[JobInfo] = contextvars.ContextVar("jobwire_current_job")
+class _Running:
+    """What a running task's context holds: one context variable, set once per job."""
+
+    __slots__ = ("context", "held", "job", "worker")
+
+    def __init__(
+        self, job: JobInfo, context: Context, worker: Worker, held: _HeldJob | None
+    ) -> None:
+        self.job = job
+        self.context = context
+        self.worker = worker
+        self.held = held
+
+
+_running: contextvars.ContextVar[_Running] = contextvars.ContextVar("jobwire_running")
 
 
 def current_job() -> JobInfo:
     """The job the calling task runs for; raises ``LookupError`` outside a task."""
-    return _current_job.get()
+    return _running.get().job
 
 
 # The worker's shared context, as its on_startup hook left it (arq's ``ctx``).
@@ -114,20 +128,12 @@ Context = dict[str, Any]
 # A lifecycle hook: a plain or async function of the context.
 Hook = Callable[[Context], Awaitable[None] | None]
 
-_task_context: contextvars.ContextVar[Context] = contextvars.ContextVar("jobwire_task_context")
-
 
 def task_context() -> Context:
     """The worker's shared context (what ``on_startup`` put there: a database
     pool, an HTTP session), for the calling task; raises ``LookupError``
     outside a task."""
-    return _task_context.get()
-
-
-# The worker and the held job of the running task, for report_progress.
-_current_held: contextvars.ContextVar[tuple[Worker, _HeldJob]] = contextvars.ContextVar(
-    "jobwire_current_held"
-)
+    return _running.get().context
 
 
 class _Reported:
@@ -151,7 +157,10 @@ def report_progress(fraction: float, info: Mapping[str, Any] | None = None) -> _
     rate-limited per job (one every 0.25 s at most; the latest wins), so a
     tight loop may call it freely. Raises ``LookupError`` outside a task.
     """
-    worker, held = _current_held.get()
+    job = _running.get()
+    worker, held = job.worker, job.held
+    if held is None:
+        raise LookupError("the job is no longer held by this worker")
     if type(fraction) not in (int, float) or not 0 <= fraction <= 1:
         raise ValueError(f"progress must be a number in 0..1, not {fraction!r}")
     encoded: bytes | None = None
@@ -818,20 +827,15 @@ class Worker:
             kwargs = dict(kwargs)
         except Exception as exc:
             raise BadPayload(f"cannot decode the job's arguments: {exc}") from None
-        _current_job.set(
-            JobInfo(
-                delivery["id"],
-                delivery["task"],
-                delivery["queue"],
-                delivery["attempt"],
-                delivery["max_attempts"],
-                None if timeout is None else time.time() + timeout,
-            )
+        job = JobInfo(
+            delivery["id"],
+            delivery["task"],
+            delivery["queue"],
+            delivery["attempt"],
+            delivery["max_attempts"],
+            None if timeout is None else time.time() + timeout,
         )
-        _task_context.set(self.context)
-        held = self._slots.get(delivery["id"])
-        if held is not None:
-            _current_held.set((self, held))
+        _running.set(_Running(job, self.context, self, self._slots.get(delivery["id"])))
         if definition.is_async:
             call = definition.func(*args, **kwargs)
         else:
