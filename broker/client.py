@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import secrets
 import ssl as ssl_module
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, cast
@@ -750,29 +751,68 @@ class Client:
         A lost connection is survived as in :meth:`Job.result`: the jobs not
         yet finished are watched again on the next connection.
         """
+        jobs = list(jobs)
+        # Jobs without a live outcome future are watched in one request (those
+        # whose connection was lost, as Job.result watches them again).
+        unwatched = [job.id for job in jobs if job._outcome is None]
+        lost_before = [
+            job.id
+            for job in jobs
+            if job._outcome is not None
+            and job._outcome.done()
+            and job._outcome.result()["op"] == LOST
+        ]
+        watched = await self._watch(unwatched) if unwatched else {}
+        if lost_before:
+            watched.update(await self._watch_again(lost_before))
+        for job in jobs:
+            future = watched.get(job.id)
+            if future is not None:
+                job._outcome = future
         waiting: dict[asyncio.Future[Message], Job[ResultT]] = {}
         for job in jobs:
-            waiting[await job._outcome_future()] = job
-        pending: set[asyncio.Future[Message]] = set(waiting)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            lost: list[Job[ResultT]] = []
-            for future in done:
-                job = waiting.pop(future)
-                outcome = future.result()
-                if outcome["op"] == LOST:
-                    if outcome["closed"]:
+            assert job._outcome is not None
+            waiting[job._outcome] = job
+        # Each future, once done, queues itself: O(1) per job however many wait
+        # (asyncio.wait would walk every pending future at each wake-up).
+        finished: deque[asyncio.Future[Message]] = deque()
+        loop = asyncio.get_running_loop()
+        wake: list[asyncio.Future[None]] = []
+
+        def on_done(future: asyncio.Future[Message]) -> None:
+            finished.append(future)
+            if wake and not wake[0].done():
+                wake[0].set_result(None)
+
+        for future in waiting:
+            future.add_done_callback(on_done)
+        try:
+            while waiting:
+                if not finished:
+                    wake[:] = [loop.create_future()]
+                    await wake[0]
+                    continue
+                lost: list[Job[ResultT]] = []
+                while finished:
+                    future = finished.popleft()
+                    job = waiting.pop(future)
+                    outcome = future.result()
+                    if outcome["op"] != LOST:
+                        yield job
+                    elif outcome["closed"]:
                         raise ConnectionLost("the client was closed while waiting for jobs")
-                    lost.append(job)
-                else:
-                    yield job
-            if lost:
-                # The connection dropped: watch the unfinished jobs on the next one.
-                again = await self._watch_again([job.id for job in lost])
-                for job in lost:
-                    future = job._outcome = again[job.id]
-                    waiting[future] = job
-                    pending.add(future)
+                    else:
+                        lost.append(job)
+                if lost:
+                    # The connection dropped: watch the unfinished jobs on the next one.
+                    again = await self._watch_again([job.id for job in lost])
+                    for job in lost:
+                        future = job._outcome = again[job.id]
+                        waiting[future] = job
+                        future.add_done_callback(on_done)
+        finally:
+            for future in waiting:
+                future.remove_done_callback(on_done)
 
     # -- asking -------------------------------------------------------------------
 
