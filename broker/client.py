@@ -28,10 +28,11 @@ from protocol.errors import (
     NotFound,
     NotLeader,
     RemoteError,
+    remote_error,
 )
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
 from protocol.job_spec import DEFAULT_QUEUE, JobSpec, encode_payload
-from protocol.messages import Op, Role
+from protocol.messages import MAX_NAME_LENGTH, MAX_UINT, Op, Role
 from protocol.peers import LeaderSearch
 from protocol.rates import parse_rate
 from protocol.schedules import check_schedule
@@ -123,6 +124,38 @@ def with_job_id(step: Mapping[str, Any]) -> dict[str, Any]:
 # A generous bound on what a job spec adds around its payload on the wire.
 SPEC_OVERHEAD = 128
 MAX_SPECS_PER_FRAME = 10_000
+
+
+# A submit with only these options may share its SUBMIT frame with the other
+# submits of the same loop turn: nothing in it can make the broker refuse the
+# frame that the client did not check (see _shareable). Ids, dependencies and
+# unique keys go alone, so that one job's refusal is never another's.
+SHAREABLE_SPEC = frozenset({"task", "payload", "queue", "priority"})
+
+
+def _shareable(task: str, queue: Any, priority: Any) -> bool:
+    return (
+        len(task) <= MAX_NAME_LENGTH
+        and type(queue) is str
+        and 0 < len(queue) <= MAX_NAME_LENGTH
+        and type(priority) is int
+        and -MAX_UINT <= priority <= MAX_UINT
+    )
+
+
+class _SharedSubmit:
+    """The SUBMIT the submits of this loop turn join (``Client.submit``)."""
+
+    __slots__ = ("connection", "flushes", "jobs", "reply", "size", "specs")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        # It takes more jobs until the connection writes it.
+        self.flushes = connection.flushes
+        self.specs: list[Message] = []
+        self.jobs: list[Job] = []
+        self.size = 0
+        self.reply: asyncio.Future[Message]
 
 
 def split_into_frames(specs: list[Message], budget: int) -> list[list[Message]]:
@@ -409,6 +442,8 @@ class Client:
         self._outcomes: dict[str, asyncio.Future[Message]] = {}
         # Progress reports by job id, for each job.progress() iterating.
         self._followers: dict[str, list[asyncio.Queue[Progress]]] = {}
+        # The SUBMIT this loop turn's submits join, until it is written.
+        self._open_submit: _SharedSubmit | None = None
 
     @property
     def address(self) -> str:
@@ -610,13 +645,42 @@ class Client:
         if connection is None or not connection.is_open:
             return (await self._submit_specs([spec]))[0]
         # The common case, kept short: it is most of what a producer does.
-        if len(spec["payload"]) > self._frame_limit - ENVELOPE_RESERVE:
-            split_into_frames([spec], self._frame_limit - ENVELOPE_RESERVE)  # raises
-        jobs: list[Job] = []
-        watch = self._watch_on_submit
-        message = {"op": Op.SUBMIT, "jobs": [spec], "watch": watch}
-        await connection.call(message, self._outcome_hook(jobs, watch))
-        return jobs[0]
+        budget = self._frame_limit - ENVELOPE_RESERVE
+        cost = len(spec["payload"]) + SPEC_OVERHEAD + 4 * (len(task) + len(queue))
+        if cost > budget:
+            split_into_frames([spec], budget)  # raises
+        if not spec.keys() <= SHAREABLE_SPEC or not _shareable(task, queue, priority):
+            jobs: list[Job] = []
+            watch = self._watch_on_submit
+            message = {"op": Op.SUBMIT, "jobs": [spec], "watch": watch}
+            await connection.call(message, self._outcome_hook(jobs, watch))
+            return jobs[0]
+        # Submits made in the same loop turn share one SUBMIT frame (and the
+        # broker's one reply): a producer with many in flight pays per frame
+        # once per turn, and one alone waits no longer than it would have.
+        if connection.write_paused:
+            await connection.drain()
+        batch = self._open_submit
+        if (
+            batch is None
+            or batch.connection is not connection
+            or batch.flushes != connection.flushes
+            or batch.size + cost > budget
+            or len(batch.specs) >= MAX_SPECS_PER_FRAME
+        ):
+            batch = self._open_submit = _SharedSubmit(connection)
+            watch = self._watch_on_submit
+            message = {"op": Op.SUBMIT, "jobs": batch.specs, "watch": watch}
+            batch.reply = connection.request(
+                message, self._outcome_hook(batch.jobs, watch), deferred=True
+            )
+        index = len(batch.specs)
+        batch.specs.append(spec)
+        batch.size += cost
+        reply = await asyncio.shield(batch.reply)  # one caller cancelled cancels no other
+        if reply["op"] == Op.ERR:
+            raise remote_error(reply["code"], reply["message"], reply.get("leader"))
+        return batch.jobs[index]
 
     async def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Submit many jobs in one round trip; each dict has ``submit``'s parameter names.

@@ -84,7 +84,13 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._rids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Message], ReplyHook | None]] = {}
-        self._out: list[bytes] = []
+        # Frames to write at the end of the turn; a dict is a message still
+        # open to additions (see ``request(deferred=True)``), encoded then.
+        self._out: list[bytes | Message] = []
+        self._deferred = False
+        # Counts writes: a deferred message can take additions while this is
+        # what it was when the message was queued.
+        self.flushes = 0
         self._flush_scheduled = False
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -219,28 +225,52 @@ class Connection(asyncio.Protocol):
         if before_flush is not None:
             before_flush()  # its frames join this write
         self._flush_scheduled = False
+        self.flushes += 1
         out = self._out
         if not out:
             return
         self._out = []
+        if self._deferred:
+            self._deferred = False
+            out = [frame if type(frame) is bytes else encode_frame(frame) for frame in out]
         if self._transport is not None:
-            self._transport.write(b"".join(out) if len(out) > 1 else out[0])
+            frames = cast(list[bytes], out)
+            self._transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
 
     def request(
-        self, message: Message, on_reply: ReplyHook | None = None
+        self, message: Message, on_reply: ReplyHook | None = None, *, deferred: bool = False
     ) -> asyncio.Future[Message]:
         """Send a request with a fresh ``rid``; the future gets the OK or ERR reply.
 
         ``on_reply`` runs on an OK reply as soon as it is decoded, before the
         frames after it: state that those frames need (a result future for a
         job id the reply names) must be set up there, not after an ``await``.
+
+        ``deferred``: encode ``message`` only when this turn's frames are
+        written, so that it can still grow until then (while ``flushes`` is
+        what it was): a producer's concurrent submits share one SUBMIT.
         """
         rid = next(self._rids)
         message["rid"] = rid
         future: asyncio.Future[Message] = self._loop.create_future()
-        self.send(message)
+        if deferred:
+            if self._transport is None:
+                raise ConnectionLost("connection to the broker is closed")
+            self._out.append(message)
+            self._deferred = True
+            self._last_sent = self._loop.time()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+        else:
+            self.send(message)
         self._pending[rid] = (future, on_reply)
         return future
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's buffer is over its high-water mark: :meth:`drain` waits."""
+        return self._write_paused
 
     async def call(self, message: Message, on_reply: ReplyHook | None = None) -> Message:
         """Send a request and return its OK reply; an ERR reply raises :class:`RemoteError`."""

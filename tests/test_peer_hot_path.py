@@ -15,7 +15,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from protocol.errors import ConnectionLost, ProtocolError
+from broker import Client
+from protocol.errors import ConnectionLost, ProtocolError, QueueFull
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.messages import PROTOCOL_VERSION, Op
 from protocol.stream import open_connection
@@ -282,3 +283,69 @@ async def test_a_job_with_a_short_lease_brings_the_next_heartbeat_forward(
     release.set()
     frames = await scripted.frames_until(Op.ACK)
     assert [frame["id"] for frame in frames if frame["op"] == Op.ACK] == ["slow"]
+
+
+# -- a producer's submits ----------------------------------------------------------
+
+
+async def connected_client(scripted: ScriptedBroker) -> Client:
+    client = Client(scripted.address, connect_timeout=WAIT)
+    await client.connect()
+    return client
+
+
+async def test_submits_of_one_turn_share_one_frame_and_each_gets_its_job(
+    scripted: ScriptedBroker,
+) -> None:
+    client = await connected_client(scripted)
+    try:
+        submits = [asyncio.ensure_future(client.submit("t", [n])) for n in range(3)]
+        alone = asyncio.ensure_future(client.submit("t", [9], job_id="mine"))
+        chunk = await scripted.next_chunk()
+        assert [len(frame["jobs"]) for frame in chunk] == [3, 1]
+        shared, single = chunk
+        assert [msgpack.unpackb(spec["payload"]) for spec in shared["jobs"]] == [
+            [[0], {}],
+            [[1], {}],
+            [[2], {}],
+        ]
+        assert single["jobs"][0]["id"] == "mine"
+        scripted.send({"op": Op.OK, "rid": shared["rid"], "ids": ["a", "b", "c"]})
+        scripted.send({"op": Op.OK, "rid": single["rid"], "ids": ["mine"]})
+        async with asyncio.timeout(WAIT):
+            jobs = await asyncio.gather(*submits, alone)
+        assert [job.id for job in jobs] == ["a", "b", "c", "mine"]
+    finally:
+        await client.close()
+
+
+async def test_a_refused_shared_frame_refuses_each_of_its_submits(
+    scripted: ScriptedBroker,
+) -> None:
+    client = await connected_client(scripted)
+    try:
+        submits = [asyncio.ensure_future(client.submit("t", [n])) for n in range(2)]
+        (shared,) = await scripted.next_chunk()
+        scripted.send({"op": Op.ERR, "rid": shared["rid"], "code": "QUEUE_FULL", "message": "full"})
+        async with asyncio.timeout(WAIT):
+            outcomes = await asyncio.gather(*submits, return_exceptions=True)
+        assert [type(outcome) for outcome in outcomes] == [QueueFull, QueueFull]
+    finally:
+        await client.close()
+
+
+async def test_a_cancelled_submit_leaves_the_others_of_its_frame_alone(
+    scripted: ScriptedBroker,
+) -> None:
+    client = await connected_client(scripted)
+    try:
+        first = asyncio.ensure_future(client.submit("t", [1]))
+        second = asyncio.ensure_future(client.submit("t", [2]))
+        (shared,) = await scripted.next_chunk()
+        first.cancel()
+        scripted.send({"op": Op.OK, "rid": shared["rid"], "ids": ["a", "b"]})
+        async with asyncio.timeout(WAIT):
+            assert (await second).id == "b"
+        assert first.cancelled()
+    finally:
+        await client.close()
