@@ -154,6 +154,17 @@ def test_ready_jobs_go_out_by_priority_then_submission_across_tasks() -> None:
     assert all(job.owner is consumer and job.started_at == 2.0 for job in consumer.jobs.values())
 
 
+def test_generated_ids_are_short_enough_for_the_smallest_string() -> None:
+    """Eight hex digits, a hyphen and the counter: 15 characters up to 16**6 jobs,
+    the most a str can hold in 64 bytes."""
+    manager = JobManager(ManagerConfig())
+    job, _ = submit_job(manager, "add", b"", 1.0)
+    prefix, counter = job.id.split("-")
+    assert len(prefix) == 8 and int(prefix, 16) >= 0
+    assert counter == "1"
+    assert len(f"{prefix}-{16**6 - 1:x}") == 15
+
+
 def test_replay_restores_jobs_with_and_without_extras() -> None:
     manager = JobManager(ManagerConfig(), id_prefix="r")
     plain, _ = submit_job(manager, "add", b"\x01", 1.0, priority=2)

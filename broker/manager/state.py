@@ -98,7 +98,7 @@ class ManagerState:
         self.config = config or ManagerConfig()
         self.on_finished = on_finished
         self._rng = rng or random.Random()
-        self._id_prefix = id_prefix if id_prefix is not None else os.urandom(5).hex()
+        self._id_prefix = id_prefix if id_prefix is not None else os.urandom(4).hex()
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
         self._tiebreak = itertools.count()
