@@ -25,21 +25,25 @@ DELIVERY_OVERHEAD = 64
 
 def delivery(job: Job) -> Message:
     """One entry of a ``JOBS`` push: what a worker needs to run this attempt."""
+    kind = job.kind  # what job.task and the others read, once
     return {
         "id": job.id,
-        "task": job.task,
+        "task": kind.task,
         "payload": job.payload,
-        "queue": job.queue,
-        "attempt": job.attempts,
-        "max_attempts": job.max_attempts,
-        "lease": job.lease,
-        "timeout": job.timeout,
+        "queue": kind.queue,
+        "attempt": job.extras.attempts,
+        "max_attempts": kind.max_attempts,
+        "lease": kind.lease,
+        "timeout": kind.timeout,
     }
 
 
 def delivery_cost(job: Job) -> int:
     """An upper bound on the bytes :func:`delivery` adds to a frame."""
-    return len(job.payload) + DELIVERY_OVERHEAD + 4 * (len(job.id) + len(job.task) + len(job.queue))
+    kind = job.kind
+    return (
+        len(job.payload) + DELIVERY_OVERHEAD + 4 * (len(job.id) + len(kind.task) + len(kind.queue))
+    )
 
 
 def done_message(job: Job) -> Message:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.jobs import Job, JobState
+from broker.jobs import Job, JobState, make_job
 from broker.journal import (
     HEADER,
     KIND_JOURNAL,
@@ -116,7 +116,7 @@ def journal_bytes(records: list[list[Any]]) -> bytes:
 
 
 def sample_records() -> list[list[Any]]:
-    job = Job("j1", "echo", b"\x92\x90\x80", "default", 3, 7, 3, None, 60.0, 100.0)
+    job = make_job("j1", "echo", b"\x92\x90\x80", "default", 3, 7, 3, None, 60.0, 100.0)
     records = [submitted_record(job)]
     job.state = JobState.RUNNING
     job.attempts = 1
@@ -202,7 +202,7 @@ def test_recover_truncates_a_torn_tail_and_repair_truncates_corruption(tmp_path:
 
 
 def test_recover_uses_the_newest_complete_snapshot_and_later_journals(tmp_path: Path) -> None:
-    job = Job("j1", "echo", b"", "q", 0, 1, 3, None, 60.0, 1.0)
+    job = make_job("j1", "echo", b"", "q", 0, 1, 3, None, 60.0, 1.0)
     snap = file_header(KIND_SNAPSHOT) + encode_record(snapshot_record(job))
     (tmp_path / "snapshot-2.jws").write_bytes(snap + encode_record([SNAPSHOT_END, 1]))
     (tmp_path / "snapshot-3.jws").write_bytes(snap)  # incomplete: no end record
@@ -467,7 +467,7 @@ def test_more_errors_than_kept_still_replay_exactly() -> None:
 
 def test_version_1_records_without_an_error_count_are_still_read(tmp_path: Path) -> None:
     """A directory written by the previous format: errors deduplicated by time, as then."""
-    job = Job("j1", "echo", b"", "q", 0, 1, 3, None, 60.0, 1.0)
+    job = make_job("j1", "echo", b"", "q", 0, 1, 3, None, 60.0, 1.0)
     error = {"type": "E", "message": "x", "traceback": "", "attempt": 1, "at": 5.0}
     v1_snapshot = snapshot_record(job)[:-1]  # no count
     job.state = JobState.QUEUED

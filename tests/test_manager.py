@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.jobs import MAX_ERRORS_KEPT, Job, JobState
+from broker.jobs import MAX_ERRORS_KEPT, Job, JobState, make_job
 from broker.manager import (
     MAX_INTERNED_NAMES,
     Consumer,
@@ -148,7 +148,7 @@ def test_job_state_finished() -> None:
 
 
 def test_new_job_fields_and_describe() -> None:
-    job = Job("j1", "add", b"\x01", "q", 3, 17, 4, 2.5, 30.0, 100.0)
+    job = make_job("j1", "add", b"\x01", "q", 3, 17, 4, 2.5, 30.0, 100.0)
     assert job.state is QUEUED
     assert job.attempts == 0
     assert job.run_at == 100.0
@@ -178,7 +178,7 @@ def test_new_job_fields_and_describe() -> None:
 
 
 def test_job_errors_keep_only_the_last_few() -> None:
-    job = Job("j1", "add", b"", "q", 0, 1, 100, None, 30.0, 0.0)
+    job = make_job("j1", "add", b"", "q", 0, 1, 100, None, 30.0, 0.0)
     for attempt in range(1, MAX_ERRORS_KEPT + 6):
         job.add_error({"attempt": attempt})
         assert job.last_error == {"attempt": attempt}

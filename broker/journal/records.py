@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.jobs import ErrorLog, Job, JobState, order_key, sequence_of
+from broker.jobs import ErrorLog, Job, JobState, make_job, sequence_of
 from broker.journal.errors import JournalError
 
 # Record types (the first element of each body).
@@ -116,8 +116,9 @@ def _job_from_submitted(fields: list[Any]) -> Job:
     (job_id, task, payload, queue, priority, seq, attempts_max, timeout, lease, created, run_at) = (
         fields[1:12]
     )
-    key = order_key(priority, seq)
-    job = Job(job_id, task, payload, queue, priority, key, attempts_max, timeout, lease, created)
+    job = make_job(
+        job_id, task, payload, queue, priority, seq, attempts_max, timeout, lease, created
+    )
     job.run_at = run_at
     job.state = JobState.DELAYED if run_at > created else JobState.QUEUED
     if len(fields) > 12:

@@ -35,7 +35,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 
-from broker.jobs import Job, JobState
+from broker.jobs import NO_EXTRAS, PRIORITY_SHIFT, Job, JobExtras, JobState
 from broker.manager.config import Consumer, QueueCounts
 from broker.manager.state import ManagerState
 
@@ -53,18 +53,19 @@ class ReadyQueue:
 
     def __init__(self, task: str = "") -> None:
         self.task = task
+        # By negated priority, so the heap's smallest is the highest priority.
         self.levels: dict[int, deque[Job]] = {}
-        # Negated priorities, so the heap's smallest is the highest priority.
         self.priorities: list[int] = []
         # Queued jobs held (cancelled ones are taken off at cancel time).
         self.count = 0
 
     def push(self, job: Job, front: bool = False) -> None:
         self.count += 1
-        level = self.levels.get(job.priority)
+        negated = job.key >> PRIORITY_SHIFT  # -job.priority, without a property call
+        level = self.levels.get(negated)
         if level is None:
-            level = self.levels[job.priority] = deque()
-            heapq.heappush(self.priorities, -job.priority)
+            level = self.levels[negated] = deque()
+            heapq.heappush(self.priorities, negated)
         if front:
             level.appendleft(job)
         else:
@@ -75,19 +76,19 @@ class ReadyQueue:
         priorities = self.priorities
         levels = self.levels
         while priorities:
-            level = levels[-priorities[0]]
+            level = levels[priorities[0]]
             while level:
                 job = level[0]
                 if job.state is JobState.QUEUED:
                     return job
                 level.popleft()  # cancelled while it waited
-            del levels[-heapq.heappop(priorities)]
+            del levels[heapq.heappop(priorities)]
         return None
 
     def pop(self) -> Job:
         """The job :meth:`peek` returned (call it right after)."""
         self.count -= 1
-        return self.levels[-self.priorities[0]].popleft()
+        return self.levels[self.priorities[0]].popleft()
 
 
 class Dispatch(ManagerState):
@@ -162,13 +163,14 @@ class Dispatch(ManagerState):
         queue's ``queued``.
         """
         job.state = JobState.QUEUED
-        if not self._dispatch_paused and (
-            not self._gated or self._may_dispatch(job.queue, job.task, now)
-        ):
-            waiting = self._waiting.get(job.queue)
+        kind = job.kind  # job.queue and job.task are properties: read them once
+        queue = kind.queue
+        task = kind.task
+        if not self._dispatch_paused and (not self._gated or self._may_dispatch(queue, task, now)):
+            waiting = self._waiting.get(queue)
             if not waiting:
-                by_task = self._waiting_tasks.get(job.queue)
-                waiting = by_task.get(job.task) if by_task else None
+                by_task = self._waiting_tasks.get(queue)
+                waiting = by_task.get(task) if by_task else None
             if waiting:
                 consumer = next(iter(waiting))
                 self._reserve(job, consumer, now)
@@ -179,12 +181,12 @@ class Dispatch(ManagerState):
                 else:
                     self._stop_waiting(consumer)
                 return
-        by_queue = self._ready.get(job.queue)
+        by_queue = self._ready.get(queue)
         if by_queue is None:
-            by_queue = self._ready[job.queue] = {}
-        ready = by_queue.get(job.task)
+            by_queue = self._ready[queue] = {}
+        ready = by_queue.get(task)
         if ready is None:
-            ready = by_queue[job.task] = ReadyQueue(job.task)
+            ready = by_queue[task] = ReadyQueue(task)
         ready.push(job, front)
 
     def _feed(self, consumer: Consumer, now: float) -> None:
@@ -237,12 +239,9 @@ class Dispatch(ManagerState):
                         if head is None:
                             drained = True
                             continue
-                        # Highest priority first; equal priorities in submission order.
-                        if (
-                            best is None
-                            or head.priority > best.priority
-                            or (head.priority == best.priority and head.key < best.key)
-                        ):
+                        # Highest priority first; equal priorities in submission
+                        # order: both in the key (see order_key).
+                        if best is None or head.key < best.key:
                             best = head
                             best_queue = candidate
                     if drained:  # only (queue, task) pairs with ready jobs are kept
@@ -339,27 +338,34 @@ class Dispatch(ManagerState):
     def _reserve(self, job: Job, consumer: Consumer, now: float) -> None:
         """Deliver the job to the consumer: it runs, under a lease (see leases.py)."""
         job.state = JobState.RUNNING
-        job.attempts += 1
-        job.owner = consumer
-        job.started_at = now
-        deadline = now + job.lease
-        job.lease_deadline = deadline
-        counts = self.queues[job.queue]
+        # The job's extras, written directly (the properties cost a call each).
+        extras = job.extras
+        if extras is NO_EXTRAS:
+            extras = job.extras = JobExtras()
+        attempt = extras.attempts = extras.attempts + 1
+        extras.owner = consumer
+        extras.started_at = now
+        kind = job.kind
+        queue = kind.queue
+        deadline = now + kind.lease
+        extras.lease_deadline = deadline
+        counts = self.queues[queue]
         counts.queued -= 1
         counts.running += 1
         # Histogram.observe, inline (the hot path): ready to started.
         metrics = self.metrics
-        wait = (metrics.get(job.queue) or metrics.of(job.queue)).wait
-        waited = now - job.run_at
+        wait = (metrics.get(queue) or metrics.of(queue)).wait
+        run_at = extras.run_at  # None: created_at (see Job.run_at)
+        waited = now - (job.created_at if run_at is None else run_at)
         wait.counts[bisect_left(wait.bounds, waited)] += 1
         wait.sum += waited
         consumer.credit -= 1
         consumer.jobs[job.id] = job
         self.running += 1
         if self._limited:
-            self._limits_started(job.queue, job.task, now)
+            self._limits_started(queue, kind.task, now)
         leases = self._leases
-        heapq.heappush(leases, (deadline, next(self._tiebreak), job, job.attempts))
+        heapq.heappush(leases, (deadline, next(self._tiebreak), job, attempt))
         if len(leases) > 2 * self.running + 1024:
             self._rebuild_leases()
         if self.journal is not None:

@@ -13,8 +13,14 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
-from broker.jobs import Job, JobState, order_key
-from broker.manager.config import MAX_INTERNED_NAMES, Consumer, QueueCounts, QueueFullError
+from broker.jobs import Job, JobKind, JobState, job_kind, order_key
+from broker.manager.config import (
+    MAX_INTERNED_NAMES,
+    MAX_QUEUES_KEPT,
+    Consumer,
+    QueueCounts,
+    QueueFullError,
+)
 from broker.manager.dependencies import Dependencies
 from broker.manager.dispatch import Dispatch
 from broker.manager.flow import Flow
@@ -58,6 +64,7 @@ class JobManager(
                 entry["lease"] = float(lease)
             if name in self.task_defaults or len(self.task_defaults) < MAX_INTERNED_NAMES:
                 self.task_defaults.setdefault(name, {}).update(entry)
+        self._plain_kinds.clear()  # they hold the defaults
 
     def check_capacity(self, count: int) -> None:
         limit = self.config.max_jobs
@@ -102,22 +109,18 @@ class JobManager(
         names = self._names
         task = names.get(spec.task) or self._intern(spec.task)
         queue = names.get(spec.queue) or self._intern(spec.queue)
-        if max_attempts is None or lease is None:
-            defaults = self.task_defaults.get(task)
-            if defaults is not None:
-                max_attempts = max_attempts or defaults.get("max_attempts")
-                lease = lease or defaults.get("lease")
+        timeout = spec.timeout or None
+        if max_attempts is None and lease is None and timeout is None:
+            # Most submits: the defaults' kind for this queue and task, cached.
+            by_task = self._plain_kinds.get(queue)
+            kind = by_task.get(task) if by_task is not None else None
+            if kind is None:
+                kind = self._plain_kind(task, queue)
+        else:
+            kind = self._kind(task, queue, max_attempts, timeout, lease)
+        sequence = next(self._seq)
         job = Job(
-            job_id,
-            task,
-            spec.payload,
-            queue,
-            priority,
-            order_key(priority, next(self._seq)),
-            max(1, max_attempts or self.config.max_attempts),
-            spec.timeout or None,
-            lease or self.config.lease,
-            now,
+            job_id, kind, spec.payload, order_key(priority, sequence) if priority else sequence, now
         )
         self.jobs[job_id] = job
         self.unfinished += 1
@@ -153,12 +156,45 @@ class JobManager(
             self._make_ready(job, now)
         return job, True
 
+    def _kind(
+        self,
+        task: str,
+        queue: str,
+        max_attempts: int | None,
+        timeout: float | None,
+        lease: float | None,
+    ) -> JobKind:
+        """The shared kind of a job of these options, the unset ones from the
+        task's announced defaults, else the broker's."""
+        if max_attempts is None or lease is None:
+            defaults = self.task_defaults.get(task)
+            if defaults is not None:
+                max_attempts = max_attempts or defaults.get("max_attempts")
+                lease = lease or defaults.get("lease")
+        return job_kind(
+            task,
+            queue,
+            max(1, max_attempts or self.config.max_attempts),
+            timeout,
+            lease or self.config.lease,
+        )
+
+    def _plain_kind(self, task: str, queue: str) -> JobKind:
+        """:meth:`_kind` with no option set, kept for the next submit of the pair."""
+        kind = self._kind(task, queue, None, None, None)
+        by_task = self._plain_kinds.get(queue)
+        if by_task is None and len(self._plain_kinds) < MAX_QUEUES_KEPT:
+            by_task = self._plain_kinds[queue] = {}
+        if by_task is not None and len(by_task) < MAX_INTERNED_NAMES:
+            by_task[task] = kind
+        return kind
+
     # -- reports from workers -------------------------------------------------
 
     def _held(self, consumer: Consumer, job_id: str, attempt: int, what: str) -> Job | None:
         """The job if this consumer holds this attempt of it; else log and None."""
         job = consumer.jobs.get(job_id)
-        if job is not None and job.attempts == attempt and job.state is JobState.RUNNING:
+        if job is not None and job.extras.attempts == attempt and job.state is JobState.RUNNING:
             return job
         self.counters["late_reports"] += 1
         current = self.jobs.get(job_id)
@@ -182,13 +218,15 @@ class JobManager(
         consumer.done += 1
         # Counted here rather than in _finish, and observed inline: the hot path.
         metrics = self.metrics
-        measured = metrics.get(job.queue) or metrics.of(job.queue)
+        queue = job.kind.queue
+        measured = metrics.get(queue) or metrics.of(queue)
         measured.succeeded += 1
         run = measured.run
-        ran = now - (job.started_at or now)
+        extras = job.extras  # its own: set when it was reserved
+        ran = now - (extras.started_at or now)
         run.counts[bisect_left(run.bounds, ran)] += 1
         run.sum += ran
-        job.result = result
+        extras.result = result
         self._finish(job, JobState.SUCCEEDED, now)
         if self._opened:
             self._feed_opened(now)

@@ -112,13 +112,15 @@ class Leases(ManagerState):
 
     def _release_hold(self, job: Job) -> None:
         """The job's holder no longer holds it (reported, lost, or cancelled)."""
-        owner: Consumer = job.owner
+        extras = job.extras  # its own: set when it was reserved
+        owner: Consumer = extras.owner
         del owner.jobs[job.id]
-        job.owner = None
-        self.queues[job.queue].running -= 1
+        extras.owner = None
+        kind = job.kind
+        self.queues[kind.queue].running -= 1
         self.running -= 1
         if self._limited:
-            self._limits_stopped(job.queue, job.task)
+            self._limits_stopped(kind.queue, kind.task)
 
     def _lose_lease(self, job: Job, now: float, reason: str, expired: bool = False) -> None:
         """The holder lost the job: back to its queue, or failed on its last attempt.

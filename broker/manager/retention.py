@@ -30,7 +30,8 @@ class Retention(ManagerState):
     def _finish(self, job: Job, state: JobState, now: float) -> None:
         """The job is done for good (its holder, if any, already released it)."""
         job.state = state
-        job.finished_at = now
+        extras = job.own_extras()  # one lookup for finished_at and result_ttl
+        extras.finished_at = now
         self.unfinished -= 1
         if state is JobState.FAILED:
             self.metrics.of(job.queue).failed += 1
@@ -54,7 +55,7 @@ class Retention(ManagerState):
             else:
                 self.counters["cancelled"] += 1
                 self.metrics.of(job.queue).cancelled += 1
-            ttl = job.result_ttl
+            ttl = extras.result_ttl
             if ttl is None:
                 self._results.append((now + self.config.result_ttl, job))
             elif ttl > 0:
@@ -70,7 +71,7 @@ class Retention(ManagerState):
             self.on_finished(job)
         if self._children and job.id in self._children:
             self._settle_children(job, now)
-        if job.result_ttl == 0 and state is not JobState.FAILED:
+        if extras.result_ttl == 0 and state is not JobState.FAILED:
             self._forget_finished(job)  # the watchers have their DONE
 
     def _drop_oldest_result(self) -> None:

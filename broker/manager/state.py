@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from broker.jobs import Job, JobState
+from broker.jobs import Job, JobKind, JobState
 from broker.manager.config import (
     MAX_INTERNED_NAMES,
     Consumer,
@@ -56,6 +56,7 @@ class ManagerState:
         "_names",
         "_opened",
         "_parents_left",
+        "_plain_kinds",
         "_ready",
         "_results",
         "_results_own_ttl",
@@ -97,7 +98,7 @@ class ManagerState:
         self.config = config or ManagerConfig()
         self.on_finished = on_finished
         self._rng = rng or random.Random()
-        self._id_prefix = id_prefix if id_prefix is not None else os.urandom(5).hex()
+        self._id_prefix = id_prefix if id_prefix is not None else os.urandom(4).hex()
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
         self._tiebreak = itertools.count()
@@ -122,6 +123,9 @@ class ManagerState:
         self._names: dict[str, str] = {}
         # Per-task defaults announced by workers ({task: {"max_attempts", "lease"}}).
         self.task_defaults: dict[str, dict[str, Any]] = {}
+        # The shared JobKind of a job that sets none of max_attempts, timeout
+        # and lease, by queue then task (jobmanager.py; cleared when defaults change).
+        self._plain_kinds: dict[str, dict[str, JobKind]] = {}
 
         # dispatch.py: ready jobs by queue then task, the consumers waiting for
         # them (taking every task: by queue; announcing tasks: by queue then
