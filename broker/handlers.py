@@ -413,7 +413,7 @@ class WorkerHandlers(PeerHandlers):
         """
         job = self.consumer.jobs.get(message["id"])
         attempt = message["attempt"]
-        if job is None or job.attempts != attempt or job.state is not JobState.RUNNING:
+        if job is None or job.extras.attempts != attempt or job.state is not JobState.RUNNING:
             return
         fraction = message["fraction"]
         info = message.get("info")

@@ -110,7 +110,7 @@ class Output:
 
     def deliver(self, job: Job, owner: Any) -> None:
         """Queue ``job``'s current attempt for ``owner`` (its consumer) in this turn's JOBS."""
-        self._deliveries.append((job, job.attempts))
+        self._deliveries.append((job, job.extras.attempts))
         self._delivery_owner = owner
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -199,10 +199,11 @@ class Output:
         batch: list[dict[str, Any]] = []
         size = 0
         for job, attempt in self._deliveries:
+            extras = job.extras
             if (
-                job.owner is not owner
+                extras.owner is not owner
                 or job.state is not JobState.RUNNING
-                or job.attempts != attempt
+                or extras.attempts != attempt
             ):
                 continue  # revoked, cancelled or delivered again before it left
             cost = delivery_cost(job)
