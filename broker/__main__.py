@@ -187,7 +187,8 @@ def admin_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--connect",
         default=None,
-        help=f"HOST:PORT or jobwire[s]://HOST:PORT (default: JOBWIRE_URL, else "
+        help=f"HOST:PORT or jobwire[s]://HOST:PORT, or several separated by commas (a "
+        f"cluster shard's brokers: the leader answers) (default: JOBWIRE_URL, else "
         f"127.0.0.1:{DEFAULT_PORT})",
     )
     common.add_argument("--json", action="store_true", help="print one JSON document")

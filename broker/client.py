@@ -18,18 +18,20 @@ from typing import TYPE_CHECKING, Any, Generic, cast
 import msgpack
 
 from protocol.backoff import Reconnect
-from protocol.config import resolve_address
+from protocol.config import resolve_addresses
 from protocol.errors import (
     RETRYABLE_REFUSALS,
     BrokerUnavailable,
     ConnectionLost,
     JobwireError,
     NotFound,
+    NotLeader,
     RemoteError,
 )
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE
 from protocol.job_spec import DEFAULT_QUEUE, JobSpec, encode_payload
 from protocol.messages import Op, Role
+from protocol.peers import LeaderSearch
 from protocol.rates import parse_rate
 from protocol.schedules import check_schedule
 from protocol.security import client_ssl_context, resolve_token
@@ -57,9 +59,12 @@ else:
 RECONNECT_BASE = 0.05
 RECONNECT_CAP = 1.0
 
-# Marks an outcome future whose connection dropped; a plain value rather than
-# an exception, so an outcome nobody awaits never logs "exception never retrieved".
+# Marks an outcome future whose connection dropped (whoever awaits it watches
+# the job again on the next connection); a plain value rather than an
+# exception, so an outcome nobody awaits never logs "exception never retrieved".
 LOST = "LOST"
+# Ids per WATCH when many outcomes are watched again after a lost connection.
+REWATCH_BATCH = 1000
 
 # What a ``submit_many`` entry may hold: JobSpec's options, with the arguments
 # in place of their encoding. A new job option is added in JobSpec alone.
@@ -194,8 +199,10 @@ class Job(Generic[ResultT]):
 
     async def _outcome_future(self) -> asyncio.Future[Message]:
         future = self._outcome
-        if future is None or (future.done() and future.result()["op"] == LOST):
+        if future is None:
             future = self._outcome = (await self._client._watch([self.id]))[self.id]
+        elif future.done() and future.result()["op"] == LOST:
+            future = self._outcome = (await self._client._watch_again([self.id]))[self.id]
         return future
 
     async def result(self, timeout: float | None = None, *, cancel: bool = False) -> ResultT:
@@ -203,7 +210,13 @@ class Job(Generic[ResultT]):
 
         ``timeout`` bounds the wait (``TimeoutError``); the job itself goes on
         unless ``cancel`` is true, which cancels it before raising.
-        Raises :class:`ConnectionLost` if the connection drops while waiting.
+
+        If the connection drops while waiting (a broker restarted, a cluster's
+        failover), the client reconnects (to the new leader) and watches the
+        job there, within its ``connect_timeout``. It raises
+        :class:`ConnectionLost` if no broker could be reached by then, or if
+        the broker reached no longer knows the job (one without a journal
+        restarted, or the result expired): the job's outcome is then unknown.
         """
         future = self._outcome
         if future is not None and future.done() and future.result()["op"] != LOST:
@@ -211,8 +224,12 @@ class Job(Generic[ResultT]):
         try:
             # shield: a caller's timeout must not cancel the future the handle keeps
             async with asyncio.timeout(timeout):
-                future = await self._outcome_future()
-                outcome = await asyncio.shield(future)
+                while True:
+                    future = await self._outcome_future()
+                    outcome = await asyncio.shield(future)
+                    if outcome["op"] != LOST or outcome["closed"]:
+                        break  # closed by close(): unpack_outcome raises
+                    # The connection dropped: the next turn watches the job again.
         except TimeoutError:
             if cancel:
                 await self._client.cancel(self.id)
@@ -228,8 +245,9 @@ class Job(Generic[ResultT]):
         ``async for p in job.progress(): print(p.fraction, p.info)``. Reports
         are rate-limited at the worker, so some may be skipped (never the
         latest one before a pause); a consumer slower than the reports sees
-        the latest one when it asks again. Raises :class:`ConnectionLost` if the
-        connection drops, :class:`NotFound` for an unknown job.
+        the latest one when it asks again. A lost connection is survived as
+        in :meth:`result` (the latest report may then come twice). Raises
+        :class:`NotFound` for an unknown job.
         """
         client = self._client
         # At most one report waits: a slow consumer sees the latest, as the worker sends.
@@ -237,28 +255,33 @@ class Job(Generic[ResultT]):
         followers = client._followers.setdefault(self.id, [])
         followers.append(reports)
         try:
-            outcome = await self._outcome_future()
-            reply = await client._call({"op": Op.FOLLOW, "id": self.id})
-            if reply.get("fraction") is not None:
-                yield _progress(reply["fraction"], reply.get("info"))
-            if JobState(reply["state"]).finished:
-                return
-            while True:
-                if not reports.empty():
-                    yield reports.get_nowait()
-                    continue
-                if outcome.done():
-                    break
-                getter = asyncio.ensure_future(reports.get())
-                waiting: set[asyncio.Future[Any]] = {getter, outcome}
-                try:
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    getter.cancel()  # nothing if it is done
-                if getter.done() and not getter.cancelled():
-                    yield getter.result()
-            if outcome.result()["op"] == LOST:
-                raise ConnectionLost("connection to the broker lost while following a job")
+            while True:  # once per connection
+                outcome = await self._outcome_future()
+                reply = await client._call({"op": Op.FOLLOW, "id": self.id})
+                if reply.get("fraction") is not None:
+                    yield _progress(reply["fraction"], reply.get("info"))
+                if JobState(reply["state"]).finished:
+                    return
+                while True:
+                    if not reports.empty():
+                        yield reports.get_nowait()
+                        continue
+                    if outcome.done():
+                        break
+                    getter = asyncio.ensure_future(reports.get())
+                    waiting: set[asyncio.Future[Any]] = {getter, outcome}
+                    try:
+                        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        getter.cancel()  # nothing if it is done
+                    if getter.done() and not getter.cancelled():
+                        yield getter.result()
+                ending = outcome.result()
+                if ending["op"] != LOST:
+                    return
+                if ending["closed"]:
+                    raise ConnectionLost("the client was closed while following a job")
+                # The connection dropped: watch and follow the job on the next one.
         finally:
             followers.remove(reports)
             if not followers:
@@ -274,7 +297,7 @@ def unpack_outcome(outcome: Message) -> Any:
     if state == JobState.SUCCEEDED:
         return msgpack.unpackb(outcome["result"], raw=False, strict_map_key=False)
     if outcome["op"] == LOST:
-        raise ConnectionLost("connection to the broker lost while waiting for a job's result")
+        raise ConnectionLost("the client was closed while waiting for a job's result")
     error = outcome.get("error") or {}
     error_class = JobCancelled if state == JobState.CANCELLED else JobFailed
     raise error_class(
@@ -293,12 +316,18 @@ class Client:
     demand, so it can be created, entered and used before the broker is up:
     a call waits up to ``connect_timeout`` for a connection, retrying with a
     bounded backoff, then raises :class:`BrokerUnavailable`. A connection
-    lost after it worked is retried at once by the next call.
+    lost after it worked is retried at once by the next call; calls in
+    flight raise :class:`ConnectionLost` (a submit's outcome is then
+    unknown: submit again with the same ``job_id``), but awaited results
+    are watched again on the next connection (see :meth:`Job.result`).
+
+    Given several addresses (a cluster shard's brokers), it connects to the
+    leader among them (:mod:`protocol.peers`), and follows it after a failover.
     """
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
@@ -309,7 +338,11 @@ class Client:
     ) -> None:
         """``address``: ``host:port``, ``jobwire://host:port`` or ``jobwires://host:port``
         (TLS: verified against the system's CAs unless ``ssl`` is given); by
-        default ``JOBWIRE_URL``, else 127.0.0.1:7878.
+        default ``JOBWIRE_URL``, else 127.0.0.1:7878. Several addresses, a
+        cluster shard's brokers, as a list or separated by commas: the client
+        connects to whichever leads (a standby's ``NOT_LEADER`` names it),
+        trying the others in turn, and does so again after a failover. The
+        same token and TLS settings apply to every address.
 
         ``token``: the shared secret, by default from ``BROKER_TOKEN`` (or
         ``JOBWIRE_TOKEN``).
@@ -318,7 +351,8 @@ class Client:
         ``result()`` costs no extra round trip. A producer that rarely awaits
         results can pass False: ``result()`` then asks for the outcome itself.
         """
-        self.address, tls = resolve_address(address)
+        addresses, tls = resolve_addresses(address)
+        self._peers = LeaderSearch(addresses)
         self._watch_on_submit = watch
         self._token = token.strip() if token is not None else resolve_token()
         self._ssl = ssl if ssl is not None or not tls else client_ssl_context()
@@ -335,6 +369,16 @@ class Client:
         self._outcomes: dict[str, asyncio.Future[Message]] = {}
         # Progress reports by job id, for each job.progress() iterating.
         self._followers: dict[str, list[asyncio.Queue[Progress]]] = {}
+
+    @property
+    def address(self) -> str:
+        """The broker's address: the one connected to, else the one tried last."""
+        return self._peers.current
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address the client was given, in order."""
+        return self._peers.addresses
 
     async def __aenter__(self) -> Client:
         """Connects nothing: the first call does (see :meth:`connect` to fail early)."""
@@ -353,6 +397,11 @@ class Client:
         await self._ensure_connection()
 
     async def close(self) -> None:
+        """Close the connection; results awaited meanwhile raise :class:`ConnectionLost`.
+
+        The client may still be used: its next call connects again.
+        """
+        self._lose_outcomes(closed=True)
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.close()
@@ -372,22 +421,29 @@ class Client:
         except TimeoutError:
             cause = self._last_failure
             raise BrokerUnavailable(
-                f"cannot reach the broker at {self.address} within {self._connect_timeout:g}s"
+                f"cannot reach the broker at {self._peers} within {self._connect_timeout:g}s"
                 + (f": {cause}" if cause else "")
             ) from cause
 
     async def _open(self, deadline: float | None) -> Connection:
-        """Try until a connection works; the caller's timeout, at ``deadline``, ends it."""
+        """Try until a connection works; the caller's timeout, at ``deadline``, ends it.
+
+        With several addresses, a round tries each (the leader a standby
+        names first); the backoff waits between rounds, not attempts.
+        """
         loop = asyncio.get_running_loop()
+        peers = self._peers
         while True:
-            delay = self._reconnect.delay()
-            if deadline is not None:
-                # The backoff spans calls; each call still gets an attempt of its own.
-                delay = min(delay, max(0.0, (deadline - loop.time()) * 0.75))
-            await asyncio.sleep(delay)
+            if peers.round_start:
+                delay = self._reconnect.delay()
+                if deadline is not None:
+                    # The backoff spans calls; each call still gets an attempt of its own.
+                    delay = min(delay, max(0.0, (deadline - loop.time()) * 0.75))
+                await asyncio.sleep(delay)
+            address = peers.next()
             try:
                 connection, welcome = await open_connection(
-                    self.address,
+                    address,
                     {"role": Role.CLIENT, "name": self._name},
                     on_push=self._on_push,
                     token=self._token,
@@ -397,14 +453,17 @@ class Client:
                 )
             except (OSError, ConnectionLost) as exc:  # TimeoutError is an OSError
                 self._last_failure = exc
-                self._reconnect.failed()
+                if peers.failed():
+                    self._reconnect.failed()
                 continue
             except RemoteError as exc:
                 if exc.code not in RETRYABLE_REFUSALS:
                     raise  # refused for good: a bad token, say
                 self._last_failure = exc
-                self._reconnect.failed()
+                if peers.failed(exc.leader if isinstance(exc, NotLeader) else None):
+                    self._reconnect.failed()
                 continue
+            peers.connected()
             self._reconnect.connected()
             self._last_failure = None
             connection.closed.add_done_callback(
@@ -418,12 +477,21 @@ class Client:
             return connection
 
     def _connection_closed(self, connection: Connection, _: object = None) -> None:
+        """Wake every outcome awaited on ``connection`` with a LOST marker.
+
+        Whoever awaits one watches the job again on the next connection
+        (:meth:`_watch_again`); an outcome nobody awaits costs nothing more.
+        """
         if self._connection is connection:
             self._connection = None
+        self._lose_outcomes(closed=False)
+
+    def _lose_outcomes(self, closed: bool) -> None:
+        """Resolve every outcome future with a LOST marker; ``closed``: by :meth:`close`."""
         outcomes, self._outcomes = self._outcomes, {}
         for job_id, future in outcomes.items():
             if not future.done():
-                future.set_result({"op": LOST, "id": job_id})
+                future.set_result({"op": LOST, "id": job_id, "closed": closed})
 
     async def _call(self, message: Message, on_reply: ReplyHook | None = None) -> Message:
         connection = await self._ensure_connection()
@@ -605,18 +673,67 @@ class Client:
                 raise NotFound("NOT_FOUND", f"no job {unknown[0]!r}")
         return futures
 
+    async def _watch_again(self, job_ids: list[str]) -> dict[str, asyncio.Future[Message]]:
+        """:meth:`_watch` after the connection the jobs were watched on dropped.
+
+        Reconnects (to whichever broker leads now) and watches them there.
+        Raises :class:`ConnectionLost` when no broker can be reached within
+        ``connect_timeout``, or when the broker reached does not know one of
+        them (its outcome is then unknown).
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._connect_timeout
+        futures: dict[str, asyncio.Future[Message]] = {}
+        while True:
+            try:
+                for start in range(0, len(job_ids), REWATCH_BATCH):
+                    futures.update(await self._watch(job_ids[start : start + REWATCH_BATCH]))
+                return futures
+            except BrokerUnavailable as exc:
+                raise ConnectionLost(
+                    f"connection to the broker lost while waiting for job {job_ids[0]!r}, "
+                    f"and no broker could be reached within {self._connect_timeout:g}s"
+                ) from exc
+            except NotFound as exc:
+                raise ConnectionLost(
+                    f"connection to the broker lost while waiting for a job, and the broker "
+                    f"at {self.address} no longer knows it ({exc.message}; a broker without "
+                    "--data-dir restarted, or the result expired): its outcome is unknown"
+                ) from exc
+            except ConnectionLost:
+                if loop.time() >= give_up:
+                    raise
+                # Dropped again before the watch was in place: once more.
+
     async def as_completed(self, jobs: Iterable[Job[ResultT]]) -> AsyncIterator[Job[ResultT]]:
-        """Yield each job as it finishes, in finishing order."""
+        """Yield each job as it finishes, in finishing order.
+
+        A lost connection is survived as in :meth:`Job.result`: the jobs not
+        yet finished are watched again on the next connection.
+        """
         waiting: dict[asyncio.Future[Message], Job[ResultT]] = {}
         for job in jobs:
             waiting[await job._outcome_future()] = job
         pending: set[asyncio.Future[Message]] = set(waiting)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            lost: list[Job[ResultT]] = []
             for future in done:
-                if future.result()["op"] == LOST:
-                    raise ConnectionLost("connection to the broker lost")
-                yield waiting[future]
+                job = waiting.pop(future)
+                outcome = future.result()
+                if outcome["op"] == LOST:
+                    if outcome["closed"]:
+                        raise ConnectionLost("the client was closed while waiting for jobs")
+                    lost.append(job)
+                else:
+                    yield job
+            if lost:
+                # The connection dropped: watch the unfinished jobs on the next one.
+                again = await self._watch_again([job.id for job in lost])
+                for job in lost:
+                    future = job._outcome = again[job.id]
+                    waiting[future] = job
+                    pending.add(future)
 
     # -- asking -------------------------------------------------------------------
 

@@ -18,7 +18,14 @@ import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, cast
 
-from protocol.errors import ConnectionLost, ErrorCode, ProtocolError, remote_error
+from protocol.errors import (
+    RETRYABLE_REFUSALS,
+    ConnectionLost,
+    ErrorCode,
+    ProtocolError,
+    RemoteError,
+    remote_error,
+)
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.messages import PROTOCOL_VERSION, Op, validate_push
 from protocol.security import auth_proof
@@ -136,7 +143,13 @@ class Connection(asyncio.Protocol):
                 future.set_exception(error)
         self._pending.clear()
         if not self._welcome.done():
-            self._welcome.set_exception(error)
+            refusal = self.last_error
+            if isinstance(refusal, RemoteError) and refusal.code in RETRYABLE_REFUSALS:
+                # Sent instead of WELCOME (a standby naming its leader, say):
+                # the handshake raises it, for the peer to act on.
+                self._welcome.set_exception(refusal)
+            else:
+                self._welcome.set_exception(error)
         if self._drained is not None and not self._drained.done():
             self._drained.set_exception(error)
         if not self.closed.done():
@@ -288,7 +301,8 @@ async def open_connection(
 
     Returns the connection and the broker's reply to HELLO. Raises
     ``OSError`` when the broker cannot be reached, ``TimeoutError``,
-    :class:`ProtocolError` or :class:`RemoteError` (bad token, version).
+    :class:`ProtocolError` or :class:`RemoteError` (bad token, version; or
+    a refusal sent instead of WELCOME, such as :class:`NotLeader`).
     """
     host, port = parse_address(address)
     loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,14 @@ from broker import Broker, BrokerConfig
 from worker import Worker
 
 WAIT = 30.0
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free now, for a broker to be started on it later."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ import pytest
 
 from broker import Client
 from harness.processes import ROOT, BrokerProc, WorkerProc
-from protocol.config import URL_ENV, resolve_address
+from protocol.config import URL_ENV, resolve_addresses
 from protocol.security import TOKEN_ENV, TOKEN_ENV_ALT, resolve_token
 from worker import Worker
 
@@ -41,16 +41,16 @@ def unused_address() -> str:
 
 def test_addresses_and_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(URL_ENV, raising=False)
-    assert resolve_address() == ("127.0.0.1:7878", False)
-    assert resolve_address("host:1") == ("host:1", False)
-    assert resolve_address("jobwire://host:1") == ("host:1", False)
-    assert resolve_address("jobwires://host:1/") == ("host:1", True)
+    assert resolve_addresses() == (("127.0.0.1:7878",), False)
+    assert resolve_addresses("host:1") == (("host:1",), False)
+    assert resolve_addresses("jobwire://host:1") == (("host:1",), False)
+    assert resolve_addresses("jobwires://host:1/") == (("host:1",), True)
     monkeypatch.setenv(URL_ENV, "jobwires://from-env:9")
-    assert resolve_address() == ("from-env:9", True)
-    assert resolve_address("given:2") == ("given:2", False)  # an explicit address wins
+    assert resolve_addresses() == (("from-env:9",), True)
+    assert resolve_addresses("given:2") == (("given:2",), False)  # an explicit address wins
     for bad in ("http://host:1", "jobwire://", "jobwire://host:1/path"):
         with pytest.raises(ValueError):
-            resolve_address(bad)
+            resolve_addresses(bad)
     client = Client()  # JOBWIRE_URL, TLS with the system's CAs
     assert client.address == "from-env:9" and client._ssl is not None
     worker = Worker()

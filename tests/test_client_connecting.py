@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -21,17 +20,11 @@ from broker import (
     JobState,
 )
 from protocol.backoff import Reconnect
+from tests.inprocess import free_port
 from worker import TaskRegistry, Worker
 
 WAIT = 30.0
 NOBODY = "nobody-serves-this"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture

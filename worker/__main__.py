@@ -51,8 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--connect",
         default=None,
-        help="broker HOST:PORT or jobwire[s]://HOST:PORT (default: JOBWIRE_URL, else "
-        "127.0.0.1:7878)",
+        help="broker HOST:PORT or jobwire[s]://HOST:PORT, or several separated by commas "
+        "(a cluster shard's brokers: the worker serves the leader) (default: JOBWIRE_URL, "
+        "else 127.0.0.1:7878)",
     )
     p.add_argument("--version", action="version", version=f"jobwire {version()}")
     p.add_argument("--concurrency", type=int, default=4, help="jobs run at once")

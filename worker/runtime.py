@@ -21,7 +21,7 @@ import os
 import ssl as ssl_module
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,18 +29,20 @@ from typing import Any
 import msgpack
 
 from protocol.backoff import Reconnect
-from protocol.config import resolve_address
+from protocol.config import resolve_addresses
 from protocol.errors import (
     RETRYABLE_REFUSALS,
     BrokerUnavailable,
     ConnectionLost,
     JobwireError,
+    NotLeader,
     ProtocolError,
     RemoteError,
 )
 from protocol.framing import DEFAULT_MAX_FRAME, ENVELOPE_RESERVE, packb
 from protocol.logs import job_extra
 from protocol.messages import MAX_PROGRESS_INFO, Op, Role
+from protocol.peers import LeaderSearch
 from protocol.security import client_ssl_context
 from protocol.states import JobState
 from protocol.stream import Connection, Message, open_connection
@@ -209,7 +211,7 @@ class _HeldJob:
 class Worker:
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         registry: TaskRegistry | None = None,
         concurrency: int = 4,
@@ -229,6 +231,8 @@ class Worker:
     ) -> None:
         """``address``: as :class:`broker.Client`'s (``host:port`` or a ``jobwire://``
         or ``jobwires://`` URL; by default ``JOBWIRE_URL``, else 127.0.0.1:7878).
+        Several (a cluster shard's brokers), as a list or separated by commas:
+        the worker serves whichever leads, and follows it after a failover.
 
         ``connect_timeout``: how long the broker may stay unreachable (at start,
         or after a lost connection) before :meth:`run` raises
@@ -248,7 +252,8 @@ class Worker:
         # Jobs taken beyond the executing ones, so that a freed slot never waits a
         # round trip for its next job (see worker.slots). Raises ValueError early.
         self._slots: Slots[_HeldJob] = Slots(concurrency, prefetch)
-        self.address, tls = resolve_address(address)
+        addresses, tls = resolve_addresses(address)
+        self._peers = LeaderSearch(addresses)
         if tls and ssl is None:
             ssl = client_ssl_context()
         self.registry = registry if registry is not None else default_registry
@@ -283,6 +288,16 @@ class Worker:
         self._ready_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def address(self) -> str:
+        """The broker's address: the one connected to, else the one tried last."""
+        return self._peers.current
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address the worker was given, in order."""
+        return self._peers.addresses
+
     # -- control ---------------------------------------------------------------
 
     async def run(self) -> None:
@@ -302,17 +317,21 @@ class Worker:
                 self._pool = ProcessPool(size, homes)
                 log.info("process pool: %d processes for %s", size, ", ".join(sorted(homes)))
                 await self._pool.start()
+            peers = self._peers
             while not self._slots.stopping:
-                # At once after a connection that worked; backoff while attempts fail.
-                await self._sleep_unless_stopped(reconnect.delay())
+                # At once after a connection that worked; backoff while rounds of
+                # attempts (one per address) fail.
+                if peers.round_start:
+                    await self._sleep_unless_stopped(reconnect.delay())
                 if self._slots.stopping:
                     break
+                address = peers.next()
                 try:
-                    connection = await self._connect()
+                    connection = await self._connect(address)
                 except (OSError, TimeoutError, ConnectionLost, RemoteError) as exc:
                     if isinstance(exc, RemoteError) and exc.code not in RETRYABLE_REFUSALS:
                         # Refused (bad token, other version): retrying would not help.
-                        raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
+                        raise WorkerRefused(f"the broker at {address} refused: {exc}") from exc
                     now = loop.time()
                     if unreachable_since is None:
                         unreachable_since = now
@@ -321,13 +340,18 @@ class Worker:
                         and now - unreachable_since >= self.connect_timeout
                     ):
                         raise BrokerUnavailable(
-                            f"cannot reach the broker at {self.address} within "
+                            f"cannot reach the broker at {peers} within "
                             f"{self.connect_timeout:g}s: {exc or type(exc).__name__}"
                         ) from exc
+                    leader = exc.leader if isinstance(exc, NotLeader) else None
+                    if not peers.failed(leader):
+                        # Another address (or the leader a standby named) is next.
+                        log.info("cannot use the broker at %s (%s); trying the next", address, exc)
+                        continue
                     delay = reconnect.failed()
                     log.warning(
                         "cannot reach the broker at %s (%s); attempt %d, retrying in %.1fs",
-                        self.address,
+                        address,
                         exc or type(exc).__name__,
                         reconnect.failures,
                         delay,
@@ -335,9 +359,10 @@ class Worker:
                     continue
                 except ProtocolError as exc:
                     # Another protocol version: retrying would not help.
-                    raise WorkerRefused(f"the broker at {self.address} refused: {exc}") from exc
-                if reconnect.failures:
-                    log.info("reconnected to the broker at %s", self.address)
+                    raise WorkerRefused(f"the broker at {address} refused: {exc}") from exc
+                if reconnect.failures or not peers.round_start:
+                    log.info("reconnected to the broker at %s", address)
+                peers.connected()
                 reconnect.connected()
                 unreachable_since = None
                 await self._serve(connection)
@@ -399,7 +424,7 @@ class Worker:
         except TimeoutError:
             pass
 
-    async def _connect(self) -> Connection:
+    async def _connect(self, address: str) -> Connection:
         hello: Message = {
             "role": Role.WORKER,
             "name": self.name,
@@ -413,7 +438,7 @@ class Worker:
         if schedules:
             hello["schedules"] = schedules
         connection, reply = await open_connection(
-            self.address,
+            address,
             hello,
             on_push=self._on_push,
             token=self.token,
