@@ -188,6 +188,18 @@ def start_workers(procs: list[Proc], addresses: list[str], count: int = 2) -> No
         procs.append(worker)
 
 
+def under_load(
+    start_node: Callable[..., Node], procs: list[Proc], tmp_path: Path
+) -> tuple[Node, Node, Load]:
+    """A leader and a standby, two workers given both, and the producers' load (not started)."""
+    leader, standby = pair(start_node)
+    addresses = [leader.address, standby.address]
+    start_workers(procs, addresses)
+    log_dir = tmp_path / "runs"
+    log_dir.mkdir()
+    return leader, standby, Load(addresses, log_dir, per_producer=300)
+
+
 def test_both_started_at_once_exactly_one_leads(start_node: Callable[..., Node]) -> None:
     first = start_node(wait=False)
     second = start_node(wait=False)
@@ -258,12 +270,7 @@ def test_sigstop_past_the_ttl_fences_the_old_leader(
 def test_sigkill_of_the_leader_under_load(
     start_node: Callable[..., Node], procs: list[Proc], tmp_path: Path
 ) -> None:
-    old, new = pair(start_node)
-    addresses = [old.address, new.address]
-    start_workers(procs, addresses)
-    log_dir = tmp_path / "runs"
-    log_dir.mkdir()
-    load = Load(addresses, log_dir, per_producer=300)
+    old, new, load = under_load(start_node, procs, tmp_path)
 
     async def scenario() -> None:
         producers = [asyncio.ensure_future(load.produce(name)) for name in ("a", "b")]
@@ -287,12 +294,7 @@ def test_sigkill_of_the_leader_under_load(
 def test_sigkill_of_the_stream_leader_nats_server(
     start_node: Callable[..., Node], procs: list[Proc], nats: NatsCluster, tmp_path: Path
 ) -> None:
-    first, second = pair(start_node)
-    addresses = [first.address, second.address]
-    start_workers(procs, addresses)
-    log_dir = tmp_path / "runs"
-    log_dir.mkdir()
-    load = Load(addresses, log_dir, per_producer=300)
+    first, second, load = under_load(start_node, procs, tmp_path)
 
     async def stream_leader() -> str:
         connection = await nats_client.connect(nats.urls)
