@@ -157,6 +157,7 @@ async def _stand_by(
     finally:
         tail.cancel()
         await asyncio.gather(tail, return_exceptions=True)
+        await follower.close()
 
 
 async def _take_over(shard: Shard, follower: Follower, leadership: Leadership) -> int:

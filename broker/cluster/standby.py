@@ -106,12 +106,18 @@ class Follower:
             self.applied = sequence
 
     async def _skip_gap(self, sequence: int) -> None:
-        """Messages before ``sequence`` were purged: they are in a newer snapshot."""
+        """Messages before ``sequence`` were purged: they are in a newer snapshot. (If
+        they are still in the stream, the consumer lost them: it is made again.)"""
+        stream = self.shard.config.stream
+        first = (await self.shard.js.stream_info(stream)).state.first_seq
+        if first <= self.applied + 1:
+            await self._unsubscribe()
+            return
         await self.load_snapshot()
-        if self.applied < sequence - 1:
+        if self.applied + 1 < first:
             raise JournalError(
-                f"stream {self.shard.config.stream} has no message {self.applied + 1} and "
-                f"no snapshot covers it: it was purged by something other than a leader"
+                f"stream {stream} starts at message {first} and no snapshot covers the ones "
+                f"before it: it was purged by something other than a leader"
             )
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -138,6 +144,8 @@ class Follower:
                 log.debug("dropping a consumer: %s", exc)
 
     async def close(self) -> None:
+        """Drop the consumer (after a ``follow`` was cancelled: the next one starts afresh
+        from the next sequence)."""
         await self._unsubscribe()
 
 
