@@ -2,8 +2,8 @@
 journal with ``--fsync always``, in the same run; and the failover time.
 
 Each cluster run starts three ``nats-server`` (JetStream, replicas 3, the
-servers' default sync) on loopback and one broker node of shard ``s0``
-(``--lease-ttl 2``). The failover workload (W9) adds a standby and a
+servers' default sync; W2a-cs: ``sync_interval: always``) on loopback and
+one broker node of shard ``s0`` (``--lease-ttl 2``). The failover workload (W9) adds a standby and a
 worker, then, :data:`FAILOVERS` times: SIGKILL the leader, measure from the
 kill to the first job completed through the new leader (a job submitted
 right after the kill, by a client given both addresses), and start the
@@ -97,6 +97,26 @@ def cluster_workloads(settings: Settings, broker_help: str) -> list[Workload]:
                 unavailable=missing if nats else None,
             ),
         ]
+    rows.append(
+        Workload(
+            "W2a-cs",
+            "submit_many, no worker, cluster R3, NATS sync_interval: always",
+            n,
+            submit_many_only,
+            (
+                Figure(
+                    "jobs_per_s",
+                    "W2a submit_many x1,000, cluster R3, NATS fsync always",
+                    THROUGHPUT,
+                ),
+            ),
+            broker_args=CLUSTER_ARGS,
+            timeout=90 + n * 0.005,
+            nats=True,
+            nats_sync_always=True,
+            unavailable=missing,
+        )
+    )
     rows.append(
         Workload(
             "W9",

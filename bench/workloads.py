@@ -123,6 +123,8 @@ class Workload:
     # Run against a shard on a fresh three-node NATS cluster: ``{nats}`` in
     # ``broker_args`` becomes its URLs (bench/cluster.py).
     nats: bool = False
+    # ... whose servers fsync every write (jetstream { sync_interval: always }).
+    nats_sync_always: bool = False
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -536,7 +538,11 @@ async def _run_once(
     workload: Workload, broker_profile: Path | None, worker_profile: Path | None
 ) -> Sample:
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-") as tmpdir:
-        nats = NatsCluster(Path(tmpdir) / "nats") if workload.nats else None
+        nats = (
+            NatsCluster(Path(tmpdir) / "nats", sync_always=workload.nats_sync_always)
+            if workload.nats
+            else None
+        )
         try:
             if nats is not None:
                 nats.start()
