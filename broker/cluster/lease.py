@@ -22,6 +22,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.cluster.batches import LeaseClock
+from broker.cluster.shard import CANCEL_GRACE, settle
 
 log = logging.getLogger("broker.cluster")
 
@@ -95,9 +96,7 @@ class Leadership:
     async def stop(self, release: bool) -> None:
         """Stop renewing; with ``release``, delete the key so that a standby takes over now."""
         task, self._renewing = self._renewing, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await settle(task, CANCEL_GRACE)
         if release and self.lost is None and self.clock.valid(time.monotonic()):
             self.lost = "released"
             try:

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 
 from nats.errors import Error as NatsError
 from nats.js.api import Header
@@ -133,7 +132,9 @@ async def _stand_by(
 ) -> bool:
     """Follow the stream until the lease is ours (True) or ``stop`` is set (False)."""
     loop = asyncio.get_running_loop()
-    tail = loop.create_task(follower.follow())
+    # The tail is stopped, not cancelled: see Follower.follow.
+    stop_tail = asyncio.Event()
+    tail = loop.create_task(follower.follow(stop=stop_tail))
     interval = follower.shard.config.poll_interval
     try:
         while not stop.is_set():
@@ -149,13 +150,13 @@ async def _stand_by(
                     log.info("the leader of shard %s is %s", listener.shard, leader or "nobody")
             if tail.done():
                 tail.result()  # the follower's error, if it failed
-                tail = loop.create_task(follower.follow())
+                tail = loop.create_task(follower.follow(stop=stop_tail))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await stop.wait()
         return False
     finally:
-        tail.cancel()
+        stop_tail.set()
         await asyncio.gather(tail, return_exceptions=True)
         await follower.close()
 
@@ -169,8 +170,8 @@ async def _take_over(shard: Shard, follower: Follower, leadership: Leadership) -
         try:
             info = await shard.js.stream_info(cluster.stream)
             last = info.state.last_seq
-            async with asyncio.timeout(max(0.01, leadership.clock.left(time.monotonic()))):
-                await follower.follow(last)
+            if not await follower.follow(last, deadline=leadership.clock.valid_until):
+                continue  # the lease ran out first (the loop's check says so)
             ack = await shard.js.publish(
                 cluster.subject,
                 b"",

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 # How long a JetStream API request may take (then it is tried again, as the case may be).
 API_TIMEOUT = 2.0
+# How long a task doing NATS work is given to stop once cancelled.
+CANCEL_GRACE = 2.0
 # How long creating the shard's stream and buckets may be tried again at start.
 SETUP_TIMEOUT = 30.0
 SETUP_RETRY = 0.2
@@ -101,6 +103,20 @@ async def connect(config: ClusterConfig, name: str) -> Shard:
     return Shard(config, nc, js, lease, snapshots, replicas)
 
 
+async def settle(task: asyncio.Task[Any] | None, grace: float) -> None:
+    """Cancel ``task`` and wait for it, at most ``grace`` seconds. nats-py can lose a
+    cancellation in a wait on a queue (Python 3.11's ``wait_for``): such a task is
+    logged and left, so that stopping cannot hang on it."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.warning("%s did not stop within %g s; leaving it", task.get_name(), grace)
+    elif not task.cancelled() and task.exception() is not None:
+        log.debug("%s ended with %r", task.get_name(), task.exception())
+
+
 async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     """``attempt()`` until it works, for at most :data:`SETUP_TIMEOUT` seconds: at start,
     the cluster may still be electing the leaders of new streams."""
@@ -108,12 +124,14 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await attempt()
-        except BadRequestError:
-            raise  # another node made them with other settings: say so
         except (TimeoutError, NatsError) as exc:
+            # A bad request too: two nodes creating the same stream at once can
+            # get one (the second sees the first's half made); with other
+            # settings it stays, and is raised at the deadline.
             if time.monotonic() > deadline:
                 raise
-            log.info("%s: %s; again", what, exc or type(exc).__name__)
+            level = logging.WARNING if isinstance(exc, BadRequestError) else logging.INFO
+            log.log(level, "%s: %s; again", what, exc or type(exc).__name__)
             await asyncio.sleep(SETUP_RETRY)
 
 

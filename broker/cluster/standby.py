@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -65,11 +66,25 @@ class Follower:
         self.snapshot_bytes = loaded.size
         await self._unsubscribe()
 
-    async def follow(self, until: int | None = None) -> None:
-        """Apply the stream's messages in order; return once ``until`` is applied
-        (with None, never)."""
+    async def follow(
+        self,
+        until: int | None = None,
+        *,
+        stop: asyncio.Event | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        """Apply the stream's messages in order; True once ``until`` is applied (with
+        None, never), False once ``stop`` is set or the monotonic ``deadline`` passed.
+
+        Those are checked between fetches, each at most :data:`FETCH_WAIT`: a
+        fetch is never cancelled (nats-py's can then hang on Python 3.11).
+        """
         idle = 0
         while until is None or self.applied < until:
+            if (stop is not None and stop.is_set()) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
+                return False
             try:
                 if self._subscription is None:
                     self._subscription = await self._subscribe()
@@ -92,6 +107,7 @@ class Follower:
                 log.debug("following %s: %s", self.shard.config.stream, exc)
                 await self._unsubscribe()
                 await asyncio.sleep(RESUBSCRIBE_PAUSE)
+        return True
 
     async def _apply(self, messages: list[Msg]) -> None:
         for message in messages:

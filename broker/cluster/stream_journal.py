@@ -41,7 +41,7 @@ from nats.js.errors import APIError
 from broker.cluster import snapshots
 from broker.cluster.batches import Batch, PublishQueue
 from broker.cluster.lease import Leadership
-from broker.cluster.shard import Shard
+from broker.cluster.shard import CANCEL_GRACE, Shard, settle
 from broker.durability import FailureListener, StorageFailure
 from broker.jobs import Job
 from broker.journal.sink import RecordSink
@@ -144,9 +144,7 @@ class StreamJournal(RecordSink):
                     self._queue.appended - self._queue.durable,
                 )
         for task in (self._publisher, self._snapshot):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await settle(task, CANCEL_GRACE)
         await self._leadership.stop(release=self._failure is None)
 
     def abandon(self) -> None:
