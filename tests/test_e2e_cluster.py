@@ -35,6 +35,8 @@ TAKEOVER = TTL + 2.0
 WAIT = 60.0
 TASKS = "tests.tasks_cluster"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+# The broker proper listens (a node listens before it leads, answering NOT_LEADER).
+SERVING = r"INFO broker: listening on"
 
 
 class Node(Proc):
@@ -105,7 +107,7 @@ def pair(start_node: Callable[..., Node]) -> tuple[Node, Node]:
     """A leader, then a standby (started once the first leads)."""
     leader = start_node()
     leader.wait_for_line(r"shard s0: leading at", WAIT)
-    leader.wait_for_line(r"listening on 127", WAIT)
+    leader.wait_for_line(SERVING, WAIT)
     standby = start_node()
     standby.wait_for_line(rf"the leader of shard s0 is {re.escape(leader.address)}", WAIT)
     return leader, standby
@@ -216,7 +218,7 @@ def test_both_started_at_once_exactly_one_leads(start_node: Callable[..., Node])
     leader = leaders[0]
     standby = second if leader is first else first
     standby.wait_for_line(rf"the leader of shard s0 is {re.escape(leader.address)}", WAIT)
-    leader.wait_for_line(r"listening on 127", WAIT)
+    leader.wait_for_line(SERVING, WAIT)
 
     async def check() -> None:
         peer = await RawPeer.connect(standby.address, read_welcome=False)
@@ -255,7 +257,7 @@ def test_sigstop_past_the_ttl_fences_the_old_leader(
         assert code == 3, old.tail()
         old.wait_for_line(r"stopped leading|this broker stops serving")
         # The new leader serves undisturbed.
-        await wait_for_line(new, r"listening on 127", WAIT)
+        await wait_for_line(new, SERVING, WAIT)
         start_workers(procs, [new.address], count=1)
         log_dir = tmp_path / "runs"
         log_dir.mkdir()
