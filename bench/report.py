@@ -22,6 +22,8 @@ PACKAGES = ("broker", "protocol", "worker")
 def format_value(value: float, unit: str) -> str:
     if unit == "ms":
         return f"{value:.3f}"
+    if unit == "s":
+        return f"{value:.2f}"
     if unit == "us/job":
         return f"{value:.1f}"
     return f"{value:,.0f}"

@@ -25,6 +25,8 @@ from typing import Any
 from bench.procs import BrokerProc, FaninProc, Proc, ProcessFailed, WorkerProc, progress
 from bench.tasks import CPU, NOOP
 from broker import Client, Job
+from harness.nats import NatsCluster
+from harness.processes import STARTUP_TIMEOUT
 
 Sample = dict[str, float]
 
@@ -70,6 +72,10 @@ class Run:
     worker_profile: Path | None = None
     worker_args: tuple[str, ...] = ()
     procs: list[Proc] = field(default_factory=list)
+    # The broker's flags, for a run that starts another (a cluster's standby).
+    broker_args: tuple[str, ...] = ()
+    # What workers are told to connect to, if not the broker's address (several nodes).
+    connect: str | None = None
     # How far the run got ("submitted", "results"): reported if it times out.
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -81,7 +87,9 @@ class Run:
         profile_to = self.worker_profile
         if profile_to is not None and any(isinstance(p, WorkerProc) for p in self.procs):
             profile_to = None  # only the first worker of a run is profiled
-        worker = WorkerProc(self.address, profile_to=profile_to, extra=self.worker_args)
+        worker = WorkerProc(
+            self.connect or self.address, profile_to=profile_to, extra=self.worker_args
+        )
         self.procs.append(worker)
         return worker
 
@@ -112,6 +120,11 @@ class Workload:
     env: tuple[tuple[str, str], ...] = ()
     # Flags added to every `python -m worker` of the run.
     worker_args: tuple[str, ...] = ()
+    # Run against a shard on a fresh three-node NATS cluster: ``{nats}`` in
+    # ``broker_args`` becomes its URLs (bench/cluster.py).
+    nats: bool = False
+    # ... whose servers fsync every write (jetstream { sync_interval: always }).
+    nats_sync_always: bool = False
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -525,29 +538,59 @@ async def _run_once(
     workload: Workload, broker_profile: Path | None, worker_profile: Path | None
 ) -> Sample:
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-") as tmpdir:
-        args = [arg.replace("{tmpdir}", tmpdir) for arg in workload.broker_args]
-        broker = BrokerProc(args, profile_to=broker_profile)
-        run = Run(
-            broker, workload.n, worker_profile=worker_profile, worker_args=workload.worker_args
+        nats = (
+            NatsCluster(Path(tmpdir) / "nats", sync_always=workload.nats_sync_always)
+            if workload.nats
+            else None
         )
         try:
-            async with asyncio.timeout(workload.timeout):
-                return await workload.run(run)
-        except TimeoutError as exc:
-            raise WorkloadTimeout(
-                f"timed out after {workload.timeout:g}s; {await post_mortem(run)}"
-            ) from exc
-        except Exception as exc:
-            if not broker.alive():
-                raise ProcessFailed(
-                    f"{type(exc).__name__}: {exc}; the broker exited "
-                    f"({broker.popen.returncode}):\n{broker.tail(10)}"
-                ) from exc
-            raise
+            if nats is not None:
+                nats.start()
+            return await _run_on(workload, tmpdir, nats, broker_profile, worker_profile)
         finally:
-            for proc in reversed(run.procs):
-                proc.stop()
-            broker.stop()
+            if nats is not None:
+                nats.stop()
+
+
+async def _run_on(
+    workload: Workload,
+    tmpdir: str,
+    nats: NatsCluster | None,
+    broker_profile: Path | None,
+    worker_profile: Path | None,
+) -> Sample:
+    urls = nats.url_list if nats is not None else ""
+    args = [arg.replace("{tmpdir}", tmpdir).replace("{nats}", urls) for arg in workload.broker_args]
+    broker = BrokerProc(args, profile_to=broker_profile)
+    if nats is not None:
+        # It listens (answering NOT_LEADER) before it leads: wait for the broker proper.
+        broker.wait_for_line(r"shard \S+: leading at", STARTUP_TIMEOUT)
+        broker.wait_for_line(r"broker: listening on", STARTUP_TIMEOUT)
+    run = Run(
+        broker,
+        workload.n,
+        worker_profile=worker_profile,
+        worker_args=workload.worker_args,
+        broker_args=tuple(args),
+    )
+    try:
+        async with asyncio.timeout(workload.timeout):
+            return await workload.run(run)
+    except TimeoutError as exc:
+        raise WorkloadTimeout(
+            f"timed out after {workload.timeout:g}s; {await post_mortem(run)}"
+        ) from exc
+    except Exception as exc:
+        if not broker.alive():
+            raise ProcessFailed(
+                f"{type(exc).__name__}: {exc}; the broker exited "
+                f"({broker.popen.returncode}):\n{broker.tail(10)}"
+            ) from exc
+        raise
+    finally:
+        for proc in reversed(run.procs):
+            proc.stop()
+        broker.stop()
 
 
 class WorkloadTimeout(Exception):
@@ -741,6 +784,10 @@ def suite(settings: Settings, broker_help: str, only: set[str] | None = None) ->
     ]
     workloads += limits_and_dependencies(settings)
     workloads += durability(settings, broker_help)
+    # Imported here: bench.cluster builds on this module.
+    from bench.cluster import cluster_workloads  # noqa: PLC0415
+
+    workloads += cluster_workloads(settings, broker_help)
     workloads += cpu_bound_workloads(settings)
     if only:
         workloads = [w for w in workloads if w.id in only or w.id.split("-")[0] in only]

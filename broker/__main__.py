@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.client import Client, JobFailed
+from broker.cluster.config import ClusterConfig, parse_servers
 from broker.config import BrokerConfig
 from broker.http import (
     DEFAULT_HTTP_HOST,
@@ -120,6 +121,35 @@ def serve_parser() -> argparse.ArgumentParser:
         "--repair-journal",
         action="store_true",
         help="truncate a corrupt journal at the damage (losing what follows) and start",
+    )
+    cluster = parser.add_argument_group(
+        "cluster", "a shard replicated on NATS JetStream (docs/CLUSTER.md; needs jobwire[cluster])"
+    )
+    cluster.add_argument(
+        "--cluster",
+        default=None,
+        metavar="URLS",
+        help="NATS servers, nats://host:port,...: lead the shard, or stand by (no --data-dir)",
+    )
+    cluster.add_argument("--shard", default="s0", help="the shard's name (stream JW_<shard>)")
+    cluster.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST:PORT",
+        help="the address standbys send peers to while this node leads (default: the listen "
+        "address)",
+    )
+    cluster.add_argument(
+        "--lease-ttl", type=float, default=10.0, help="seconds a leader's lease lasts unrenewed"
+    )
+    cluster.add_argument(
+        "--publish-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a publish may wait for its acknowledgement before the leader stops",
+    )
+    cluster.add_argument(
+        "--replicas", type=int, default=None, help="stream replicas (default 3 with 3+ servers)"
     )
     parser.add_argument("--token", default=None, help="shared secret (or BROKER_TOKEN)")
     parser.add_argument("--token-file", default=None, help="file whose first line is the token")
@@ -241,12 +271,20 @@ def unknown_command(word: str) -> str:
     return f"unknown command {word!r}; {hint}"
 
 
-async def serve(config: BrokerConfig) -> None:
+async def serve(config: BrokerConfig, cluster: ClusterConfig | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; the exit code (3: a cluster leader fenced out)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await Broker(config).serve_until(stop)
+    if cluster is not None:
+        # Imported only here: nats is an optional dependency.
+        from broker.cluster.node import serve_cluster  # noqa: PLC0415
+
+        return await serve_cluster(config, cluster, stop)
+    broker = Broker(config)
+    await broker.serve_until(stop)
+    return 0 if broker.fatal_failure is None else 3
 
 
 def print_json(value: Any) -> None:
@@ -441,6 +479,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         log.error("bad security settings: %s", exc)
         return 2
+    cluster: ClusterConfig | None = None
+    if args.cluster is not None:
+        if args.data_dir:
+            log.error("--cluster and --data-dir exclude each other: the journal is the stream")
+            return 2
+        try:
+            cluster = ClusterConfig(
+                parse_servers(args.cluster),
+                shard=args.shard,
+                advertise=args.advertise,
+                lease_ttl=args.lease_ttl,
+                publish_timeout=args.publish_timeout,
+                replicas=args.replicas,
+            )
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
     config = BrokerConfig(
         host=args.host,
         port=args.port,
@@ -478,8 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_uvloop()
 
     async def serve_and_exit() -> int:
-        await serve(config)
-        return 0
+        return await serve(config, cluster)
 
     try:
         return run(serve_and_exit)

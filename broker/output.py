@@ -148,6 +148,11 @@ class Output:
         transport = self.transport
         if transport is None:
             return
+        failure = self._gate.failure
+        if failure is not None and failure.fatal:
+            # Fenced out (another broker owns the jobs now): say nothing more.
+            # The broker aborts every connection when it hears of it.
+            return
         if not self._frames:
             if self._close_when_flushed:
                 transport.close()

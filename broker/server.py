@@ -26,7 +26,7 @@ from typing import Any
 from broker.config import BrokerConfig
 from broker.durability import StorageFailure
 from broker.http import HttpServer
-from broker.journal import Journal, JournalBackend, JournalConfig
+from broker.journal import Journal, JournalBackend
 from broker.manager import JobManager
 from broker.session import Session
 from broker.state import BrokerState
@@ -55,7 +55,7 @@ class Broker:
         self, config: BrokerConfig | None = None, *, storage: JournalBackend | None = None
     ) -> None:
         """``storage``: the journal backend to use instead of the file journal that
-        ``config.journal`` describes (which it must then still set, for recovery)."""
+        ``config.journal`` would describe (the cluster's, ``broker.cluster``)."""
         self.config = config = config or BrokerConfig()
         self._storage = storage
         self.manager = JobManager(config.manager)
@@ -132,9 +132,13 @@ class Broker:
         """The HTTP port actually bound, or None without HTTP."""
         return None if self.http is None or not self.http.serving else self.http.port
 
-    async def _open_journal(self, config: JournalConfig) -> None:
+    async def _open_journal(self) -> None:
         """Recover the state the journal holds, then record every change from now on."""
-        journal = self._storage or Journal(config)
+        if self._storage is not None:
+            journal = self._storage
+        else:
+            assert self.config.journal is not None
+            journal = Journal(self.config.journal)
         # Reading the files is blocking work: a thread, so an embedding app's loop runs on.
         recovered = await self.loop.run_in_executor(None, journal.open)
         try:
@@ -178,8 +182,8 @@ class Broker:
     async def start(self) -> None:
         self.check_exposure()
         self._loop = asyncio.get_running_loop()
-        if self.config.journal is not None:
-            await self._open_journal(self.config.journal)
+        if self._storage is not None or self.config.journal is not None:
+            await self._open_journal()
         try:
             self._server = await self._loop.create_server(
                 lambda: Session(self.state),

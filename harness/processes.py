@@ -34,7 +34,8 @@ class ProcessFailed(AssertionError):
 
 
 class Proc:
-    """``python ARGS...`` in the project root, optionally under cProfile.
+    """``python ARGS...`` (or ``executable ARGS...``) in the project root, optionally
+    under cProfile.
 
     ``keep_lines`` bounds the output kept (the newest lines; line numbers
     stay absolute); ``echo`` is called with every line as it is read.
@@ -48,13 +49,15 @@ class Proc:
         profile_to: Path | None = None,
         keep_lines: int | None = None,
         echo: Callable[[str], None] | None = None,
+        executable: str | None = None,
     ) -> None:
         self.name = name
         self.profile_to = profile_to
         python_args = list(args)
         if profile_to is not None:
             python_args = ["-m", "cProfile", "-o", str(profile_to), *python_args]
-        self.command = [sys.executable, *python_args]
+        # Another program than Python (nats-server): ``args`` are its own.
+        self.command = [executable or sys.executable, *python_args]
         self._keep = keep_lines
         self._echo = echo
         self._lines: list[str] = []

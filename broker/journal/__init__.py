@@ -11,7 +11,8 @@ One concern per module (see ``docs/JOURNAL.md``):
 - ``failure``: the failed state (logged once per change, listeners, retry backoff);
 - ``config``: ``JournalConfig`` and ``FsyncMode``;
 - ``file_journal``: the group-commit writer, the fsync thread, recovery from a failure;
-- ``backend``: the interface the broker depends on (:class:`JournalBackend`).
+- ``backend``: the interface the broker depends on (:class:`JournalBackend`);
+- ``sink``: the manager's changes as encoded records, shared by the backends.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ A backend is three things at once:
   ``generation``, ``journal_bytes``, ``snapshot_bytes``, ``compactions``,
   ``fsync`` and ``failure`` (None, or operation, cause and since).
 
-:class:`broker.journal.Journal` (files in a directory) is the one backend today.
+:class:`broker.journal.Journal` (files in a directory) is one backend;
+:class:`broker.cluster.stream_journal.StreamJournal` (a NATS JetStream
+stream, ``--cluster``) the other.
 """
 
 from __future__ import annotations

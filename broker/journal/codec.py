@@ -69,8 +69,21 @@ def read_records(data: bytes, kind: bytes, path: Path) -> ReadResult:
             f"{path} has format version {version}; this broker reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
+    return _read_from(data, HEADER.size, path)
+
+
+def read_batch(data: bytes, where: Path) -> list[list[Any]]:
+    """The records of one batch: records as a journal holds them, with no file header
+    (a cluster's stream message). A batch is written whole, so any damage is
+    corruption (:class:`JournalCorrupt`, ``where`` naming the message)."""
+    result = _read_from(data, 0, where)
+    if result.torn_at is not None:
+        raise JournalCorrupt(where, result.torn_at, "incomplete record in a batch")
+    return result.records
+
+
+def _read_from(data: bytes, pos: int, path: Path) -> ReadResult:
     records: list[list[Any]] = []
-    pos = HEADER.size
     end = len(data)
     while pos < end:
         # A crash can leave the last record cut short, or (on some file systems

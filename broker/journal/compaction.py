@@ -15,13 +15,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from broker.jobs import Job
-from broker.journal.codec import HEADER, KIND_JOURNAL, KIND_SNAPSHOT, encode_record, file_header
+from broker.journal.codec import KIND_JOURNAL, KIND_SNAPSHOT, encode_record, file_header
 from broker.journal.fileops import FileOps
 from broker.journal.records import SNAPSHOT_END, setting_record, snapshot_record
 from broker.journal.recovery import journal_path, older_generations, snapshot_path
@@ -52,39 +52,25 @@ async def write_snapshot(
     """Write snapshot-<generation> from the live state, a slice per loop turn.
 
     The job ids are taken now: the state as of the new journal's first
-    record. A job changed while the snapshot is written may be captured in
-    its newer state, which replaying journal-<generation> in order makes
-    right. Raises :class:`OSError` (the temporary file removed) if any
-    write, the fsync, the rename or the directory's fsync fails.
+    record (see :class:`SnapshotEncoder`). Raises :class:`OSError` (the
+    temporary file removed) if any write, the fsync, the rename or the
+    directory's fsync fails.
     """
     loop = asyncio.get_running_loop()
-    jobs = jobs_view()
-    ids = list(jobs)
-    # The settings are few: taken (and encoded) whole, now.
-    settings = b"".join(
-        encode_record(setting_record(key, value))
-        for key, value in (settings_view() if settings_view is not None else {}).items()
-    )
+    encoder = SnapshotEncoder(jobs_view, settings_view)
     final = snapshot_path(directory, generation)
     temporary = final.with_suffix(".tmp")
-    written = 0
+    size = 0
     try:
         fd = ops.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
-            ops.write_all(fd, file_header(KIND_SNAPSHOT) + settings)
-            size = HEADER.size + len(settings)
-            for first in range(0, len(ids), COMPACTION_SLICE):
-                chunk = bytearray()
-                for job_id in ids[first : first + COMPACTION_SLICE]:
-                    job = jobs.get(job_id)
-                    if job is not None:
-                        chunk += encode_record(snapshot_record(job))
-                        written += 1
-                await _in_thread(loop, ops.write_all, fd, bytes(chunk))
-                size += len(chunk)
-            end = encode_record([SNAPSHOT_END, written])
-            await _in_thread(loop, ops.write_all, fd, end)
-            size += len(end)
+            pieces = encoder.pieces()
+            first = next(pieces)  # the header and the settings: small
+            ops.write_all(fd, first)
+            size += len(first)
+            for piece in pieces:
+                await _in_thread(loop, ops.write_all, fd, piece)
+                size += len(piece)
             await _in_thread(loop, ops.fsync, fd)
         finally:
             ops.close(fd)
@@ -94,7 +80,45 @@ async def write_snapshot(
             ops.unlink(temporary)
         raise
     await loop.run_in_executor(None, ops.fsync_directory, directory)
-    return Snapshot(generation, size, written)
+    return Snapshot(generation, size, encoder.jobs)
+
+
+class SnapshotEncoder:
+    """The live state as a snapshot's bytes, a slice of jobs per piece (pure: whoever
+    writes the pieces lets the loop run between them).
+
+    The job ids and the settings are taken when it is made: the state as of
+    that moment. A job changed before its slice is encoded is captured in its
+    newer state, which replaying the records after that moment makes right.
+    """
+
+    def __init__(
+        self, jobs_view: Callable[[], dict[str, Job]], settings_view: SettingsView | None = None
+    ) -> None:
+        self._jobs = jobs_view()
+        self._ids = list(self._jobs)
+        # The settings are few: taken (and encoded) whole, now.
+        self._settings = b"".join(
+            encode_record(setting_record(key, value))
+            for key, value in (settings_view() if settings_view is not None else {}).items()
+        )
+        # Jobs encoded so far.
+        self.jobs = 0
+
+    def pieces(self) -> Iterator[bytes]:
+        """The file header with the settings, then a slice of jobs per piece, then the end."""
+        yield file_header(KIND_SNAPSHOT) + self._settings
+        jobs = self._jobs
+        ids = self._ids
+        for first in range(0, len(ids), COMPACTION_SLICE):
+            chunk = bytearray()
+            for job_id in ids[first : first + COMPACTION_SLICE]:
+                job = jobs.get(job_id)
+                if job is not None:
+                    chunk += encode_record(snapshot_record(job))
+                    self.jobs += 1
+            yield bytes(chunk)
+        yield encode_record([SNAPSHOT_END, self.jobs])
 
 
 async def _in_thread(

@@ -30,26 +30,19 @@ from typing import Any
 
 from broker.durability import FailureListener, StorageFailure
 from broker.jobs import Job
-from broker.journal.codec import encode_record
 from broker.journal.compaction import compact, create_journal, rebase
 from broker.journal.config import FsyncMode, JournalConfig
 from broker.journal.failure import FailureState
 from broker.journal.fileops import FileOps, sync_files
 from broker.journal.lock import DirectoryLock
-from broker.journal.records import (
-    changed_record,
-    deleted_record,
-    reserved_record,
-    setting_record,
-    submitted_record,
-)
 from broker.journal.recovery import recover
+from broker.journal.sink import RecordSink
 from broker.manager.metrics import Histogram
 
 log = logging.getLogger("broker.journal")
 
 
-class Journal:
+class Journal(RecordSink):
     """The file :class:`~broker.journal.backend.JournalBackend`: DIR's journals and snapshots."""
 
     def __init__(self, config: JournalConfig, ops: FileOps | None = None) -> None:
@@ -209,22 +202,7 @@ class Journal:
         self._close_files()
         self._lock.release()
 
-    # -- the manager's sink --
-
-    def job_submitted(self, job: Job) -> None:
-        self._append(encode_record(submitted_record(job)))
-
-    def job_changed(self, job: Job) -> None:
-        self._append(encode_record(changed_record(job)))
-
-    def job_deleted(self, job_id: str) -> None:
-        self._append(encode_record(deleted_record(job_id)))
-
-    def job_reserved(self, job: Job) -> None:
-        self._append(encode_record(reserved_record(job)))
-
-    def setting_changed(self, key: str, value: Any) -> None:
-        self._append(encode_record(setting_record(key, value)))
+    # -- the manager's sink (RecordSink) --
 
     def _append(self, record: bytes) -> None:
         self._buffer += record
