@@ -510,7 +510,7 @@ class Client:
         peers = self._peers
         while True:
             if peers.round_start:
-                delay = self._reconnect.delay()
+                delay = peers.wait(self._reconnect.delay())
                 if deadline is not None:
                     # The backoff spans calls; each call still gets an attempt of its own.
                     delay = min(delay, max(0.0, (deadline - loop.time()) * 0.75))
@@ -535,7 +535,8 @@ class Client:
                 if exc.code not in RETRYABLE_REFUSALS:
                     raise  # refused for good: a bad token, say
                 self._last_failure = exc
-                if peers.failed(exc.leader if isinstance(exc, NotLeader) else None):
+                leader = exc.leader if isinstance(exc, NotLeader) else None
+                if peers.failed(leader, standby=isinstance(exc, NotLeader)):
                     self._reconnect.failed()
                 continue
             peers.connected()

@@ -24,11 +24,25 @@ not keep the peer from the leader at the next address.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+
+# While a standby answers NOT_LEADER, a failover is under way and the leader
+# may come up any moment: a round ends with a short wait (jittered between
+# half and all of this), not the growing backoff of a shard that is down.
+FAILOVER_RETRY = 0.2
 
 
 class LeaderSearch:
-    __slots__ = ("_leader", "_start", "_tried", "addresses", "current")
+    __slots__ = (
+        "_leader",
+        "_standby_answered",
+        "_start",
+        "_tried",
+        "addresses",
+        "current",
+        "failover",
+    )
 
     def __init__(self, addresses: Sequence[str]) -> None:
         if not addresses:
@@ -42,6 +56,9 @@ class LeaderSearch:
         self._tried: set[str] = set()
         # A leader a standby named, to try next.
         self._leader: str | None = None
+        # A standby refused in this round; in the last one (``failover``).
+        self._standby_answered = False
+        self.failover = False
 
     @property
     def round_start(self) -> bool:
@@ -70,25 +87,36 @@ class LeaderSearch:
         self.current = address
         return address
 
-    def failed(self, leader: str | None = None) -> bool:
-        """The attempt at :attr:`current` failed; ``leader``: the leader a standby named.
+    def failed(self, leader: str | None = None, *, standby: bool = False) -> bool:
+        """The attempt at :attr:`current` failed; ``standby``: refused by a standby
+        (``NOT_LEADER``), ``leader``: the leader it named.
 
         Returns True when the round is over (every address tried): the
-        caller then waits its backoff before the next. A ``leader`` that is
-        not a ``host:port`` is ignored.
+        caller then waits (:meth:`wait`) before the next. A ``leader`` that
+        is not a ``host:port`` is ignored.
         """
+        self._standby_answered = self._standby_answered or standby
         if leader and _is_host_port(leader) and leader not in self._tried:
             self._leader = leader
             return False
         if all(address in self._tried for address in self.addresses):
             self._tried.clear()
+            self.failover, self._standby_answered = self._standby_answered, False
             return True
         return False
+
+    def wait(self, backoff: float) -> float:
+        """The wait before the next round: the peer's ``backoff``, or a short one
+        while a failover is under way."""
+        if self.failover:
+            return min(backoff, FAILOVER_RETRY * random.uniform(0.5, 1.0))
+        return backoff
 
     def connected(self) -> None:
         """The attempt at :attr:`current` worked: the next round starts there."""
         self._tried.clear()
         self._leader = None
+        self.failover = self._standby_answered = False
         if self.current in self.addresses:
             self._start = self.addresses.index(self.current)
         else:  # a leader from outside the list: tried first again

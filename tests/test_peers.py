@@ -26,7 +26,7 @@ from harness.processes import ROOT, BrokerProc, WorkerProc
 from protocol.backoff import Reconnect
 from protocol.config import URL_ENV, resolve_addresses
 from protocol.errors import NotLeader
-from protocol.peers import LeaderSearch
+from protocol.peers import FAILOVER_RETRY, LeaderSearch
 from tests.fakebrokers import dropping_broker, silent_broker, standby
 from tests.inprocess import free_port, serving
 from tests.test_cli import admin
@@ -108,6 +108,23 @@ def test_the_backoff_counts_rounds_not_attempts() -> None:
             policy.failed()
     assert policy.failures == 3 and len(waits) == 3
     assert waits[0] == 0.0 and all(w > 0 for w in waits[1:])
+
+
+def test_a_round_a_standby_answered_in_waits_briefly_whatever_the_backoff() -> None:
+    search = LeaderSearch(["a:1", "b:2"])
+    long_backoff = 8.0
+    search.next()
+    assert not search.failed()  # a: unreachable (the leader died)
+    search.next()
+    assert search.failed("a:1", standby=True)  # b: a standby, naming the dead leader
+    assert search.failover
+    assert search.wait(long_backoff) <= FAILOVER_RETRY
+    search.next()
+    assert not search.failed()
+    search.next()
+    assert search.failed()  # nobody answers at all: the shard is down, back off
+    assert not search.failover
+    assert search.wait(long_backoff) == long_backoff
 
 
 # --- addresses and JOBWIRE_URL -------------------------------------------------------

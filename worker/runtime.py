@@ -363,7 +363,7 @@ class Worker:
                 # At once after a connection that worked; backoff while rounds of
                 # attempts (one per address) fail.
                 if peers.round_start:
-                    await self._sleep_unless_stopped(reconnect.delay())
+                    await self._sleep_unless_stopped(peers.wait(reconnect.delay()))
                 if self._slots.stopping:
                     break
                 address = peers.next()
@@ -385,11 +385,11 @@ class Worker:
                             f"{self.connect_timeout:g}s: {exc or type(exc).__name__}"
                         ) from exc
                     leader = exc.leader if isinstance(exc, NotLeader) else None
-                    if not peers.failed(leader):
+                    if not peers.failed(leader, standby=isinstance(exc, NotLeader)):
                         # Another address (or the leader a standby named) is next.
                         log.info("cannot use the broker at %s (%s); trying the next", address, exc)
                         continue
-                    delay = reconnect.failed()
+                    delay = peers.wait(reconnect.failed())
                     log.warning(
                         "cannot reach the broker at %s (%s); attempt %d, retrying in %.1fs",
                         address,
