@@ -188,7 +188,9 @@ async def test_as_completed_yields_in_finishing_order(
 
 async def test_lost_connection_fails_pending_calls(start_broker: Callable[..., BrokerProc]) -> None:
     broker = start_broker()
-    async with Client(broker.address) as client:
+    # A result awaited is watched again on the next connection, for as long
+    # as connecting may take: with no broker to come back, that is the wait.
+    async with Client(broker.address, connect_timeout=1.0) as client:
         job = await client.submit("echo", [1])
         waiting = asyncio.ensure_future(job.result())
         await asyncio.sleep(0)
