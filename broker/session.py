@@ -125,19 +125,24 @@ class Session(asyncio.Protocol):
         if self._closing:
             return
         self._last_seen = time.monotonic()
-        try:
-            messages = self.decoder.feed(data)
-        except ProtocolError as exc:
-            self.fail_connection(exc.code, exc.message)
-            return
-        now = time.time()
-        for message in messages:
-            self.handle(message, now)
-            if self._closing:
-                break
         state = self.state
-        state.arm_timer()
-        state.flush_outputs()
+        state.reading = True  # every output this read queues is flushed at its end
+        try:
+            try:
+                messages = self.decoder.feed(data)
+            except ProtocolError as exc:
+                self.fail_connection(exc.code, exc.message)
+                return
+            now = time.time()
+            handle = self.handle
+            for message in messages:
+                handle(message, now)
+                if self._closing:
+                    break
+            state.arm_timer()
+        finally:
+            state.reading = False
+            state.flush_outputs()
 
     def handle(self, message: Any, now: float) -> None:
         """Run one decoded message; reply with an error rather than raise."""
