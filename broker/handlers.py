@@ -371,7 +371,8 @@ class WorkerHandlers(PeerHandlers):
     def ready(self, message: Message, now: float) -> None:
         if not self.state.shutting_down:
             self.manager.grant(self.consumer, message["n"], now)
-        self.check_burst_empty()
+        if self.burst:
+            self.check_burst_empty()
 
     def ack(self, message: Message, now: float) -> None:
         result = message["result"]
