@@ -12,6 +12,7 @@ else, and it never allocates from a length it has not checked against
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgpack
@@ -19,6 +20,7 @@ import msgpack
 from protocol.errors import ErrorCode, ProtocolError
 
 HEADER_SIZE = 4
+_read_length = struct.Struct(">I").unpack_from
 # Room a peer keeps in a frame for the fields around a job's payload or
 # result, so a payload that fits in a SUBMIT also fits in the JOBS frame.
 ENVELOPE_RESERVE = 2048
@@ -100,19 +102,24 @@ class FrameDecoder:
         if self._broken is not None:
             raise self._broken
         buffer = self._buffer
-        buffer += data
+        # With nothing held, the frames are read from data itself and only
+        # its incomplete tail is copied.
+        source = data
+        if buffer:
+            buffer += data
+            source = buffer
         messages: list[Any] = []
         pos = 0
-        end = len(buffer)
+        end = len(source)
         max_frame = self.max_frame
         try:
-            with memoryview(buffer) as view:
+            with memoryview(source) as view:
                 while True:
                     needed = self._needed
                     if needed < 0:
                         if end - pos < HEADER_SIZE:
                             break
-                        needed = int.from_bytes(view[pos : pos + HEADER_SIZE], "big")
+                        needed = _read_length(view, pos)[0]
                         if needed > max_frame:
                             raise ProtocolError(
                                 ErrorCode.FRAME_TOO_LARGE,
@@ -131,6 +138,9 @@ class FrameDecoder:
             self._broken = exc
             self._buffer = bytearray()
             raise
-        if pos:
-            del buffer[:pos]
+        if source is buffer:
+            if pos:
+                del buffer[:pos]
+        elif pos < end:
+            buffer += data[pos:]
         return messages
