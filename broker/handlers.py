@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from broker.jobs import Job
 from broker.manager import Consumer, Schedule
@@ -137,6 +137,9 @@ class ClientHandlers(PeerHandlers):
                     f"the {limit} a delivery can carry",
                 )
                 return
+            if len(entry) == 2:  # task and payload only (the schema requires both)
+                new += 1
+                continue
             job_id = entry.get("id")
             if job_id is None or job_id not in known:
                 new += 1
@@ -176,17 +179,14 @@ class ClientHandlers(PeerHandlers):
                     if stands_for is None:
                         stands_for = {}
                     stands_for[asked] = job.id
-        ids: list[str] = []
-        for maybe_job in submitted:
-            assert maybe_job is not None
-            job = maybe_job
-            ids.append(job.id)
-            if watch:
+        jobs = cast(list[Job], submitted)  # order holds every index
+        if watch:
+            for job in jobs:
                 if job.state.finished:
                     already_done.append(job)
                 else:
                     job.add_watcher(session)
-        reply: Message = {"ids": ids}
+        reply: Message = {"ids": [job.id for job in jobs]}
         if existing is not None:
             reply["existing"] = sorted(existing, key=lambda entry: entry["index"])
         session.reply(rid, reply)
@@ -371,7 +371,8 @@ class WorkerHandlers(PeerHandlers):
     def ready(self, message: Message, now: float) -> None:
         if not self.state.shutting_down:
             self.manager.grant(self.consumer, message["n"], now)
-        self.check_burst_empty()
+        if self.burst:
+            self.check_burst_empty()
 
     def ack(self, message: Message, now: float) -> None:
         result = message["result"]
@@ -459,6 +460,20 @@ class Route:
     roles: frozenset[str]
     # Changes jobs: refused with STORAGE_FAILED while storage cannot take records.
     changes_jobs: bool = False
+
+
+# A route as a session holds it: the handler bound to the session's handler
+# object, and changes_jobs.
+BoundRoute = tuple[Callable[[Message, float], None], bool]
+
+
+def routes_for(role: str, handlers: PeerHandlers) -> dict[str, BoundRoute]:
+    """The routes a peer of ``role`` may take, bound to its handler object (at the handshake)."""
+    return {
+        op: (route.handler.__get__(handlers), route.changes_jobs)
+        for op, route in ROUTES.items()
+        if role in route.roles
+    }
 
 
 _ANY = frozenset({Role.CLIENT, Role.WORKER})

@@ -18,7 +18,15 @@ import os
 import time
 from typing import Any, cast
 
-from broker.handlers import ROUTES, ClientHandlers, PeerHandlers, WorkerHandlers, schedule_from_wire
+from broker.handlers import (
+    ROUTES,
+    BoundRoute,
+    ClientHandlers,
+    PeerHandlers,
+    WorkerHandlers,
+    routes_for,
+    schedule_from_wire,
+)
 from broker.manager import QueueFullError, UnknownParentError
 from broker.output import Output
 from broker.state import BrokerState
@@ -50,6 +58,8 @@ class Session(asyncio.Protocol):
         # The role's handlers, from the handshake on.
         self.handlers: PeerHandlers | None = None
         self.worker: WorkerHandlers | None = None
+        # ROUTES the role may take, bound to its handlers (set with them).
+        self._routes: dict[str, BoundRoute] = {}
         self._closing = False
         self._last_seen = time.monotonic()
         self.connected_at = time.time()
@@ -115,19 +125,24 @@ class Session(asyncio.Protocol):
         if self._closing:
             return
         self._last_seen = time.monotonic()
-        try:
-            messages = self.decoder.feed(data)
-        except ProtocolError as exc:
-            self.fail_connection(exc.code, exc.message)
-            return
-        now = time.time()
-        for message in messages:
-            self.handle(message, now)
-            if self._closing:
-                break
         state = self.state
-        state.arm_timer()
-        state.flush_outputs()
+        state.reading = True  # every output this read queues is flushed at its end
+        try:
+            try:
+                messages = self.decoder.feed(data)
+            except ProtocolError as exc:
+                self.fail_connection(exc.code, exc.message)
+                return
+            now = time.time()
+            handle = self.handle
+            for message in messages:
+                handle(message, now)
+                if self._closing:
+                    break
+            state.arm_timer()
+        finally:
+            state.reading = False
+            state.flush_outputs()
 
     def handle(self, message: Any, now: float) -> None:
         """Run one decoded message; reply with an error rather than raise."""
@@ -139,32 +154,18 @@ class Session(asyncio.Protocol):
             else:
                 self.reply_error(request_id(message), exc.code, exc.message)
             return
-        handlers = self.handlers
-        if handlers is None:
-            if op == Op.HELLO:
-                self._on_hello(message)
-            else:
-                code = (
-                    ErrorCode.AUTH_REQUIRED if self.config.token else ErrorCode.HANDSHAKE_REQUIRED
-                )
-                self.fail_connection(code, f"{op} before the HELLO handshake", message.get("rid"))
+        route = self._routes.get(op)
+        if route is None:
+            self._off_route(op, message)
             return
-        route = ROUTES.get(op)
-        if route is None:  # HELLO, the only op without a route
-            self.fail_connection(ErrorCode.BAD_REQUEST, "a second HELLO", message["rid"])
-            return
-        if self.role not in route.roles:
-            self.reply_error(
-                message.get("rid"), ErrorCode.FORBIDDEN, f"a {self.role} may not send {op}"
-            )
-            return
-        if route.changes_jobs:
+        handler, changes_jobs = route
+        if changes_jobs:
             failure = self.state.gate.failure
             if failure is not None:
                 self.reply_error(message["rid"], ErrorCode.STORAGE_FAILED, failure.describe())
                 return
         try:
-            route.handler(handlers, message, now)
+            handler(message, now)
         except QueueFullError as exc:
             self.reply_error(message.get("rid"), ErrorCode.QUEUE_FULL, str(exc))
         except UnknownParentError as exc:
@@ -172,6 +173,24 @@ class Session(asyncio.Protocol):
         except Exception:
             log.exception("bug: handling %s from %s failed", op, self)
             self.reply_error(message.get("rid"), ErrorCode.INTERNAL, f"internal error in {op}")
+
+    def _off_route(self, op: str, message: Message) -> None:
+        """A valid message with no route for this session: the HELLO, anything before
+        it, a second HELLO, an op of the other role."""
+        if self.handlers is None:
+            if op == Op.HELLO:
+                self._on_hello(message)
+            else:
+                code = (
+                    ErrorCode.AUTH_REQUIRED if self.config.token else ErrorCode.HANDSHAKE_REQUIRED
+                )
+                self.fail_connection(code, f"{op} before the HELLO handshake", message.get("rid"))
+        elif op not in ROUTES:  # HELLO, the only op without a route
+            self.fail_connection(ErrorCode.BAD_REQUEST, "a second HELLO", message["rid"])
+        else:
+            self.reply_error(
+                message.get("rid"), ErrorCode.FORBIDDEN, f"a {self.role} may not send {op}"
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -209,10 +228,10 @@ class Session(asyncio.Protocol):
         self.output.flush()
 
     def reply(self, rid: int, fields: Message | None = None, durable: bool = True) -> None:
-        message: Message = {"op": Op.OK, "rid": rid}
         if fields:
-            message.update(fields)
-        self.output.send(message, durable)
+            self.output.send({"op": Op.OK, "rid": rid, **fields}, durable)
+        else:
+            self.output.send({"op": Op.OK, "rid": rid}, durable)
 
     def reply_error(self, rid: int | None, code: ErrorCode, text: str) -> None:
         log.info("%s: %s %s", self, code.value, text)
@@ -304,6 +323,7 @@ class Session(asyncio.Protocol):
         else:
             self.handlers = ClientHandlers(self, self.state)
         self.role = role
+        self._routes = routes_for(role, self.handlers)
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_later(self.config.idle_timeout, self._check_timeouts)

@@ -55,11 +55,14 @@ class BrokerState:
         # the end of the read that queued them (or by a call_soon, whichever
         # comes first), so an idle broker answers without waiting a turn.
         self._unflushed: list[Output] = []
+        # A session's data_received is running: it flushes every output at
+        # its end, so an output queued meanwhile needs no call_soon.
+        self.reading = False
 
     # -- output --
 
     def flush_later(self, output: Output) -> None:
-        if not self._unflushed:
+        if not self._unflushed and not self.reading:
             asyncio.get_running_loop().call_soon(self.flush_outputs)
         self._unflushed.append(output)
 

@@ -417,52 +417,19 @@ _PUSHES_WITH_OP: Final = {op: {"op": _OP_FIELD, **schema} for op, schema in PUSH
 
 
 # -- the fast path ------------------------------------------------------------------
-# Every message is checked by these predicates first: they only answer yes or
-# no, so a valid message costs a few type checks per field. Only a message
-# they refuse goes through _check_map above, which finds and names the fault.
-# Both walk the same tables; test_messages.py holds them to the same verdicts.
+# Every message is checked first by a function generated from its op's table
+# (after fastjsonschema): one function per op, every field's test written out
+# inline, nested maps (job specs, deliveries, schedules, errors) checked in
+# the same function's loops, so a valid message costs a few dict lookups and
+# type checks and no call per field. They only answer yes or no; only a
+# message they refuse goes through _check_map above, which finds and names
+# the fault. Both read the same tables; test_messages.py holds them to the
+# same verdicts.
 
 Predicate = Callable[[Any], bool]
 
-
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    checks: dict[str, tuple[Predicate, bool]]
-    required: tuple[str, ...]
-
-
-def _is_int(value: Any) -> bool:
-    return type(value) is int and -MAX_UINT <= value <= MAX_UINT
-
-
-def _is_uint(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= MAX_UINT
-
-
-def _is_seconds(value: Any) -> bool:
-    kind = type(value)
-    return (kind is int or kind is float) and 0 <= value <= MAX_SECONDS  # NaN fails too
-
-
-def _is_fraction(value: Any) -> bool:
-    kind = type(value)
-    return (kind is int or kind is float) and 0 <= value <= 1  # NaN fails too
-
-
-def _is_progress_info(value: Any) -> bool:
-    return type(value) is bytes and len(value) <= MAX_PROGRESS_INFO
-
-
-def _is_name(value: Any) -> bool:
-    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH
-
-
-def _is_id(value: Any) -> bool:
-    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH
-
-
-def _is_text(value: Any) -> bool:
-    return type(value) is str and len(value) <= MAX_TEXT_LENGTH
+# The value of an absent optional field (None, when present, means "not set").
+_MISSING: Final = object()
 
 
 def _is_task_attempts(value: Any) -> bool:
@@ -478,7 +445,9 @@ def _is_task_defaults(value: Any) -> bool:
     if type(value) is not dict or len(value) > MAX_LIST_LENGTH:
         return False
     for name, defaults in value.items():
-        if not _is_name(name) or type(defaults) is not dict:
+        if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
+            return False
+        if type(defaults) is not dict:
             return False
         attempts = defaults.get("max_attempts")
         if attempts is not None and not _is_task_attempts(attempts):
@@ -489,116 +458,180 @@ def _is_task_defaults(value: Any) -> bool:
     return True
 
 
-def _list_of(item: Predicate) -> Predicate:
-    def check(value: Any) -> bool:
-        return type(value) is list and len(value) <= MAX_LIST_LENGTH and all(map(item, value))
+def _string_test(v: str, shortest: int, longest: int) -> str:
+    if not shortest:
+        return f"type({v}) is str and len({v}) <= {longest}"
+    return f"type({v}) is str and {shortest} <= len({v}) <= {longest}"
 
+
+def _number_test(v: str, t: str, top: str) -> str:
+    # NaN fails the comparison too.
+    return f"(({t} := type({v})) is int or {t} is float) and 0 <= {v} <= {top}"
+
+
+def _test(kind: Kind, v: str, depth: int) -> str | None:
+    """A Python expression true when the value named ``v`` (maybe None) is a valid
+    ``kind``; None for a kind that takes statements (arrays, maps)."""
+    t = f"t{depth}"
+    tests = {
+        Kind.ANY: f"{v} is not None",
+        Kind.BOOL: f"type({v}) is bool",
+        Kind.INT: f"type({v}) is int and {-MAX_UINT} <= {v} <= {MAX_UINT}",
+        Kind.UINT: f"type({v}) is int and 0 <= {v} <= {MAX_UINT}",
+        Kind.SECONDS: _number_test(v, t, repr(MAX_SECONDS)),
+        Kind.FRACTION: _number_test(v, t, "1"),
+        Kind.BIN: f"type({v}) is bytes",
+        Kind.PROGRESS_INFO: f"type({v}) is bytes and len({v}) <= {MAX_PROGRESS_INFO}",
+        Kind.STR: _string_test(v, 0, MAX_TEXT_LENGTH),
+        Kind.TEXT: _string_test(v, 0, MAX_TEXT_LENGTH),
+        Kind.NAME: _string_test(v, 1, MAX_NAME_LENGTH),
+        Kind.ID: _string_test(v, 1, MAX_ID_LENGTH),
+        Kind.MAP: f"type({v}) is dict",
+        Kind.TASK_DEFAULTS: f"_is_task_defaults({v})",
+    }
+    return tests.get(kind)
+
+
+# The elements of each kind of array.
+_NESTED: Final[dict[Kind, Kind | dict[str, Field]]] = {
+    Kind.NAMES: Kind.NAME,
+    Kind.IDS: Kind.ID,
+    Kind.JOB_SPECS: JOB_SPEC,
+    Kind.DELIVERIES: DELIVERY,
+    Kind.SCHEDULES: SCHEDULE_SPEC,
+}
+
+
+def _emit_value(kind: Kind, v: str, depth: int, pad: str, out: list[str]) -> None:
+    """Statements returning False unless the value named ``v`` (maybe None) is a valid ``kind``."""
+    test = _test(kind, v, depth)
+    if test is not None:
+        out.append(f"{pad}if not ({test}):")
+        out.append(f"{pad}    return False")
+        return
+    if kind is Kind.ERROR:
+        _emit_map(ERROR_INFO, v, depth + 1, pad, out)
+        return
+    item = _NESTED[kind]  # an array
+    out.append(f"{pad}if type({v}) is not list or len({v}) > {MAX_LIST_LENGTH}:")
+    out.append(f"{pad}    return False")
+    element = f"e{depth + 1}"
+    out.append(f"{pad}for {element} in {v}:")
+    if isinstance(item, Kind):
+        _emit_value(item, element, depth + 1, pad + "    ", out)
+    else:
+        _emit_map(item, element, depth + 1, pad + "    ", out)
+
+
+def _emit_map(
+    schema: dict[str, Field],
+    m: str,
+    depth: int,
+    pad: str,
+    out: list[str],
+    open_ended: bool = False,
+    known: int = 0,
+) -> None:
+    """Statements that return False unless the value named ``m`` is a map valid for ``schema``.
+
+    ``known`` counts keys the caller has checked already (a message's ``op``).
+    A map has no unknown key when it has as many keys as the fields found.
+    """
+    v, n = f"v{depth}", f"n{depth}"
+    if not known:
+        out.append(f"{pad}if type({m}) is not dict:")
+        out.append(f"{pad}    return False")
+    required = [field for field in schema.values() if field.required]
+    optional = [field for field in schema.values() if not field.required]
+    for field in required:  # None is refused by every required test
+        out.append(f"{pad}{v} = {m}.get({field.name!r})")
+        _emit_value(field.kind, v, depth, pad, out)
+    if not optional and open_ended:
+        return
+    if not optional:
+        out.append(f"{pad}if len({m}) != {known + len(required)}:")
+        out.append(f"{pad}    return False")
+        return
+    inner = pad
+    if not open_ended:  # only required fields: done at once
+        out.append(f"{pad}if len({m}) != {known + len(required)}:")
+        out.append(f"{pad}    {n} = {known + len(required)}")
+        inner = pad + "    "
+    for field in optional:
+        out.append(f"{inner}{v} = {m}.get({field.name!r}, _MISSING)")
+        out.append(f"{inner}if {v} is not _MISSING:")
+        if not open_ended:
+            out.append(f"{inner}    {n} += 1")
+        out.append(f"{inner}    if {v} is not None:")
+        _emit_value(field.kind, v, depth, inner + "        ", out)
+    if not open_ended:
+        out.append(f"{inner}if len({m}) != {n}:")
+        out.append(f"{inner}    return False")
+
+
+def _fast_check(op: str, schema: dict[str, Field]) -> Predicate:
+    """The generated yes/no check of a map whose ``op`` is ``op``."""
+    lines = [f"def ok_{op}(m0: Any) -> bool:"]
+    _emit_map(schema, "m0", 0, "    ", lines, open_ended=op in _OPEN_ENDED, known=1)
+    lines.append("    return True")
+    source = "\n".join(lines) + "\n"
+    namespace: dict[str, Any] = {
+        "Any": Any,
+        "_MISSING": _MISSING,
+        "_is_task_defaults": _is_task_defaults,
+    }
+    exec(compile(source, f"<jobwire check of {op}>", "exec"), namespace)  # source from our tables
+    check: Predicate = namespace[f"ok_{op}"]
+    check.__doc__ = source  # the generated source, for a reader
     return check
 
 
-def _map_of(compiled: _Compiled) -> Predicate:
-    return lambda value: _map_ok(compiled, value, False)
+_COMPILED_REQUESTS: Final = {op: _fast_check(op, schema) for op, schema in REQUESTS.items()}
+_COMPILED_PUSHES: Final = {op: _fast_check(op, schema) for op, schema in PUSHES.items()}
 
 
-def _compile(schema: dict[str, Field]) -> _Compiled:
-    predicates: dict[Kind, Predicate] = {
-        Kind.ANY: lambda value: True,
-        Kind.BOOL: lambda value: type(value) is bool,
-        Kind.INT: _is_int,
-        Kind.UINT: _is_uint,
-        Kind.SECONDS: _is_seconds,
-        Kind.BIN: lambda value: type(value) is bytes,
-        Kind.FRACTION: _is_fraction,
-        Kind.PROGRESS_INFO: _is_progress_info,
-        Kind.STR: _is_text,
-        Kind.TEXT: _is_text,
-        Kind.NAME: _is_name,
-        Kind.ID: _is_id,
-        Kind.NAMES: _list_of(_is_name),
-        Kind.IDS: _list_of(_is_id),
-        Kind.MAP: lambda value: type(value) is dict,
-        Kind.TASK_DEFAULTS: _is_task_defaults,
-    }
-    checks = {}
-    for field in schema.values():
-        if field.kind is Kind.ERROR:
-            predicate = _map_of(_COMPILED_ERROR)
-        elif field.kind is Kind.JOB_SPECS:
-            predicate = _list_of(_map_of(_COMPILED_JOB_SPEC))
-        elif field.kind is Kind.DELIVERIES:
-            predicate = _list_of(_map_of(_COMPILED_DELIVERY))
-        elif field.kind is Kind.SCHEDULES:
-            predicate = _list_of(_map_of(_COMPILED_SCHEDULE))
-        else:
-            predicate = predicates[field.kind]
-        checks[field.name] = (predicate, field.required)
-    required = tuple(field.name for field in schema.values() if field.required)
-    return _Compiled(checks, required)
-
-
-def _map_ok(compiled: _Compiled, value: Any, open_ended: bool) -> bool:
-    if type(value) is not dict:
-        return False
-    checks = compiled.checks
-    for key, element in value.items():
-        entry = checks.get(key)
-        if entry is None:
-            if open_ended:
-                continue
-            return False
-        if element is None:
-            if entry[1]:
-                return False
-            continue
-        if not entry[0](element):
-            return False
-    for name in compiled.required:  # noqa: SIM110 - a loop beats all() on a generator here
-        if value.get(name) is None:
-            return False
-    return True
-
-
-_COMPILED_ERROR: Final = _compile(ERROR_INFO)
-_COMPILED_JOB_SPEC: Final = _compile(JOB_SPEC)
-_COMPILED_DELIVERY: Final = _compile(DELIVERY)
-_COMPILED_SCHEDULE: Final = _compile(SCHEDULE_SPEC)
-_COMPILED_REQUESTS: Final = {op: _compile(s) for op, s in _REQUESTS_WITH_OP.items()}
-_COMPILED_PUSHES: Final = {op: _compile(s) for op, s in _PUSHES_WITH_OP.items()}
-
-
-def _validate(
-    message: Any,
-    table: dict[str, dict[str, Field]],
-    compiled: dict[str, _Compiled],
-    what: str,
-) -> str:
+def _refuse(
+    message: Any, table: dict[str, dict[str, Field]], compiled: dict[str, Predicate], what: str
+) -> ProtocolError:
+    """The error naming what is wrong with a message the fast check refused."""
     if type(message) is not dict:
-        raise _bad(what, f"expected a map, got {_type_name(message)}")
+        return _bad(what, f"expected a map, got {_type_name(message)}")
     op = message.get("op")
     if type(op) is not str:
-        raise _bad(what, "missing string field 'op'")
-    fast = compiled.get(op)
-    if fast is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:MAX_NAME_LENGTH]!r}")
-    open_ended = op in _OPEN_ENDED
-    if _map_ok(fast, message, open_ended):
-        return op
-    _check_map(op, table[op], message, open_ended)
-    raise _bad(op, "invalid message")  # pragma: no cover - the slow path names the fault
+        return _bad(what, "missing string field 'op'")
+    if op not in compiled:
+        return ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:MAX_NAME_LENGTH]!r}")
+    try:
+        _check_map(op, table[op], message, op in _OPEN_ENDED)
+    except ProtocolError as exc:
+        return exc
+    return _bad(op, "invalid message")  # pragma: no cover - the slow path names the fault
 
 
-def validate_request(message: Any) -> str:
-    """Check a message a peer sent the broker; return its op.
+def _validator(
+    table: dict[str, dict[str, Field]], compiled: dict[str, Predicate], what: str
+) -> Callable[[Any], str]:
+    def validate(message: Any) -> str:
+        if type(message) is dict:
+            op = message.get("op")
+            if type(op) is str:
+                check = compiled.get(op)
+                if check is not None and check(message):
+                    return op
+        raise _refuse(message, table, compiled, what)
 
-    Raises only :class:`ProtocolError`: ``UNKNOWN_OP`` for an op the broker
-    does not have, ``BAD_REQUEST`` naming the field for anything else.
-    """
-    return _validate(message, _REQUESTS_WITH_OP, _COMPILED_REQUESTS, "request")
+    return validate
 
 
-def validate_push(message: Any) -> str:
-    """Check a message the broker sent a peer; return its op."""
-    return _validate(message, _PUSHES_WITH_OP, _COMPILED_PUSHES, "message")
+validate_request: Final = _validator(_REQUESTS_WITH_OP, _COMPILED_REQUESTS, "request")
+"""Check a message a peer sent the broker; return its op.
+
+Raises only :class:`ProtocolError`: ``UNKNOWN_OP`` for an op the broker
+does not have, ``BAD_REQUEST`` naming the field for anything else.
+"""
+
+validate_push: Final = _validator(_PUSHES_WITH_OP, _COMPILED_PUSHES, "message")
+"""Check a message the broker sent a peer; return its op."""
 
 
 def request_id(message: Any) -> int | None:
