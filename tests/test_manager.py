@@ -1162,6 +1162,22 @@ def test_extend_leases_moves_every_running_deadline() -> None:
     assert h.manager.next_lease_deadline() == 47.0
 
 
+def test_a_heartbeat_right_after_an_extension_keeps_the_extended_deadline() -> None:
+    # Found by test_random_operations_keep_the_invariants: the heartbeat set the
+    # deadline back to now + lease, under the lease heap's entry, so the job
+    # was neither held past its deadline nor expired at it.
+    h = Harness(lease=10.0)
+    job, consumer, sink = running_one(h, 0.0)
+    assert h.manager.extend_leases(2.5) == 1
+    assert h.manager.heartbeat(consumer, [job.id], 0.0) == 1
+    assert job.lease_deadline == 12.5
+    assert h.manager.expire_leases(10.0) == 0
+    assert h.manager.heartbeat(consumer, [job.id], 5.0) == 1
+    assert job.lease_deadline == 15.0
+    assert h.manager.expire_leases(15.0) == 1
+    assert sink.revoked == [(job.id, 1)]
+
+
 def test_extend_leases_by_nothing_or_with_nothing_running() -> None:
     h = Harness(lease=10.0)
     assert h.manager.extend_leases(5.0) == 0

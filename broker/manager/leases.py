@@ -37,7 +37,11 @@ class Leases(ManagerState):
         for job_id in job_ids:
             job = consumer.jobs.get(job_id)
             if job is not None:
-                job.lease_deadline = now + job.lease
+                # Never earlier than it was: a stall's extension (extend_leases)
+                # is kept, and the lease heap's entry is never later than due.
+                renewed_until = now + job.lease
+                if renewed_until > job.lease_deadline:
+                    job.lease_deadline = renewed_until
                 renewed += 1
         return renewed
 
