@@ -139,10 +139,10 @@ class Session(asyncio.Protocol):
                 handle(message, now)
                 if self._closing:
                     break
-            state.arm_timer()
         finally:
             state.reading = False
             state.flush_outputs()
+        state.arm_timer()  # after the writes: the peers need not wait for it
 
     def handle(self, message: Any, now: float) -> None:
         """Run one decoded message; reply with an error rather than raise."""

@@ -40,8 +40,7 @@ class Leases(ManagerState):
                 # Never earlier than it was: a stall's extension (extend_leases)
                 # is kept, and the lease heap's entry is never later than due.
                 renewed_until = now + job.lease
-                if renewed_until > job.lease_deadline:
-                    job.lease_deadline = renewed_until
+                job.lease_deadline = max(job.lease_deadline, renewed_until)
                 renewed += 1
         return renewed
 
