@@ -75,6 +75,10 @@ SUBMIT_FIELDS = frozenset(
 )
 
 
+# submit_many's entries that need no JobSpec: the wire entry is built directly.
+PLAIN_FIELDS = frozenset({"task", "args", "kwargs"})
+
+
 class JobFailed(JobwireError):
     """The job ended without a result: its task raised, timed out, or was lost for good.
 
@@ -693,6 +697,12 @@ class Client:
         """
         specs = []
         for i, job in enumerate(jobs):
+            task = job.get("task")
+            if job.keys() <= PLAIN_FIELDS and type(task) is str and task:
+                # Only task and arguments: the wire entry directly, as most are.
+                payload = encode_payload(job.get("args", ()), job.get("kwargs"))
+                specs.append({"task": task, "payload": payload})
+                continue
             if not job.keys() <= SUBMIT_FIELDS:
                 raise ValueError(f"job {i}: unknown keys {sorted(set(job) - SUBMIT_FIELDS)}")
             if "task" not in job:
