@@ -540,8 +540,8 @@ class Client:
                     raise  # refused for good: a bad token, say
                 self._last_failure = exc
                 leader = exc.leader if isinstance(exc, NotLeader) else None
-                if peers.failed(leader, standby=isinstance(exc, NotLeader)):
-                    self._reconnect.failed()
+                if peers.failed(leader, standby=isinstance(exc, NotLeader)) and not peers.failover:
+                    self._reconnect.failed()  # a failover's rounds do not grow the backoff
                 continue
             peers.connected()
             self._reconnect.connected()

@@ -107,9 +107,10 @@ class LeaderSearch:
 
     def wait(self, backoff: float) -> float:
         """The wait before the next round: the peer's ``backoff``, or a short one
-        while a failover is under way."""
+        while a failover is under way (such rounds do not count as failures
+        for the backoff either: see the callers)."""
         if self.failover:
-            return min(backoff, FAILOVER_RETRY * random.uniform(0.5, 1.0))
+            return FAILOVER_RETRY * random.uniform(0.5, 1.0)
         return backoff
 
     def connected(self) -> None:

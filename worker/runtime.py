@@ -389,7 +389,8 @@ class Worker:
                         # Another address (or the leader a standby named) is next.
                         log.info("cannot use the broker at %s (%s); trying the next", address, exc)
                         continue
-                    delay = peers.wait(reconnect.failed())
+                    # A failover's rounds wait briefly and do not grow the backoff.
+                    delay = peers.wait(reconnect.delay() if peers.failover else reconnect.failed())
                     log.warning(
                         "cannot reach the broker at %s (%s); attempt %d, retrying in %.1fs",
                         address,
