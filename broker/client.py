@@ -533,15 +533,15 @@ class Client:
             except (OSError, ConnectionLost) as exc:  # TimeoutError is an OSError
                 self._last_failure = exc
                 if peers.failed():
-                    self._reconnect.failed()
+                    peers.round_over(self._reconnect)
                 continue
             except RemoteError as exc:
                 if exc.code not in RETRYABLE_REFUSALS:
                     raise  # refused for good: a bad token, say
                 self._last_failure = exc
                 leader = exc.leader if isinstance(exc, NotLeader) else None
-                if peers.failed(leader, standby=isinstance(exc, NotLeader)) and not peers.failover:
-                    self._reconnect.failed()  # a failover's rounds do not grow the backoff
+                if peers.failed(leader, standby=isinstance(exc, NotLeader)):
+                    peers.round_over(self._reconnect)
                 continue
             peers.connected()
             self._reconnect.connected()
@@ -682,7 +682,8 @@ class Client:
         index = len(batch.specs)
         batch.specs.append(spec)
         batch.size += cost
-        reply = await asyncio.shield(batch.reply)  # one caller cancelled cancels no other
+        await _wait_for(batch.reply, None)  # one caller cancelled cancels no other
+        reply = batch.reply.result()
         if reply["op"] == Op.ERR:
             raise remote_error(reply["code"], reply["message"], reply.get("leader"))
         return batch.jobs[index]

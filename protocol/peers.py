@@ -27,6 +27,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from protocol.backoff import Reconnect
+
 # While a standby answers NOT_LEADER, a failover is under way and the leader
 # may come up any moment: a round ends with a short wait (jittered between
 # half and all of this), not the growing backoff of a shard that is down.
@@ -105,10 +107,18 @@ class LeaderSearch:
             return True
         return False
 
+    def round_over(self, reconnect: Reconnect) -> float:
+        """A round failed (:meth:`failed` returned True): count it in the peer's
+        backoff, unless a standby answered in it (a failover is under way, and
+        its rounds must not grow the wait that follows it); return the wait
+        before the next round."""
+        if not self.failover:
+            reconnect.failed()
+        return self.wait(reconnect.delay())
+
     def wait(self, backoff: float) -> float:
         """The wait before the next round: the peer's ``backoff``, or a short one
-        while a failover is under way (such rounds do not count as failures
-        for the backoff either: see the callers)."""
+        while a failover is under way."""
         if self.failover:
             return FAILOVER_RETRY * random.uniform(0.5, 1.0)
         return backoff

@@ -259,9 +259,7 @@ class Connection(asyncio.Protocol):
             self._out.append(message)
             self._deferred = True
             self._last_sent = self._loop.time()
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
+            self.flush_soon()
         else:
             self.send(message)
         self._pending[rid] = (future, on_reply)

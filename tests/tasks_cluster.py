@@ -14,7 +14,7 @@ async def logged_square(value: int, log_dir: str) -> int:
     """``value * value``; notes ``job_id attempt`` in LOG_DIR/<pid>.log when it starts."""
     job = current_job()
     note(Path(log_dir) / f"{os.getpid()}.log", f"{job.id} {job.attempt}\n")
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # work that takes a while, so some runs span a failover
     return value * value
 
 

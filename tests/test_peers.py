@@ -119,12 +119,17 @@ def test_a_round_a_standby_answered_in_waits_briefly_whatever_the_backoff() -> N
     assert search.failed("a:1", standby=True)  # b: a standby, naming the dead leader
     assert search.failover
     assert search.wait(long_backoff) <= FAILOVER_RETRY
+    policy = Reconnect(0.1, 10.0, random.Random(0))
+    assert search.round_over(policy) <= FAILOVER_RETRY
+    assert policy.failures == 0  # a failover's round does not grow the backoff
     search.next()
     assert not search.failed()
     search.next()
     assert search.failed()  # nobody answers at all: the shard is down, back off
     assert not search.failover
     assert search.wait(long_backoff) == long_backoff
+    assert search.round_over(policy) > 0
+    assert policy.failures == 1
 
 
 # --- addresses and JOBWIRE_URL -------------------------------------------------------

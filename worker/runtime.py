@@ -389,8 +389,7 @@ class Worker:
                         # Another address (or the leader a standby named) is next.
                         log.info("cannot use the broker at %s (%s); trying the next", address, exc)
                         continue
-                    # A failover's rounds wait briefly and do not grow the backoff.
-                    delay = peers.wait(reconnect.delay() if peers.failover else reconnect.failed())
+                    delay = peers.round_over(reconnect)
                     log.warning(
                         "cannot reach the broker at %s (%s); attempt %d, retrying in %.1fs",
                         address,
@@ -630,18 +629,20 @@ class Worker:
         step: Coroutine[Any, Any, Message | None] = run
         if asyncio.current_task() is None:  # else the first step would run in that task
             held.running = True
+            report: Message | None = None
             try:
                 awaiting = context.run(run.send, None)
             except StopIteration as finished:
-                held.running = False
-                self._job_done(held, connection, finished.value)
-                return
+                report = finished.value
             except asyncio.CancelledError:  # raised by the task itself: as if cancelled
+                pass
+            else:
+                step = _resume(run, awaiting)
+            finally:
                 held.running = False
-                self._job_done(held, connection, None)
+            if step is run:  # it finished in its first step
+                self._job_done(held, connection, report)
                 return
-            held.running = False
-            step = _resume(run, awaiting)
         task = held.task = asyncio.get_running_loop().create_task(step, context=context)
         # A callback, not a finally: it runs even if the task is cancelled
         # before it goes on (say, a REVOKE in the same read as the JOBS).
